@@ -1,0 +1,136 @@
+"""Asynchronous checkpoints of the train state, the data iterator's position and the config.
+
+Each step directory holds three orbax items: `state` (the array pytree, written by every host for
+its own shards), `data` (one grain iterator state file per process) and `config` (the run's
+config as JSON). Restoring reads `config` first, so a checkpoint written for a different model
+is refused with a sentence naming the fields before any array is read.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grain
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+# Fields of config.model that change no parameter's shape: a checkpoint may be restored under
+# different values of these.
+_SHAPE_FREE_MODEL_FIELDS = frozenset({"dtype", "attention", "remat", "scan_layers"})
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, keep: int, save_every: int):
+        self._directory = epath.Path(directory)  # epath, so gs:// directories work too.
+        policies = ocp.checkpoint_managers
+        self._manager = ocp.CheckpointManager(
+            self._directory,
+            options=ocp.CheckpointManagerOptions(
+                # Orbax's default policy would also save the first step of a fresh run; only
+                # multiples of `save_every` are wanted, plus a last save when JAX announces a
+                # preemption.
+                save_decision_policy=policies.AnySavePolicy(
+                    [
+                        policies.FixedIntervalPolicy(save_every),
+                        policies.PreemptionCheckpointingPolicy(),
+                    ]
+                ),
+                preservation_policy=policies.LatestN(keep),
+                enable_async_checkpointing=True,
+            ),
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "data": grain.checkpoint.CheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
+            },
+        )
+
+    def save(self, step: int, state, data_iterator, config, *, force: bool = False) -> bool:
+        """Starts writing `step` unless the save interval skips it; returns whether it started.
+
+        The arrays are copied off the devices and the iterator's state is read before this
+        returns, so training may go on (and donate `state`) while the files are written.
+        A step that is already saved is not saved again, forced or not.
+        """
+        if step in self._manager.all_steps():
+            return False  # orbax raises for a forced save of an existing step.
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=grain.checkpoint.CheckpointSave(data_iterator),
+                config=ocp.args.JsonSave(_config_as_json(config)),
+            ),
+            force=force,
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def restore(self, step: int, abstract_state, data_iterator, config):
+        """Returns the state of `step` placed like `abstract_state`; moves `data_iterator` there.
+
+        `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s with shardings, so a checkpoint
+        written on one mesh is read straight onto the current run's mesh.
+        """
+        # A save of `step` still in flight has no step directory yet; let it land first.
+        self.wait()
+        saved_config = self._restore_item(step, "config", ocp.args.JsonRestore())
+        _check_model_matches(self._directory / str(step), saved_config, config)
+        state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
+        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
+        return state
+
+    def _restore_item(self, step: int, name: str, args):
+        step_dir = self._directory / str(step)
+        if not step_dir.is_dir():
+            raise FileNotFoundError(f"Checkpoint {step_dir} does not exist.")
+        item_dir = step_dir / name
+        if not item_dir.is_dir():
+            raise FileNotFoundError(f"Checkpoint item {item_dir} is missing.")
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{name: args}))
+        except Exception as error:  # orbax, tensorstore and json each fail their own way.
+            raise ValueError(
+                f"Checkpoint item {item_dir} is corrupt or does not match what is being restored; "
+                f"the {type(error).__name__} above says why."
+            ) from error
+        return restored[name]
+
+    def wait(self):
+        """Blocks until every started save is on disk, surfacing any error it hit."""
+        self._manager.wait_until_finished()
+
+    def close(self):
+        """Waits for started saves, then releases orbax's threads."""
+        self._manager.close()
+
+
+def _config_as_json(config: ml_collections.ConfigDict) -> dict:
+    # A round trip through JSON text, so the current config compares like the saved one
+    # (tuples become lists, non-JSON values become their best-effort form).
+    return json.loads(config.to_json_best_effort())
+
+
+def _check_model_matches(step_dir: epath.Path, saved_config: dict, config) -> None:
+    saved = saved_config.get("model", {})
+    current = _config_as_json(config)["model"]
+    fields = list(current) + [field for field in saved if field not in current]
+    differing = [
+        field
+        for field in fields
+        if field not in _SHAPE_FREE_MODEL_FIELDS and saved.get(field) != current.get(field)
+    ]
+    if differing:
+        raise ValueError(
+            f"Checkpoint {step_dir} was written for {_describe(saved, differing)} "
+            f"but the config has {_describe(current, differing)}."
+        )
+
+
+def _describe(model: dict, fields: list[str]) -> str:
+    return ", ".join(
+        f"model.{field}={model[field]!r}" if field in model else f"model.{field} unset"
+        for field in fields
+    )

@@ -1,0 +1,240 @@
+"""The one config schema every run shares, and its validation.
+
+`configs/*.py` start from `base()` and change a few fields; `validate()` turns every mistake a
+person can make in a config into one sentence naming the field, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import ml_collections
+
+# Logical axis -> mesh axes. Parameters and activations name their axes with the keys; the mesh
+# has axes `data`, `fsdp`, `tensor`. Activations use `act_*` names so that a weight's `embed`
+# axis can be FSDP-sharded while the activations' feature axis stays whole.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("layers", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("patch", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+)
+
+
+def base() -> ml_collections.ConfigDict:
+    """LaVin-DiT's training setup on ST-VAE latents of 256px episodes; size configs set the model."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 100_000
+    c.global_batch_size = 640
+    c.log_every = 50
+    c.checkpoint_every = 2_000
+    c.keep_checkpoints = 3
+    c.eval_every = 5_000
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "jdit"
+    c.model.hidden = 1152
+    c.model.depth = 12
+    c.model.num_heads = 16
+    c.model.num_kv_heads = 4
+    c.model.patch_size = 2
+    c.model.in_channels = 16  # ST-VAE latent channels; 3 in pixel space.
+    c.model.mlp_hidden = 0  # 0: LaVin-DiT's SwiGLU rule, int(8 * hidden / 3 / 64) * 64.
+    c.model.rope_base = 10_000.0
+    c.model.norm_eps = 1e-6
+    c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32.
+    c.model.attention = "auto"  # auto | xla | cudnn
+    c.model.scan_layers = True
+    c.model.remat = "none"  # none | full | dots (save matmul outputs only)
+
+    c.vae = ml_collections.ConfigDict()
+    c.vae.name = "stvae"  # stvae: the model works on ST-VAE latents; none: on RGB pixels.
+    c.vae.downsample = 8  # latent pixels per side of one ST-VAE latent.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"
+    c.data.image_size = 256
+    c.data.max_pairs = 8  # K in [1, max_pairs] in-context pairs, drawn per batch.
+    c.data.cond_drop_prob = 0.1  # share of batches trained with the pairs dropped (CFG).
+    c.data.tasks = ("colorize", "edges", "flip", "vflip", "inpaint", "invert", "denoise")
+    c.data.num_threads = 2
+
+    c.flow = ml_collections.ConfigDict()
+    c.flow.t_mean = 0.0  # logit-normal t = sigmoid(N(t_mean, t_std)), then shifted.
+    c.flow.t_std = 1.0
+    c.flow.shift = 1.0
+    c.flow.l1_weight = 0.1
+    c.flow.sample_steps = 20
+    c.flow.cfg_scale = 1.5
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 1_000
+    c.optim.schedule = "constant"  # constant | cosine
+    c.optim.weight_decay = 0.0
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.grad_clip = 1.0
+    c.optim.ema_decay = 0.9999
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1: all devices left over by the other axes.
+    c.mesh.tensor = 1
+    c.mesh.rules = DEFAULT_RULES
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_examples = 4  # episodes shown in each sample grid.
+    c.sample.num_pairs = 0  # 0: data.max_pairs.
+    c.lock()  # a misspelt field in a config file or override is an error, not a new field.
+    return c
+
+
+def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+    """Loads `get_config()` from a config file and applies dotted overrides (tests, notebooks)."""
+    spec = importlib.util.spec_from_file_location("lavin_jax_user_config", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"Config file {path!r} cannot be loaded as a Python module.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for key, value in (overrides or {}).items():
+        _set_dotted(config, key, value)
+    return config
+
+
+def _set_dotted(config, key, value):
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        if part not in node:
+            raise ValueError(f"Config override {key!r}: there is no field {part!r}.")
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"Config override {key!r}: there is no field {leaf!r}.")
+    node[leaf] = value
+
+
+def mesh_shape(config, num_devices: int) -> dict[str, int]:
+    """The mesh axis sizes, with a `-1` axis filled from the device count."""
+    sizes = {axis: int(config.mesh[axis]) for axis in ("data", "fsdp", "tensor")}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ValueError(f"config.mesh: only one axis may be -1, got {', '.join(free)}.")
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ValueError(f"config.mesh.{axis}={size} must be a positive size or -1.")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if num_devices % fixed:
+            raise ValueError(
+                f"config.mesh: fsdp*tensor*data={fixed} does not divide the {num_devices} devices."
+            )
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ValueError(
+            f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices."
+        )
+    return sizes
+
+
+def model_input(config) -> tuple[int, int]:
+    """The side and channel count of one frame as the model sees it: pixels or latents."""
+    if config.vae.name == "none":
+        return config.data.image_size, 3
+    return config.data.image_size // config.vae.downsample, config.model.in_channels
+
+
+def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[str, int] | None:
+    """Raises ValueError naming the offending field; returns the mesh shape.
+
+    With `num_devices=None` (abstract uses such as `--mode=summary`) the mesh is not checked."""
+    m = config.model
+    if m.name != "jdit":
+        raise ValueError(f"config.model.name={m.name!r} is unknown; known models: 'jdit'.")
+    for field in ("hidden", "depth", "num_heads", "num_kv_heads", "patch_size", "in_channels"):
+        if int(m[field]) <= 0:
+            raise ValueError(f"config.model.{field}={m[field]} must be positive.")
+    if m.hidden % m.num_heads:
+        raise ValueError(
+            f"config.model.hidden={m.hidden} is not divisible by config.model.num_heads={m.num_heads}."
+        )
+    if m.num_heads % m.num_kv_heads:
+        raise ValueError(
+            f"config.model.num_heads={m.num_heads} is not divisible by "
+            f"config.model.num_kv_heads={m.num_kv_heads}."
+        )
+    head_dim = m.hidden // m.num_heads
+    if head_dim % 6:
+        raise ValueError(
+            f"config.model: head_dim=hidden/num_heads={head_dim} must be divisible by 6, so 3D RoPE "
+            "can split it into three even (t, h, w) parts."
+        )
+    for field, allowed in (
+        ("dtype", ("float32", "bfloat16")),
+        ("attention", ("auto", "xla", "cudnn")),
+        ("remat", ("none", "full", "dots")),
+    ):
+        if m[field] not in allowed:
+            raise ValueError(f"config.model.{field}={m[field]!r} must be one of {allowed}.")
+
+    if config.vae.name not in ("none", "stvae"):
+        raise ValueError(f"config.vae.name={config.vae.name!r} must be 'none' or 'stvae'.")
+    if config.vae.name == "none" and m.in_channels != 3:
+        raise ValueError(
+            f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB "
+            "pixels: set config.model.in_channels=3."
+        )
+    d = config.data
+    size, _ = model_input(config)
+    if size * (d.image_size // size) != d.image_size or size % m.patch_size:
+        raise ValueError(
+            f"config.data.image_size={d.image_size} does not give model inputs divisible by "
+            f"config.model.patch_size={m.patch_size} (model input side {size})."
+        )
+    if d.max_pairs < 1:
+        raise ValueError(f"config.data.max_pairs={d.max_pairs} must be at least 1.")
+    if not 0.0 <= d.cond_drop_prob < 1.0:
+        raise ValueError(f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
+
+    o = config.optim
+    if o.schedule not in ("constant", "cosine"):
+        raise ValueError(f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
+    if not 0.0 <= o.ema_decay < 1.0:
+        raise ValueError(f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
+    if config.flow.sample_steps < 1:
+        raise ValueError(f"config.flow.sample_steps={config.flow.sample_steps} must be at least 1.")
+    for field in ("total_steps", "log_every", "checkpoint_every", "eval_every"):
+        if int(config[field]) <= 0:
+            raise ValueError(f"config.{field}={config[field]} must be positive.")
+
+    if num_devices is None:
+        return None
+    shape = mesh_shape(config, num_devices)
+    batch_shards = shape["data"] * shape["fsdp"]
+    if config.global_batch_size % batch_shards:
+        raise ValueError(
+            f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+            f"data-parallel size data*fsdp={batch_shards}."
+        )
+    if config.global_batch_size % num_processes:
+        raise ValueError(
+            f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+            f"{num_processes} processes."
+        )
+    for field in ("num_heads", "num_kv_heads"):
+        if m[field] % shape["tensor"]:
+            raise ValueError(
+                f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}."
+            )
+    return shape

@@ -1,0 +1,213 @@
+"""The built-in synthetic in-context task suite.
+
+An episode shows K (input, target) pairs of one task and then a query input whose target the
+model must produce. Every example is a pure function of (seed, index), so any host can rebuild
+any example alone and a resumed run sees exactly the data an uninterrupted one would have.
+Images are float32 HxWx3 in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import functools
+import math
+
+import numpy as np
+
+# Far more examples than any run reads; grain's MapDataset wants a finite length.
+NUM_EXAMPLES = 2**40
+
+# Separate seed streams, so an episode's draws never coincide with a global batch's K draw.
+_EPISODE_STREAM = 0
+_NUM_PAIRS_STREAM = 1
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# The background's colour changes by at most this much across the whole image, which keeps its
+# per-pixel gradient below _EDGE_THRESHOLD down to 8 px, so `edges` marks only shape outlines.
+_MAX_BACKGROUND_CHANGE = 0.8
+_EDGE_THRESHOLD = 0.1
+_INPAINT_FILL = 0.0
+
+# Shapes and ramps draw Python floats (`tolist`, `math`), not numpy float64 scalars, which would
+# promote the float32 coordinate arithmetic to float64.
+
+
+def _circle(rng, y, x):
+    cy, cx = rng.uniform(0.0, 1.0, 2).tolist()
+    radius = rng.uniform(0.08, 0.3)
+    return (y - cy) ** 2 + (x - cx) ** 2 < radius**2
+
+
+def _rectangle(rng, y, x):
+    top, left = rng.uniform(0.0, 0.8, 2).tolist()
+    height, width = rng.uniform(0.15, 0.5, 2).tolist()
+    return (y >= top) & (y < top + height) & (x >= left) & (x < left + width)
+
+
+def _stripes(rng, y, x):
+    angle = rng.uniform(0.0, np.pi)
+    period = rng.uniform(0.12, 0.3)
+    phase = (x * math.cos(angle) + y * math.sin(angle)) / period
+    # phase - floor(phase) is phase % 1 without numpy's slow floored modulo.
+    return _rectangle(rng, y, x) & (phase - np.floor(phase) < 0.5)
+
+
+_SHAPES = (_circle, _rectangle, _stripes)
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(size):
+    # Unit coordinates of pixel centres make every shape's size independent of the resolution.
+    coords = (np.arange(size, dtype=np.float32) + 0.5) / size
+    y, x = np.meshgrid(coords, coords, indexing="ij")
+    y.flags.writeable = x.flags.writeable = False
+    return y, x
+
+
+def base_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random scene: a soft colour gradient with a few flat-coloured shapes painted on top."""
+    y, x = _grid(size)
+    angle = rng.uniform(0.0, 2 * np.pi)
+    ramp = ((x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle)) / math.sqrt(2) + 0.5
+    start = rng.uniform(-1.0, 1.0, 3).tolist()
+    change = rng.uniform(-_MAX_BACKGROUND_CHANGE, _MAX_BACKGROUND_CHANGE, 3).tolist()
+    # Channel by channel throughout: numpy is an order of magnitude slower when it broadcasts
+    # over, or masks, a trailing axis of length 3.
+    image = np.empty((size, size, 3), np.float32)
+    for channel in range(3):
+        image[..., channel] = start[channel] + ramp * change[channel]
+    for _ in range(rng.integers(2, 6)):
+        shape = _SHAPES[rng.integers(len(_SHAPES))]
+        mask = shape(rng, y, x)
+        for channel, value in enumerate(rng.uniform(-1.0, 1.0, 3).tolist()):
+            image[..., channel][mask] = value
+    return np.clip(image, -1.0, 1.0, out=image)
+
+
+def _luma(image):
+    return image @ _LUMA
+
+
+def _gray_rgb(plane):
+    return np.repeat(plane[..., None], 3, axis=-1).astype(np.float32)
+
+
+def colorize(image, _rng):
+    return _gray_rgb(_luma(image)), image
+
+
+def edges(image, _rng):
+    grad_y, grad_x = np.gradient(_luma(image))
+    return image, _gray_rgb(np.where(np.hypot(grad_y, grad_x) > _EDGE_THRESHOLD, 1.0, -1.0))
+
+
+def flip(image, _rng):
+    return image, image[:, ::-1]
+
+
+def vflip(image, _rng):
+    return image, image[::-1]
+
+
+def invert(image, _rng):
+    return image, -image
+
+
+def inpaint(image, rng):
+    # The hole is drawn per pair, so the model has to find it rather than memorise its place.
+    height, width = image.shape[:2]
+    hole_h = rng.integers(height // 4, height // 2 + 1)
+    hole_w = rng.integers(width // 4, width // 2 + 1)
+    top = rng.integers(0, height - hole_h + 1)
+    left = rng.integers(0, width - hole_w + 1)
+    holed = image.copy()
+    holed[top : top + hole_h, left : left + hole_w] = _INPAINT_FILL
+    return holed, image
+
+
+def denoise(image, rng):
+    noise_std = rng.uniform(0.1, 0.4)
+    noisy = image + noise_std * rng.standard_normal(image.shape, dtype=np.float32)
+    return np.clip(noisy, -1.0, 1.0), image
+
+
+Task = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+
+TASKS: dict[str, Task] = {
+    "colorize": colorize,
+    "edges": edges,
+    "flip": flip,
+    "inpaint": inpaint,
+    "vflip": vflip,
+    "invert": invert,
+    "denoise": denoise,
+}
+
+
+def num_pairs(seed: int, batch_index: int, max_pairs: int, cond_drop_prob: float) -> int:
+    """K for every episode of one global batch: 0 with probability cond_drop_prob (the
+    unconditional branch of classifier-free guidance), else uniform in [1, max_pairs]."""
+    rng = np.random.default_rng((seed, _NUM_PAIRS_STREAM, batch_index))
+    if rng.random() < cond_drop_prob:
+        return 0
+    return int(rng.integers(1, max_pairs + 1))
+
+
+class SyntheticEpisodes:
+    """Random-access episodes, a source for `grain.MapDataset.source`.
+
+    Example i has K = num_pairs(seed, i // global_batch_size, ...) pairs, so all examples of one
+    global batch stack into one array. It is a dict with `cond` float32[2K+1, H, W, 3] (frames
+    in_1, tgt_1, ..., in_K, tgt_K, query_in; [zeros, query_in] when K=0), `target` float32[1, H, W, 3] (the query's target)
+    and `task` int32[] (index into `task_names`).
+    """
+
+    def __init__(self, data_config, seed: int, global_batch_size: int):
+        self.task_names = tuple(data_config.tasks)
+        known = ", ".join(TASKS)
+        if not self.task_names:
+            raise ValueError(f"config.data.tasks is empty; known tasks: {known}.")
+        unknown = [name for name in self.task_names if name not in TASKS]
+        if unknown:
+            raise ValueError(
+                f"config.data.tasks has unknown task(s) {', '.join(map(repr, unknown))}; "
+                f"known tasks: {known}."
+            )
+        self._tasks = tuple(TASKS[name] for name in self.task_names)
+        self._image_size = int(data_config.image_size)
+        self._max_pairs = int(data_config.max_pairs)
+        self._cond_drop_prob = float(data_config.cond_drop_prob)
+        self._seed = int(seed)
+        self._global_batch_size = int(global_batch_size)
+
+    def __len__(self) -> int:
+        return NUM_EXAMPLES
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        k = num_pairs(
+            self._seed, index // self._global_batch_size, self._max_pairs, self._cond_drop_prob
+        )
+        return self.episode(index, k)
+
+    def episode(self, index: int, num_pairs: int) -> dict[str, np.ndarray]:
+        """Example `index` with an explicit number of pairs; its task and query do not depend on
+        num_pairs, so episodes with and without context can be compared (CFG, evaluation)."""
+        if num_pairs < 0:
+            raise ValueError(f"num_pairs={num_pairs} must be non-negative.")
+        rng = np.random.default_rng((self._seed, _EPISODE_STREAM, int(index)))
+        task_index = int(rng.integers(len(self._tasks)))
+        task = self._tasks[task_index]
+        query_input, query_target = task(base_image(rng, self._image_size), rng)
+        frames = []
+        for _ in range(num_pairs):
+            frames.extend(task(base_image(rng, self._image_size), rng))
+        if not frames:
+            # Dropped context looks as it does to guidance at inference (`flow.unconditional`):
+            # one zero frame in place of the pairs, then the query.
+            frames.append(np.zeros_like(query_input))
+        frames.append(query_input)
+        return {
+            "cond": np.stack(frames),
+            "target": query_target[None],
+            "task": np.array(task_index, np.int32),
+        }

@@ -1,0 +1,103 @@
+"""A run's outputs besides checkpoints: scalar logs, TensorBoard events and sample grids."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import tensorboardX
+from PIL import Image
+
+# Pixels between neighbouring frames of an episode grid, and between an episode's condition
+# frames and its prediction/target pair.
+BORDER = 2
+GAP = 8
+_BACKGROUND = 255
+
+
+class MetricWriter:
+    """Writes `metrics.jsonl`, TensorBoard events and PNG samples under `workdir`.
+
+    Every host builds one; only the primary host's (`enabled=True`) writes anything.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self._workdir = workdir
+        self._enabled = enabled
+        if not enabled:
+            return
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        # Append: a resumed run continues the log of the run it resumes.
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        if not self._enabled:
+            return
+        values = {name: float(value) for name, value in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        # Flushed every call so a preempted run loses no logged step.
+        self._jsonl.flush()
+        for name, value in values.items():
+            self._tensorboard.add_scalar(name, value, global_step=step)
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        if not self._enabled:
+            return
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(
+                f"write_image({name!r}) needs a uint8 HxWx3 image, got {image.dtype} {image.shape}."
+            )
+        path = os.path.join(self._workdir, "samples", f"{name}_{step:07d}.png")
+        Image.fromarray(image).save(path)
+        self._tensorboard.add_image(name, image, global_step=step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self._enabled:
+            self._jsonl.flush()
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        if self._enabled:
+            self._jsonl.close()
+            self._tensorboard.close()
+
+
+def episode_grid(
+    cond: np.ndarray, prediction: np.ndarray, target: np.ndarray, *, scale: int = 1
+) -> np.ndarray:
+    """Lays out episodes one per row: the condition frames, a gap, the prediction, the target.
+
+    `cond` is [N, Tc, H, W, 3] (in_1, tgt_1, ..., in_K, tgt_K, query); `prediction` and `target`
+    are [N, 1, H, W, 3]; all in [-1, 1]. Frames are upscaled `scale` times (nearest neighbour) and
+    framed by BORDER-pixel lines, so row n's frame j starts at
+    (BORDER + n * (H*scale + BORDER), BORDER + j * (W*scale + BORDER)), with GAP - BORDER extra
+    pixels before the prediction.
+    """
+    n, num_cond, h, w, _ = cond.shape
+    for name, frames in (("prediction", prediction), ("target", target)):
+        if frames.shape != (n, 1, h, w, 3):
+            raise ValueError(
+                f"episode_grid: {name} has shape {frames.shape}, expected {(n, 1, h, w, 3)} "
+                f"to match cond {cond.shape}."
+            )
+    frames = _to_uint8(np.concatenate([cond, prediction, target], axis=1))
+    frames = frames.repeat(scale, axis=2).repeat(scale, axis=3)
+    fh, fw = h * scale, w * scale
+    num_frames = num_cond + 2
+    grid = np.full(
+        (BORDER + n * (fh + BORDER), num_frames * (fw + BORDER) + GAP, 3),
+        _BACKGROUND,
+        dtype=np.uint8,
+    )
+    for row in range(n):
+        y = BORDER + row * (fh + BORDER)
+        for col in range(num_frames):
+            x = BORDER + col * (fw + BORDER) + (GAP - BORDER) * (col >= num_cond)
+            grid[y : y + fh, x : x + fw] = frames[row, col]
+    return grid
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)

@@ -1,0 +1,160 @@
+"""J-DiT, LaVin-DiT's joint diffusion transformer (arXiv 2411.11505).
+
+Two token streams share one attention: the condition stream holds the clean in-context frames
+[in_1, tgt_1, ..., in_K, tgt_K, query] and the target stream the noisy answer. Each stream has its
+own weights (MM-DiT); both are modulated by the same timestep, told apart by learned prompt/answer
+embeddings. Every in-context frame is one step along the time axis of a 3D RoPE. The model
+predicts the flow-matching velocity of the target stream.
+
+Shapes: frames are (B, T, H, W, C); tokens (B, L, D) with L = T * (H/p) * (W/p).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lavin_jax.models import layers
+from lavin_jax.models.attention import attention
+from lavin_jax.parallel import constrain
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Stream(nnx.Module):
+    """One stream's half of a J-DiT block: AdaRN modulation, Q/K/V/out projections, QK-norm,
+    and SwiGLU."""
+
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+        d, heads, kv_heads = cfg.hidden, cfg.num_heads, cfg.num_kv_heads
+        kv_width = kv_heads * (d // heads)
+        # scale_msa, gate_msa, scale_mlp, gate_mlp; zero so every block starts as the identity.
+        self.modulation = layers.dense(d, 4 * d, ("embed", "mlp"), zero_init=True, dtype=dtype, rngs=rngs)
+        self.q = layers.dense(d, d, ("embed", "heads"), use_bias=False, dtype=dtype, rngs=rngs)
+        self.k = layers.dense(d, kv_width, ("embed", "kv_heads"), use_bias=False, dtype=dtype, rngs=rngs)
+        self.v = layers.dense(d, kv_width, ("embed", "kv_heads"), use_bias=False, dtype=dtype, rngs=rngs)
+        self.q_norm = layers.RMSNorm(d, "heads", eps=cfg.norm_eps)
+        self.k_norm = layers.RMSNorm(kv_width, "kv_heads", eps=cfg.norm_eps)
+        self.out = layers.dense(d, d, ("heads", "embed"), use_bias=False, dtype=dtype, rngs=rngs)
+        mlp_hidden = cfg.mlp_hidden or layers.swiglu_hidden(d)
+        self.mlp = layers.SwiGLU(d, mlp_hidden, dtype=dtype, rngs=rngs)
+
+    def qkv(self, h: jax.Array, head_dim: int):
+        """QK-norm runs over the whole projected width, before the split into heads."""
+        split = lambda x: x.reshape(*x.shape[:2], -1, head_dim)
+        q = constrain(split(self.q_norm(self.q(h))), "batch", "length", "act_heads", None)
+        k = constrain(split(self.k_norm(self.k(h))), "batch", "length", "act_kv_heads", None)
+        v = constrain(split(self.v(h)), "batch", "length", "act_kv_heads", None)
+        return q, k, v
+
+
+class JDiTBlock(nnx.Module):
+    """Per stream: x + tanh(g) * RMSNorm(f((1 + s) * RMSNorm(x))) for f = joint attention, then SwiGLU."""
+
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+        self.eps = cfg.norm_eps
+        self.head_dim = cfg.hidden // cfg.num_heads
+        self.attention_impl = cfg.attention
+        self.cond = Stream(cfg, dtype=dtype, rngs=rngs)
+        self.target = Stream(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, c, x, t_cond, t_target, rope):
+        streams = (self.cond, self.target)
+        mods = [jnp.split(s.modulation(nnx.silu(t)), 4, axis=-1) for s, t in zip(streams, (t_cond, t_target))]
+
+        qkv = [
+            s.qkv(layers.modulate(layers.rms_norm(h, self.eps), m[0]), self.head_dim)
+            for s, h, m in zip(streams, (c, x), mods)
+        ]
+        q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*qkv))
+        cos, sin = rope
+        q, k = layers.apply_rope(q, cos, sin), layers.apply_rope(k, cos, sin)
+        joint = attention(q, k, v, self.attention_impl)
+        joint = joint.reshape(*joint.shape[:2], -1)
+        attended = (joint[:, : c.shape[1]], joint[:, c.shape[1] :])
+
+        outputs = []
+        for s, h, a, (_, gate_msa, scale_mlp, gate_mlp) in zip(streams, (c, x), attended, mods):
+            h = h + jnp.tanh(gate_msa)[:, None] * layers.rms_norm(s.out(a), self.eps)
+            mlp_out = s.mlp(layers.modulate(layers.rms_norm(h, self.eps), scale_mlp))
+            h = h + jnp.tanh(gate_mlp)[:, None] * layers.rms_norm(mlp_out, self.eps)
+            outputs.append(constrain(h, "batch", "length", "act_embed"))
+        return tuple(outputs)
+
+
+class FinalLayer(nnx.Module):
+    """RMSNorm, scale-only modulation from the answer's timestep, zero-initialised projection."""
+
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+        d, p = cfg.hidden, cfg.patch_size
+        self.eps = cfg.norm_eps
+        self.modulation = layers.dense(d, d, ("embed", "mlp"), zero_init=True, dtype=dtype, rngs=rngs)
+        self.proj = layers.dense(
+            d, p * p * cfg.in_channels, ("embed", "patch"), zero_init=True, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, x, t_target):
+        scale = self.modulation(nnx.silu(t_target))
+        return self.proj(layers.modulate(layers.rms_norm(x, self.eps), scale))
+
+
+class JDiT(nnx.Module):
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
+        self.cfg = cfg
+        dtype = DTYPES[cfg.dtype]
+        d = cfg.hidden
+        self.cond_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_channels, d, dtype=dtype, rngs=rngs)
+        self.target_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_channels, d, dtype=dtype, rngs=rngs)
+        self.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
+        embed_init = nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"))
+        self.prompt_embed = nnx.Param(embed_init(rngs.params(), (1, d)))
+        self.answer_embed = nnx.Param(embed_init(rngs.params(), (1, d)))
+
+        @nnx.split_rngs(splits=cfg.depth)
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def stacked_blocks(rngs):
+            return JDiTBlock(cfg, dtype=dtype, rngs=rngs)
+
+        self.blocks = stacked_blocks(rngs)
+        self.final = FinalLayer(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
+        """x: noisy target (B, Tx, H, W, C); t: (B,) in [0, 1]; context['cond']: clean in-context
+        frames (B, Tc, H, W, C). Returns the velocity, (B, Tx, H, W, C), float32."""
+        cond = context["cond"]
+        p = self.cfg.patch_size
+        t_cond_frames, (b, t_frames, height, width, _) = cond.shape[1], x.shape
+        grid = (t_cond_frames + t_frames, height // p, width // p)
+        rope = layers.rope_3d(grid, self.cfg.hidden // self.cfg.num_heads, self.cfg.rope_base)
+
+        dtype = DTYPES[self.cfg.dtype]
+        c = constrain(self.cond_embed(cond.astype(dtype)), "batch", "length", "act_embed")
+        h = constrain(self.target_embed(x.astype(dtype)), "batch", "length", "act_embed")
+        t_emb = self.t_embed(t)
+        t_cond = t_emb + self.prompt_embed[...]
+        t_target = t_emb + self.answer_embed[...]
+
+        c, h = self._run_blocks(c, h, t_cond, t_target, rope)
+        out = self.final(h, t_target).astype(jnp.float32)
+        return layers.unpatchify(out, p, t_frames, height // p, width // p)
+
+    def _run_blocks(self, c, h, t_cond, t_target, rope):
+        graphdef, params = nnx.split(self.blocks)
+
+        def block(carry, layer_params):
+            return nnx.merge(graphdef, layer_params)(*carry, t_cond, t_target, rope), None
+
+        if self.cfg.remat != "none":
+            block = jax.checkpoint(block, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            return jax.lax.scan(block, (c, h), params)[0]
+        for i in range(self.cfg.depth):
+            (c, h), _ = block((c, h), jax.tree.map(lambda a: a[i], params))
+        return c, h

@@ -1,0 +1,129 @@
+"""Devices, the mesh, and the mapping from logical axis names to mesh axes.
+
+Models name the axes of their parameters and key activations (`embed`, `heads`, `batch` ...);
+`config.mesh.rules` maps those names onto the mesh axes `data`, `fsdp`, `tensor`. The same model
+runs data-parallel, FSDP or tensor-parallel by config alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lavin_jax import config as config_lib
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH = PartitionSpec(("data", "fsdp"))
+
+
+def initialize_distributed() -> None:
+    """Joins the other hosts of a multi-host job; a single process needs nothing.
+
+    JAX finds the coordinator on TPU pods and under SLURM by itself; elsewhere the launcher sets
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    """
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ:
+        jax.distributed.initialize()
+
+
+def make_mesh(config, devices=None) -> Mesh:
+    """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
+    devices = jax.devices() if devices is None else list(devices)
+    shape = config_lib.mesh_shape(config, len(devices))
+    return jax.make_mesh(
+        tuple(shape[axis] for axis in MESH_AXES),
+        MESH_AXES,
+        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
+        devices=devices,
+    )
+
+
+def logical_to_mesh(spec: PartitionSpec, rules) -> PartitionSpec:
+    """Renames logical axis names to mesh axes; a name with no rule is an error, not replication."""
+    table = dict(rules)
+    mesh_axes = []
+    for name in spec:
+        if name is None:
+            mesh_axes.append(None)
+        elif name not in table:
+            raise ValueError(
+                f"Logical axis {name!r} has no rule in config.mesh.rules; add ({name!r}, mesh_axes)."
+            )
+        else:
+            mesh_axes.append(table[name])
+    return PartitionSpec(*mesh_axes)
+
+
+def _path_name(path) -> str:
+    return "/".join(str(getattr(key, "key", getattr(key, "idx", key))) for key in path)
+
+
+def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> dict:
+    """NamedShardings (as a pure dict) for parameters, checking every sharded axis divides evenly."""
+    specs = nnx.get_partition_spec(abstract_params).to_pure_dict()
+    shapes = abstract_params.to_pure_dict()
+
+    def place(path, spec, shape):
+        mesh_spec = logical_to_mesh(spec, rules)
+        for dim, (size, axes) in enumerate(zip(shape.shape, mesh_spec)):
+            if axes is None:
+                continue
+            ways = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+            if size % ways:
+                raise ValueError(
+                    f"Parameter {_path_name(path)} of shape {shape.shape}: axis {dim} of size {size} "
+                    f"cannot be split {ways} ways over mesh axes {axes}; change config.mesh or the "
+                    "model size."
+                )
+        return NamedSharding(mesh, mesh_spec)
+
+    return jax.tree.map_with_path(
+        place, specs, shapes, is_leaf=lambda x: isinstance(x, PartitionSpec)
+    )
+
+
+# Activation constraints need the mesh and rules while a step is traced; the trainer sets them
+# around tracing with `activation_sharding`, and without them `constrain` leaves arrays alone
+# (single-device use, notebooks).
+_context = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+    previous = getattr(_context, "value", None)
+    _context.value = (mesh, rules)
+    try:
+        yield
+    finally:
+        _context.value = previous
+
+
+def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
+    current = getattr(_context, "value", None)
+    if current is None:
+        return x
+    mesh, rules = current
+    spec = logical_to_mesh(PartitionSpec(*logical_axes), rules)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles each process's rows into global arrays sharded over the data-parallel axes."""
+    sharding = NamedSharding(mesh, BATCH)
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
+        for name, value in local_batch.items()
+    }

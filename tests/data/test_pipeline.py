@@ -1,0 +1,111 @@
+import itertools
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from lavin_jax import config as config_lib
+from lavin_jax.data import pipeline
+from lavin_jax.data.synthetic import SyntheticEpisodes
+
+TINY = pathlib.Path(__file__).parents[2] / "configs" / "tiny.py"
+GLOBAL_BATCH = 8
+SIZE = 16
+
+
+def make_config(**overrides):
+    defaults = {
+        "global_batch_size": GLOBAL_BATCH,
+        "data.image_size": SIZE,
+        "data.max_pairs": 2,
+        "data.cond_drop_prob": 0.3,
+        "data.num_threads": 2,
+    }
+    return config_lib.load(str(TINY), {**defaults, **overrides})
+
+
+def take(iterator, n):
+    return list(itertools.islice(iterator, n))
+
+
+def assert_batches_equal(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_batches_have_the_documented_layout():
+    for batch in take(pipeline.make_iterator(make_config()), 4):
+        k = (batch["cond"].shape[1] - 1) // 2
+        assert batch["cond"].shape == (GLOBAL_BATCH, 2 * k + 1, SIZE, SIZE, 3)
+        assert batch["target"].shape == (GLOBAL_BATCH, 1, SIZE, SIZE, 3)
+        assert batch["cond"].dtype == batch["target"].dtype == np.float32
+        assert batch["task"].shape == (GLOBAL_BATCH,) and batch["task"].dtype == np.int32
+
+
+def test_batch_s_is_global_examples_s_times_g_onwards():
+    config = make_config()
+    episodes = SyntheticEpisodes(config.data, config.seed, GLOBAL_BATCH)
+    for step, batch in enumerate(take(pipeline.make_iterator(config), 3)):
+        for row in range(GLOBAL_BATCH):
+            example = episodes[step * GLOBAL_BATCH + row]
+            np.testing.assert_array_equal(batch["cond"][row], example["cond"])
+            np.testing.assert_array_equal(batch["target"][row], example["target"])
+
+
+def test_pairs_vary_between_batches():
+    config = make_config(**{"data.num_threads": 0})
+    counts = {batch["cond"].shape[1] for batch in take(pipeline.make_iterator(config), 20)}
+    assert counts == {2, 3, 5}  # K = 0 (dropped: zero frame + query), 1 and 2.
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_process_shards_concatenate_to_the_global_batch(process_count):
+    config = make_config()
+    global_batches = take(pipeline.make_iterator(config), 3)
+    shards = [
+        take(pipeline.make_iterator(config, process, process_count), 3)
+        for process in range(process_count)
+    ]
+    for step, global_batch in enumerate(global_batches):
+        for key in global_batch:
+            rows = [shard[step][key] for shard in shards]
+            assert all(len(r) == GLOBAL_BATCH // process_count for r in rows)
+            np.testing.assert_array_equal(np.concatenate(rows), global_batch[key])
+
+
+def test_iterator_state_round_trip():
+    config = make_config()
+    iterator = pipeline.make_iterator(config, 1, 2)
+    take(iterator, 3)
+    state = json.loads(json.dumps(iterator.get_state()))  # checkpoints store it as JSON.
+    expected = take(iterator, 2)
+
+    resumed = pipeline.make_iterator(config, 1, 2)
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 2), expected)
+    assert_batches_equal(take(pipeline.make_iterator(config, 1, 2), 5)[3:], expected)
+
+
+def test_seed_changes_the_data():
+    first = take(pipeline.make_iterator(make_config()), 1)[0]
+    other = take(pipeline.make_iterator(make_config(seed=1)), 1)[0]
+    assert not np.array_equal(first["target"], other["target"])
+
+
+def test_batch_not_divisible_by_processes_is_rejected():
+    with pytest.raises(ValueError, match=r"config\.global_batch_size=8"):
+        pipeline.make_dataset(make_config(), 0, 3)
+
+
+def test_unknown_source_is_rejected():
+    with pytest.raises(ValueError, match=r"config\.data\.source='imagenet'"):
+        pipeline.make_dataset(make_config(**{"data.source": "imagenet"}), 0, 1)
+
+
+def test_unknown_task_is_rejected():
+    with pytest.raises(ValueError, match=r"config\.data\.tasks.*'sharpen'"):
+        pipeline.make_dataset(make_config(**{"data.tasks": ("sharpen",)}), 0, 1)

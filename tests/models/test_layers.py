@@ -1,0 +1,59 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lavin_jax.models import layers
+
+
+def test_rope_3d_is_relative():
+    """Scores depend only on position differences: shifting both tokens by the same (t, h, w)
+    offset leaves q.k unchanged, while a different offset changes it."""
+    grid, head_dim = (5, 4, 6), 24
+    cos, sin = layers.rope_3d(grid, head_dim, base=10_000.0)
+    index = lambda t, h, w: (t * grid[1] + h) * grid[2] + w
+    q, k = jax.random.normal(jax.random.key(0), (2, 1, 1, 1, head_dim))
+
+    def score(pos_q, pos_k):
+        rq = layers.apply_rope(q, cos[index(*pos_q)][None], sin[index(*pos_q)][None])
+        rk = layers.apply_rope(k, cos[index(*pos_k)][None], sin[index(*pos_k)][None])
+        return float(jnp.sum(rq * rk))
+
+    base = score((0, 1, 2), (2, 0, 4))
+    np.testing.assert_allclose(score((2, 3, 3), (4, 2, 5)), base, rtol=1e-5)  # shift (2, 2, 1)
+    np.testing.assert_allclose(score((1, 1, 0), (3, 0, 2)), base, rtol=1e-5)  # shift (1, 0, -2)
+    assert abs(score((0, 1, 2), (3, 0, 4)) - base) > 1e-3
+
+
+def test_rope_rotates_each_axis_part_separately():
+    """A move along w only rotates the last third of the head dimension."""
+    cos, sin = layers.rope_3d((1, 1, 3), 12, base=10_000.0)
+    x = jnp.ones((1, 1, 1, 12))
+    moved = layers.apply_rope(x, cos[2:3], sin[2:3])
+    np.testing.assert_allclose(moved[..., :8], x[..., :8])
+    assert not np.allclose(moved[..., 8:], x[..., 8:])
+
+
+def test_patchify_round_trip_and_token_order():
+    x = jax.random.normal(jax.random.key(1), (2, 3, 8, 12, 5))
+    tokens = layers.patchify(x, 2)
+    assert tokens.shape == (2, 3 * 4 * 6, 2 * 2 * 5)
+    np.testing.assert_array_equal(layers.unpatchify(tokens, 2, 3, 4, 6), x)
+    # The second token is frame 0, patch row 0, patch column 1; features run rows, columns, channels.
+    np.testing.assert_array_equal(tokens[0, 1], x[0, 0, 0:2, 2:4, :].reshape(-1))
+
+
+def test_timestep_frequencies_cos_first():
+    emb = layers.timestep_frequencies(jnp.zeros((1,)), dim=8)
+    np.testing.assert_array_equal(emb, [[1, 1, 1, 1, 0, 0, 0, 0]])
+
+
+@pytest.mark.parametrize("hidden,expected", [(2304, 6144), (1152, 3072), (96, 256)])
+def test_swiglu_width(hidden, expected):
+    assert layers.swiglu_hidden(hidden) == expected
+
+
+def test_rms_norm_unit_rms():
+    x = jax.random.normal(jax.random.key(2), (4, 16)) * 7.0
+    y = layers.rms_norm(x, 1e-6)
+    np.testing.assert_allclose(jnp.sqrt(jnp.mean(y**2, axis=-1)), 1.0, rtol=1e-4)

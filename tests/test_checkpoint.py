@@ -1,0 +1,234 @@
+import itertools
+import json
+import pathlib
+import shutil
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lavin_jax import config as config_lib
+from lavin_jax.checkpoint import Checkpointer
+
+TINY = pathlib.Path(__file__).parent.parent / "configs" / "tiny.py"
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+
+
+def make_state(mesh):
+    """A train-state-like pytree: nested dicts with int keys, tuples, an optax state, counters."""
+    rng = np.random.default_rng(0)
+
+    def put(shape, spec):
+        return jax.device_put(
+            jnp.asarray(rng.normal(size=shape), jnp.float32), NamedSharding(mesh, spec)
+        )
+
+    params = {
+        "embed": put((8, 4), P("data", "fsdp")),
+        "layers": {
+            0: {"w": put((4, 8), P(None, "tensor"))},
+            1: {"w": put((4, 8), P("fsdp", "tensor"))},
+        },
+        "bias": put((16,), P(("data", "fsdp", "tensor"))),
+        "scale": put((3,), P()),
+    }
+    replicated = NamedSharding(mesh, P())
+    return {
+        "params": params,
+        "opt": optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)).init(params),
+        "step": jax.device_put(jnp.int32(7), replicated),
+        "rng": jax.device_put(jax.random.key_data(jax.random.key(0)), replicated),
+        "pair": (put((2, 2), P("tensor")), put((2,), P())),
+    }
+
+
+def abstract_like(state, sharding_for):
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_for(x)), state
+    )
+
+
+def relayout(abstract, mesh):
+    """`abstract` with the leading axis of its arrays put on other mesh axes, by turns."""
+    specs = itertools.cycle([P("tensor"), P(), P(("data", "fsdp"))])
+
+    def spec_for(x):
+        spec = next(specs)
+        return NamedSharding(mesh, spec if x.ndim and x.shape[0] % 4 == 0 else P())
+
+    return abstract_like(abstract, spec_for)
+
+
+def make_iterator():
+    return iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
+
+
+@pytest.fixture
+def config():
+    return config_lib.load(str(TINY))
+
+
+@pytest.mark.parametrize("reshard", [False, True], ids=["same_layout", "new_layout"])
+def test_round_trip_restores_values_onto_abstract_shardings(tmp_path, mesh, config, reshard):
+    state = make_state(mesh)
+    expected = jax.tree.map(np.asarray, state)
+    saved_layout = abstract_like(state, lambda x: x.sharding)
+    checkpointer = Checkpointer(str(tmp_path), keep=3, save_every=1)
+    assert checkpointer.save(1, state, make_iterator(), config)
+    # The save must have copied everything it needs: the caller may donate the arrays at once.
+    for leaf in jax.tree.leaves(state):
+        leaf.delete()
+    checkpointer.wait()
+    checkpointer.close()
+
+    abstract = relayout(saved_layout, mesh) if reshard else saved_layout
+    moved = [
+        new.sharding != old.sharding
+        for new, old in zip(jax.tree.leaves(abstract), jax.tree.leaves(saved_layout))
+    ]
+    assert any(moved) == reshard
+    restored = Checkpointer(str(tmp_path), keep=3, save_every=1).restore(
+        1, abstract, make_iterator(), config
+    )
+    assert jax.tree.structure(restored) == jax.tree.structure(abstract)
+    for got, want, spec in zip(
+        jax.tree.leaves(restored), jax.tree.leaves(expected), jax.tree.leaves(abstract)
+    ):
+        assert got.dtype == want.dtype
+        assert got.sharding == spec.sharding
+        np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_saves_on_interval_keeps_newest_and_reports_latest(tmp_path, mesh, config):
+    checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=10)
+    assert checkpointer.latest_step() is None
+    state, iterator = make_state(mesh), make_iterator()
+    started = {
+        step: checkpointer.save(step, state, iterator, config) for step in (3, 10, 15, 20, 30)
+    }
+    assert started == {3: False, 10: True, 15: False, 20: True, 30: True}
+    assert checkpointer.save(35, state, iterator, config, force=True)
+    # The last step of a run is force-saved even when the interval has just saved it.
+    assert not checkpointer.save(35, state, iterator, config, force=True)
+    checkpointer.wait()
+    assert not checkpointer.save(30, state, iterator, config, force=True)
+    checkpointer.close()
+
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [30, 35]
+    assert Checkpointer(str(tmp_path), keep=2, save_every=10).latest_step() == 35
+
+
+def test_data_iterator_resumes_after_the_saved_batch(tmp_path, mesh, config):
+    iterator = make_iterator()
+    for _ in range(3):
+        next(iterator)
+    checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=5)
+    state = make_state(mesh)
+    assert checkpointer.save(5, state, iterator, config)
+    after_save = next(iterator)
+    for _ in range(4):
+        next(iterator)
+    # No wait(): restoring a step whose save is still in flight must wait for it.
+    abstract = abstract_like(state, lambda x: x.sharding)
+    checkpointer.restore(5, abstract, iterator, config)
+    np.testing.assert_array_equal(next(iterator), after_save)
+
+    fresh = make_iterator()
+    Checkpointer(str(tmp_path), keep=2, save_every=5).restore(5, abstract, fresh, config)
+    np.testing.assert_array_equal(next(fresh), after_save)
+    checkpointer.close()
+
+
+@pytest.fixture
+def saved(tmp_path, mesh, config):
+    """A finished checkpoint at step 2; returns (directory, abstract state)."""
+    state = make_state(mesh)
+    checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=2)
+    checkpointer.save(2, state, make_iterator(), config)
+    checkpointer.close()
+    return tmp_path, abstract_like(state, lambda x: x.sharding)
+
+
+def test_model_config_mismatch_names_fields_and_both_values(saved, config):
+    directory, abstract = saved
+    config.model.hidden = 128
+    config.model.depth = 2
+    with pytest.raises(ValueError) as error:
+        Checkpointer(str(directory), keep=2, save_every=2).restore(
+            2, abstract, make_iterator(), config
+        )
+    message = str(error.value)
+    assert str(directory / "2") in message
+    assert "model.hidden=96, model.depth=4 but the config has model.hidden=128, model.depth=2" in (
+        message
+    )
+
+
+def test_fields_that_keep_parameter_shapes_may_change(saved, config):
+    directory, abstract = saved
+    config.model.dtype = "bfloat16"
+    config.model.remat = "full"
+    config.model.attention = "xla"
+    config.model.scan_layers = not config.model.scan_layers
+    config.optim.lr = 0.5
+    restored = Checkpointer(str(directory), keep=2, save_every=2).restore(
+        2, abstract, make_iterator(), config
+    )
+    assert jax.tree.structure(restored) == jax.tree.structure(abstract)
+
+
+def _remove_data_item(step_dir):
+    shutil.rmtree(step_dir / "data")
+
+
+def _corrupt_config_item(step_dir):
+    (step_dir / "config" / "metadata").write_text("{not json")
+
+
+def _corrupt_data_item(step_dir):
+    (step_dir / "data" / "process_0-of-1.json").write_text("{not json")
+
+
+def _remove_state_metadata(step_dir):
+    (step_dir / "state" / "_METADATA").unlink()
+
+
+@pytest.mark.parametrize(
+    "damage, item, error_type",
+    [
+        (_remove_data_item, "data", FileNotFoundError),
+        (_corrupt_config_item, "config", ValueError),
+        (_corrupt_data_item, "data", ValueError),
+        (_remove_state_metadata, "state", ValueError),
+    ],
+)
+def test_damaged_item_error_names_its_path(saved, config, damage, item, error_type):
+    directory, abstract = saved
+    damage(directory / "2")
+    with pytest.raises(error_type, match=str(directory / "2" / item)):
+        Checkpointer(str(directory), keep=2, save_every=2).restore(
+            2, abstract, make_iterator(), config
+        )
+
+
+def test_missing_step_error_names_its_path(saved, config):
+    directory, abstract = saved
+    with pytest.raises(FileNotFoundError, match=str(directory / "4")):
+        Checkpointer(str(directory), keep=2, save_every=2).restore(
+            4, abstract, make_iterator(), config
+        )
+
+
+def test_saved_config_is_the_run_config(saved, config):
+    directory, _ = saved
+    saved_config = json.loads((directory / "2" / "config" / "metadata").read_text())
+    assert saved_config == json.loads(config.to_json_best_effort())

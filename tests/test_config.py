@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lavin_jax import config as config_lib
+from lavin_jax import train
+from conftest import ROOT, small_config
+
+
+@pytest.mark.parametrize("name", ["tiny", "s", "l", "xl"])
+def test_shipped_configs_validate(name):
+    config = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
+    config_lib.validate(config, num_devices=None)
+
+
+def test_tiny_config_runs_on_one_or_eight_devices():
+    config = config_lib.load(str(ROOT / "configs" / "tiny.py"))
+    assert config_lib.validate(config, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert config_lib.validate(config, num_devices=8) == {"data": 8, "fsdp": 1, "tensor": 1}
+
+
+@pytest.mark.parametrize(
+    "overrides,devices,message",
+    [
+        ({"global_batch_size": 6}, 8, "config.global_batch_size=6 is not divisible by the data-parallel size"),
+        ({"mesh.data": 3}, 8, "config.mesh: data*fsdp*tensor=3 does not match the 8 devices"),
+        ({"mesh.fsdp": 3}, 8, "config.mesh: fsdp*tensor*data=3 does not divide the 8 devices"),
+        ({"mesh.data": -1, "mesh.fsdp": -1}, 8, "only one axis may be -1"),
+        ({"model.num_heads": 4, "model.num_kv_heads": 3}, 8, "config.model.num_heads=4 is not divisible by config.model.num_kv_heads=3"),
+        ({"model.hidden": 40, "model.num_heads": 4, "model.num_kv_heads": 1}, 8, "head_dim=hidden/num_heads=10 must be divisible by 6"),
+        ({"model.hidden": 49}, 8, "config.model.hidden=49 is not divisible by config.model.num_heads=2"),
+        ({"mesh.tensor": 2, "mesh.data": 4}, 8, "config.model.num_kv_heads=1 is not divisible by config.mesh.tensor=2"),
+        ({"model.in_channels": 16}, 8, "config.model.in_channels=16 but config.vae.name='none'"),
+        ({"data.image_size": 18}, 8, "config.data.image_size=18 does not give model inputs divisible by config.model.patch_size=4"),
+        ({"model.remat": "some"}, 8, "config.model.remat='some' must be one of"),
+        ({"model.name": "unet"}, 8, "config.model.name='unet' is unknown"),
+        ({"optim.schedule": "linear"}, 8, "config.optim.schedule='linear'"),
+        ({"data.cond_drop_prob": 1.0}, 8, "config.data.cond_drop_prob=1.0 must be in [0, 1)"),
+    ],
+)
+def test_invalid_configs_name_the_field(overrides, devices, message):
+    with pytest.raises(ValueError) as error:
+        config_lib.validate(small_config(**overrides), num_devices=devices)
+    assert message in str(error.value)
+
+
+def test_unknown_override_field_is_named():
+    with pytest.raises(ValueError, match="'model.hiden': there is no field 'hiden'"):
+        small_config(**{"model.hiden": 3})
+
+
+def test_shipped_configs_cannot_grow_new_fields():
+    config = small_config()
+    with pytest.raises(AttributeError):
+        config.model.hiden = 3
+
+
+def test_train_rejects_a_bad_config_before_touching_the_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="global_batch_size"):
+        train.train(small_config(global_batch_size=6), str(workdir))
+    assert not workdir.exists()
+
+
+def test_command_line_rejects_an_unknown_field(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lavin_jax.main", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+         "--config.model.hiden=3"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "hiden" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()

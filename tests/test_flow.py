@@ -1,0 +1,101 @@
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from lavin_jax import flow
+
+
+def flow_config(**fields):
+    c = ml_collections.ConfigDict(
+        dict(t_mean=0.0, t_std=1.0, shift=1.0, l1_weight=0.1, sample_steps=7, cfg_scale=1.0)
+    )
+    c.update(fields)
+    return c
+
+
+def test_euler_integrates_a_constant_velocity_exactly():
+    x0 = jax.random.normal(jax.random.key(0), (3, 1, 4, 4, 2))
+    velocity = jax.random.normal(jax.random.key(1), x0.shape)
+    x1 = flow.euler(lambda x, t: velocity, x0, flow.time_grid(9))
+    np.testing.assert_allclose(x1, x0 + velocity, atol=1e-5)
+
+
+def test_euler_follows_a_straight_path_to_its_data_point():
+    """On the path x_t = t*x1 + (1-t)*x0 the velocity x1 - x0 is constant: Euler lands on x1."""
+    x0, x1 = jax.random.normal(jax.random.key(2), (2, 5, 3))
+    data = lambda x, t: x1 - x0
+    np.testing.assert_allclose(flow.euler(data, x0, flow.time_grid(4)), x1, atol=1e-5)
+    assert not np.allclose(flow.euler(data, x0, [0.0, 0.5]), x1, atol=1e-2)  # half way only.
+
+
+@pytest.mark.parametrize("steps", [1, 3, 19, 40])
+def test_time_grid_runs_from_noise_to_data_densest_near_noise(steps):
+    grid = flow.time_grid(steps)
+    assert len(grid) == steps + 1 and grid[0] == 0.0 and grid[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(grid) > 0)
+    if steps >= 3:
+        assert np.diff(grid)[0] < np.diff(grid)[-1]
+
+
+def test_interpolation_convention_t0_noise_t1_data():
+    x0, x1 = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    np.testing.assert_array_equal(flow.interpolate(x0, x1, jnp.array([0.0, 1.0])), [[0, 0, 0], [1, 1, 1]])
+
+
+def test_time_sampling_logit_normal_and_shift():
+    key = jax.random.key(3)
+    t = flow.sample_time(key, 20_000, flow_config())
+    assert 0 < float(t.min()) and float(t.max()) < 1
+    assert float(jnp.median(t)) == pytest.approx(0.5, abs=0.02)
+    shifted = flow.sample_time(key, 20_000, flow_config(shift=3.0))
+    assert float(jnp.median(shifted)) == pytest.approx(0.25, abs=0.02)  # 0.5 / (0.5 + 3 * 0.5)
+
+
+def test_loss_of_the_true_velocity_is_zero_and_weights_l1():
+    """A model that knows the noise predicts x1 - x0 exactly; an off-by-c model pays c**2 + w*c."""
+    batch = {"target": jax.random.normal(jax.random.key(4), (4, 1, 2, 2, 3))}
+    key = jax.random.key(5)
+    noise = jax.random.normal(jax.random.split(key)[0], batch["target"].shape)
+    exact = lambda x, t, context: batch["target"] - noise
+    loss, _ = flow.loss(exact, batch, key, flow_config())
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    off = lambda x, t, context: batch["target"] - noise + 0.5
+    loss, aux = flow.loss(off, batch, key, flow_config(l1_weight=0.1))
+    assert float(loss) == pytest.approx(0.25 + 0.05, rel=1e-5)
+    assert float(aux["mse"]) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_model_never_sees_the_target():
+    seen = {}
+
+    def model(x, t, context):
+        seen.update(context)
+        return x
+
+    flow.loss(model, {"target": jnp.ones((2, 1, 2, 2, 1)), "cond": jnp.zeros((2, 3, 2, 2, 1))},
+              jax.random.key(0), flow_config())
+    assert set(seen) == {"cond"}
+
+
+def test_unconditional_drops_the_pairs_and_keeps_the_query():
+    cond = jax.random.normal(jax.random.key(6), (2, 5, 4, 4, 3))
+    uncond = flow.unconditional({"cond": cond})["cond"]
+    assert uncond.shape == (2, 2, 4, 4, 3)
+    np.testing.assert_array_equal(uncond[:, 0], 0.0)
+    np.testing.assert_array_equal(uncond[:, 1], cond[:, -1])
+
+
+def test_guidance_extrapolates_from_the_unconditional_velocity():
+    """With v_cond = a and v_uncond = b constant, guided sampling moves by b + s(a - b)."""
+    a, b = 2.0, 0.5
+
+    def model(x, t, context):
+        return jnp.full_like(x, a if context["cond"].shape[1] == 5 else b)
+
+    context = {"cond": jnp.ones((1, 5, 2, 2, 1))}
+    for scale in (1.0, 1.5, 3.0):
+        out = flow.sample(model, context, jax.random.key(7), (1, 1, 2, 2, 1), flow_config(), cfg_scale=scale)
+        x0 = jax.random.normal(jax.random.key(7), (1, 1, 2, 2, 1))
+        np.testing.assert_allclose(out, x0 + b + scale * (a - b), atol=1e-5)

@@ -1,0 +1,116 @@
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from lavin_jax import parallel, train
+from lavin_jax.data import pipeline
+from conftest import small_config
+
+
+def run_steps(config, mesh, batches):
+    s = train.setup(config, mesh)
+    state = train.init_state(config, s)
+    step = train.make_train_step(config, s)
+    losses = []
+    for batch in batches:
+        state, stats = step(state, parallel.global_batch(batch, mesh))
+        losses.append(float(stats["loss"]))
+    return losses, jax.device_get(state)
+
+
+def batches(config, n):
+    data = pipeline.make_iterator(config)
+    return [next(data) for _ in range(n)]
+
+
+def test_loss_falls_on_a_fixed_batch():
+    config = small_config(**{"optim.warmup_steps": 1, "optim.lr": 3e-3})
+    mesh = parallel.make_mesh(config)
+    losses, _ = run_steps(config, mesh, batches(config, 1) * 60)
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+
+
+def test_sharded_step_matches_the_single_device_step():
+    """data=2, fsdp=2, tensor=2 over 8 devices computes what one device computes."""
+    overrides = {"model.num_heads": 2, "model.num_kv_heads": 2, "optim.warmup_steps": 1}
+    single = small_config(**overrides, **{"mesh.data": 1})
+    sharded = small_config(**overrides, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    data = batches(single, 3)
+    one_losses, one_state = run_steps(single, parallel.make_mesh(single, jax.devices()[:1]), data)
+    mesh = parallel.make_mesh(sharded)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    eight_losses, eight_state = run_steps(sharded, mesh, data)
+    np.testing.assert_allclose(eight_losses, one_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(eight_state), jax.tree.leaves(one_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_parameters_are_sharded_by_the_logical_rules():
+    config = small_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.num_kv_heads": 2})
+    s = train.setup(config, parallel.make_mesh(config))
+    q = s.abstract_state["params"]["blocks"]["cond"]["q"]["kernel"]
+    assert tuple(q.sharding.spec) == (None, "fsdp", "tensor")  # layers, embed, heads
+    mu = s.abstract_state["opt"][1][0].mu["blocks"]["cond"]["q"]["kernel"]
+    assert mu.sharding == q.sharding  # Adam moments live with their parameters.
+
+
+def test_indivisible_parameter_axis_is_named():
+    config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8})  # hidden 48 over 8 fsdp shards: fine
+    train.setup(config, parallel.make_mesh(config))
+    config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8, "model.hidden": 36, "model.num_heads": 1, "model.num_kv_heads": 1})
+    with pytest.raises(ValueError, match=r"Parameter .* axis \d+ of size 36 cannot be split 8 ways"):
+        train.setup(config, parallel.make_mesh(config))
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatch):
+    config = small_config(**{"total_steps": 6, "log_every": 1, "checkpoint_every": 4, "eval_every": 6})
+    straight = tmp_path / "straight"
+    train.train(config, str(straight))
+
+    # A preemption during step 3: the run finishes that step, saves it, and exits cleanly.
+    interrupted = tmp_path / "interrupted"
+    calls = {"n": 0}
+    real_global_batch = parallel.global_batch
+
+    def preempt_at_third_batch(batch, mesh):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_global_batch(batch, mesh)
+
+    monkeypatch.setattr(parallel, "global_batch", preempt_at_third_batch)
+    state = train.train(config, str(interrupted))
+    assert int(state["step"]) == 3
+    assert sorted(os.listdir(interrupted / "checkpoints")) == ["3"]
+    monkeypatch.setattr(parallel, "global_batch", real_global_batch)
+
+    train.train(config, str(interrupted))
+    expected = read_metrics(straight)
+    resumed = read_metrics(interrupted)
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in expected]
+    for key in ("loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec"):
+        assert key in resumed[-1]
+    assert sorted(os.listdir(interrupted / "checkpoints")) == ["3", "4", "6"]
+    assert os.listdir(interrupted / "samples") == ["samples_0000006.png"]
+    assert any(name.startswith("events") for name in os.listdir(interrupted / "tensorboard"))
+    summary = json.loads((interrupted / "summary.json").read_text())
+    assert summary["params"] > 0 and summary["flops_per_example"] > 0
+
+
+def test_restoring_a_checkpoint_of_another_model_is_refused(tmp_path):
+    config = small_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 2})
+    train.train(config, str(tmp_path))
+    bigger = small_config(**{"total_steps": 4, "model.depth": 3})
+    with pytest.raises(ValueError, match=r"was written for model.depth=2 but the config has model.depth=3"):
+        train.train(bigger, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # saved work untouched.
