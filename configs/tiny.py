@@ -5,17 +5,18 @@ from lavin_jax.config import base
 
 def get_config():
     c = base()
-    c.total_steps = 400
-    c.global_batch_size = 16
-    c.log_every = 10
-    c.checkpoint_every = 100
-    c.eval_every = 100
+    c.total_steps = 1000
+    c.global_batch_size = 8  # on 2 CPU cores, more small steps beat fewer large ones.
+    c.log_every = 25
+    c.checkpoint_every = 250
+    c.eval_every = 250
 
     # Pixel space until the ST-VAE lands: 32x32 RGB frames, 4x4 patches.
     c.vae.name = "none"
     c.model.in_channels = 3
     c.data.image_size = 32
     c.data.max_pairs = 2
+    c.data.tasks = ("colorize", "edges", "flip", "inpaint")
 
     c.model.hidden = 96
     c.model.depth = 4
@@ -28,7 +29,8 @@ def get_config():
     c.mesh.fsdp = 1
 
     c.optim.lr = 1e-3
-    c.optim.warmup_steps = 20
+    c.optim.warmup_steps = 50
+    c.optim.schedule = "cosine"
     c.optim.ema_decay = 0.99
     c.flow.sample_steps = 10
     return c

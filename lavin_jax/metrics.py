@@ -22,14 +22,22 @@ class MetricWriter:
     Every host builds one; only the primary host's (`enabled=True`) writes anything.
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
+        """`resume_step`: the checkpoint step a resumed run starts from. Lines the interrupted
+        run logged after it are dropped, since the resumed run logs those steps again."""
         self._workdir = workdir
         self._enabled = enabled
         if not enabled:
             return
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resume_step is not None and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
         # Append: a resumed run continues the log of the run it resumes.
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._jsonl = open(path, "a", encoding="utf-8")
         self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:

@@ -211,7 +211,7 @@ def train(config, workdir: str) -> dict:
     sampler = make_sampler(config, s)
     episodes = sample_episodes(config)
     sample_context = {"cond": _replicate(episodes["cond"], mesh)}
-    writer = metrics.MetricWriter(workdir, enabled=primary)
+    writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest)
 
     def write_samples(step: int):
         prediction = jax.device_get(sampler(state["ema"], sample_context, jax.random.key(config.seed + 2)))

@@ -37,6 +37,18 @@ def test_scalars_append_one_json_line_per_call_across_writers(tmp_path):
     assert any((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_resumed_writer_drops_steps_logged_after_its_checkpoint(tmp_path):
+    first = MetricWriter(str(tmp_path))
+    for step in (10, 20, 30):
+        first.write_scalars(step, {"loss": step / 100})
+    first.close()
+    resumed = MetricWriter(str(tmp_path), resume_step=20)  # the run died after logging 30.
+    resumed.write_scalars(30, {"loss": 0.75})
+    resumed.close()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"step": 10, "loss": 0.1}, {"step": 20, "loss": 0.2}, {"step": 30, "loss": 0.75}]
+
+
 def test_disabled_writer_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     writer = MetricWriter(str(workdir), enabled=False)
