@@ -9,6 +9,7 @@ is refused with a sentence naming the fields before any array is read.
 from __future__ import annotations
 
 import json
+import os
 
 import grain
 import ml_collections
@@ -22,7 +23,8 @@ _SHAPE_FREE_MODEL_FIELDS = frozenset({"dtype", "attention", "remat", "scan_layer
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, save_every: int):
-        self._directory = epath.Path(directory)  # epath, so gs:// directories work too.
+        # epath, so gs:// directories work too; orbax needs local paths absolute.
+        self._directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         policies = ocp.checkpoint_managers
         self._manager = ocp.CheckpointManager(
             self._directory,

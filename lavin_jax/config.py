@@ -7,9 +7,10 @@ person can make in a config into one sentence naming the field, before anything 
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import ml_collections
+
+from lavin_jax import models, parallel
 
 # Logical axis -> mesh axes. Parameters and activations name their axes with the keys; the mesh
 # has axes `data`, `fsdp`, `tensor`. Activations use `act_*` names so that a weight's `embed`
@@ -125,29 +126,6 @@ def _set_dotted(config, key, value):
     node[leaf] = value
 
 
-def mesh_shape(config, num_devices: int) -> dict[str, int]:
-    """The mesh axis sizes, with a `-1` axis filled from the device count."""
-    sizes = {axis: int(config.mesh[axis]) for axis in ("data", "fsdp", "tensor")}
-    free = [axis for axis, size in sizes.items() if size == -1]
-    if len(free) > 1:
-        raise ValueError(f"config.mesh: only one axis may be -1, got {', '.join(free)}.")
-    for axis, size in sizes.items():
-        if size == 0 or size < -1:
-            raise ValueError(f"config.mesh.{axis}={size} must be a positive size or -1.")
-    fixed = math.prod(size for size in sizes.values() if size != -1)
-    if free:
-        if num_devices % fixed:
-            raise ValueError(
-                f"config.mesh: fsdp*tensor*data={fixed} does not divide the {num_devices} devices."
-            )
-        sizes[free[0]] = num_devices // fixed
-    elif fixed != num_devices:
-        raise ValueError(
-            f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices."
-        )
-    return sizes
-
-
 def model_input(config) -> tuple[int, int]:
     """The side and channel count of one frame as the model sees it: pixels or latents."""
     if config.vae.name == "none":
@@ -155,86 +133,82 @@ def model_input(config) -> tuple[int, int]:
     return config.data.image_size // config.vae.downsample, config.model.in_channels
 
 
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
 def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[str, int] | None:
     """Raises ValueError naming the offending field; returns the mesh shape.
 
-    With `num_devices=None` (abstract uses such as `--mode=summary`) the mesh is not checked."""
+    The model family checks its own fields (`models.check`) and the data pipeline its sources and
+    tasks when it is built, which the trainer does next, before anything is compiled. With
+    `num_devices=None` (abstract uses such as `--mode=summary`) the mesh is not checked."""
+    for field in ("total_steps", "log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "global_batch_size"):
+        _require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
+
     m = config.model
-    if m.name != "jdit":
-        raise ValueError(f"config.model.name={m.name!r} is unknown; known models: 'jdit'.")
     for field in ("hidden", "depth", "num_heads", "num_kv_heads", "patch_size", "in_channels"):
-        if int(m[field]) <= 0:
-            raise ValueError(f"config.model.{field}={m[field]} must be positive.")
-    if m.hidden % m.num_heads:
-        raise ValueError(
-            f"config.model.hidden={m.hidden} is not divisible by config.model.num_heads={m.num_heads}."
-        )
-    if m.num_heads % m.num_kv_heads:
-        raise ValueError(
-            f"config.model.num_heads={m.num_heads} is not divisible by "
-            f"config.model.num_kv_heads={m.num_kv_heads}."
-        )
-    head_dim = m.hidden // m.num_heads
-    if head_dim % 6:
-        raise ValueError(
-            f"config.model: head_dim=hidden/num_heads={head_dim} must be divisible by 6, so 3D RoPE "
-            "can split it into three even (t, h, w) parts."
-        )
+        _require(int(m[field]) > 0, f"config.model.{field}={m[field]} must be positive.")
     for field, allowed in (
         ("dtype", ("float32", "bfloat16")),
         ("attention", ("auto", "xla", "cudnn")),
         ("remat", ("none", "full", "dots")),
     ):
-        if m[field] not in allowed:
-            raise ValueError(f"config.model.{field}={m[field]!r} must be one of {allowed}.")
+        _require(m[field] in allowed, f"config.model.{field}={m[field]!r} must be one of {allowed}.")
+    models.check(m)
 
-    if config.vae.name not in ("none", "stvae"):
-        raise ValueError(f"config.vae.name={config.vae.name!r} must be 'none' or 'stvae'.")
-    if config.vae.name == "none" and m.in_channels != 3:
-        raise ValueError(
-            f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB "
-            "pixels: set config.model.in_channels=3."
-        )
+    v = config.vae
+    _require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
+    _require(
+        v.name != "none" or m.in_channels == 3,
+        f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB pixels: "
+        "set config.model.in_channels=3.",
+    )
     d = config.data
+    _require(
+        v.name == "none" or (v.downsample > 0 and d.image_size % v.downsample == 0),
+        f"config.data.image_size={d.image_size} is not divisible by config.vae.downsample={v.downsample}.",
+    )
     size, _ = model_input(config)
-    if size * (d.image_size // size) != d.image_size or size % m.patch_size:
-        raise ValueError(
-            f"config.data.image_size={d.image_size} does not give model inputs divisible by "
-            f"config.model.patch_size={m.patch_size} (model input side {size})."
-        )
-    if d.max_pairs < 1:
-        raise ValueError(f"config.data.max_pairs={d.max_pairs} must be at least 1.")
-    if not 0.0 <= d.cond_drop_prob < 1.0:
-        raise ValueError(f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
+    _require(
+        size > 0 and size % m.patch_size == 0,
+        f"config.data.image_size={d.image_size} gives model inputs of side {size}, not divisible by "
+        f"config.model.patch_size={m.patch_size}.",
+    )
+    _require(d.max_pairs >= 1, f"config.data.max_pairs={d.max_pairs} must be at least 1.")
+    _require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
 
+    f = config.flow
+    _require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
+    _require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
+    _require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
     o = config.optim
-    if o.schedule not in ("constant", "cosine"):
-        raise ValueError(f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
-    if not 0.0 <= o.ema_decay < 1.0:
-        raise ValueError(f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
-    if config.flow.sample_steps < 1:
-        raise ValueError(f"config.flow.sample_steps={config.flow.sample_steps} must be at least 1.")
-    for field in ("total_steps", "log_every", "checkpoint_every", "eval_every"):
-        if int(config[field]) <= 0:
-            raise ValueError(f"config.{field}={config[field]} must be positive.")
+    _require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
+    _require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
+    _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
+    _require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
+    _require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
+    _require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
 
     if num_devices is None:
         return None
-    shape = mesh_shape(config, num_devices)
+    shape = parallel.mesh_shape(config.mesh, num_devices)
     batch_shards = shape["data"] * shape["fsdp"]
-    if config.global_batch_size % batch_shards:
-        raise ValueError(
-            f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-            f"data-parallel size data*fsdp={batch_shards}."
-        )
-    if config.global_batch_size % num_processes:
-        raise ValueError(
-            f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-            f"{num_processes} processes."
-        )
+    _require(
+        config.global_batch_size % batch_shards == 0,
+        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
+        f"data-parallel size data*fsdp={batch_shards}.",
+    )
+    # Each process feeds its own rows, so every process must own whole data-parallel shards.
+    _require(
+        batch_shards % num_processes == 0,
+        f"config.mesh: the data-parallel size data*fsdp={batch_shards} is not divisible by the "
+        f"{num_processes} processes, so hosts cannot each own whole batch shards.",
+    )
     for field in ("num_heads", "num_kv_heads"):
-        if m[field] % shape["tensor"]:
-            raise ValueError(
-                f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}."
-            )
+        _require(
+            m[field] % shape["tensor"] == 0,
+            f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}.",
+        )
     return shape

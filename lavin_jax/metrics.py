@@ -61,11 +61,6 @@ class MetricWriter:
         Image.fromarray(image).save(path)
         self._tensorboard.add_image(name, image, global_step=step, dataformats="HWC")
 
-    def flush(self) -> None:
-        if self._enabled:
-            self._jsonl.flush()
-            self._tensorboard.flush()
-
     def close(self) -> None:
         if self._enabled:
             self._jsonl.close()

@@ -17,10 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import config as config_lib
-
 MESH_AXES = ("data", "fsdp", "tensor")
-BATCH = PartitionSpec(("data", "fsdp"))
 
 
 def initialize_distributed() -> None:
@@ -39,10 +36,33 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
+    """The mesh axis sizes from `config.mesh`, with a `-1` axis filled from the device count."""
+    sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ValueError(f"config.mesh: only one axis may be -1, got {', '.join(free)}.")
+    for axis, size in sizes.items():
+        if size == 0 or size < -1:
+            raise ValueError(f"config.mesh.{axis}={size} must be a positive size or -1.")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if num_devices % fixed:
+            raise ValueError(
+                f"config.mesh: the fixed axes' product {fixed} does not divide the {num_devices} devices."
+            )
+        sizes[free[0]] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ValueError(
+            f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices."
+        )
+    return sizes
+
+
 def make_mesh(config, devices=None) -> Mesh:
     """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
     devices = jax.devices() if devices is None else list(devices)
-    shape = config_lib.mesh_shape(config, len(devices))
+    shape = mesh_shape(config.mesh, len(devices))
     return jax.make_mesh(
         tuple(shape[axis] for axis in MESH_AXES),
         MESH_AXES,
@@ -77,6 +97,12 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> dict:
     shapes = abstract_params.to_pure_dict()
 
     def place(path, spec, shape):
+        if len(spec) != len(shape.shape):
+            # An unnamed parameter would be replicated silently: a 3B model would not fit.
+            raise ValueError(
+                f"Parameter {_path_name(path)} of shape {shape.shape} has logical axes {tuple(spec)}; "
+                "every parameter must name each of its axes (nnx.with_partitioning)."
+            )
         mesh_spec = logical_to_mesh(spec, rules)
         for dim, (size, axes) in enumerate(zip(shape.shape, mesh_spec)):
             if axes is None:
@@ -120,10 +146,18 @@ def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's rows into global arrays sharded over the data-parallel axes."""
-    sharding = NamedSharding(mesh, BATCH)
-    return {
-        name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
-        for name, value in local_batch.items()
-    }
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+    """Where a batch's leading axis lives: the `batch` rule."""
+    return NamedSharding(mesh, logical_to_mesh(PartitionSpec("batch"), rules))
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
+    """Assembles each process's rows, a 1/process_count slice of the global batch, into global
+    arrays sharded by the `batch` rule."""
+    sharding = batch_sharding(mesh, rules)
+    arrays = {}
+    for name, value in local_batch.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
+        arrays[name] = jax.make_array_from_process_local_data(sharding, value, global_shape)
+    return arrays

@@ -21,6 +21,7 @@ import optax
 import tqdm
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lavin_jax import checkpoint, flow, metrics, parallel, summary
@@ -117,10 +118,9 @@ def make_train_step(config, s: Setup):
         return new_state, stats
 
     state_sharding = shardings(s.abstract_state)
-    batch_sharding = NamedSharding(s.mesh, parallel.BATCH)
     return jax.jit(
         train_step,
-        in_shardings=(state_sharding, batch_sharding),
+        in_shardings=(state_sharding, parallel.batch_sharding(s.mesh, config.mesh.rules)),
         out_shardings=(state_sharding, NamedSharding(s.mesh, PartitionSpec())),
         donate_argnums=0,
     )
@@ -136,7 +136,8 @@ def make_sampler(config, s: Setup):
             shape = (context["cond"].shape[0], 1, size, size, channels)
             return flow.sample(model, context, key, shape, config.flow)
 
-    return jax.jit(sample)
+    # Replicated, so every host can read the whole prediction.
+    return jax.jit(sample, out_shardings=NamedSharding(s.mesh, PartitionSpec()))
 
 
 def sample_episodes(config) -> dict[str, np.ndarray]:
@@ -148,17 +149,23 @@ def sample_episodes(config) -> dict[str, np.ndarray]:
 
 
 class _Preemption:
-    """While training, SIGTERM sets a flag the loop checks, so it saves and exits cleanly."""
+    """Tells the loop when to save and stop after SIGTERM.
+
+    One process installs its own handler. On several hosts, `jax.distributed` already listens for
+    the signal, and `reached_preemption_sync_point` has every host agree on the same step to stop
+    at, so no host leaves the loop while another is still inside a step's collectives.
+    """
 
     def __init__(self):
-        self.requested = False
+        self._requested = False
         self._previous = None
 
     def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker): nothing to install.
-            pass
+        if jax.process_count() == 1:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): nothing to install.
+                pass
         return self
 
     def __exit__(self, *exc):
@@ -168,7 +175,12 @@ class _Preemption:
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-        self.requested = True
+        self._requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self._requested
+        return multihost_utils.reached_preemption_sync_point(step)
 
 
 def _replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
@@ -180,23 +192,20 @@ def _replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
 def train(config, workdir: str) -> dict:
     """Trains until config.total_steps, resuming from the newest checkpoint in workdir.
 
-    Returns the final state (global arrays)."""
+    Everything a person can get wrong (config, data, checkpoint) is checked before the first
+    compilation. Returns the final state (global arrays)."""
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
     if config.vae.name != "none":
         raise ValueError(
             "config.vae.name='stvae': latent training needs the ST-VAE, which is not built yet; "
             "train in pixel space with config.vae.name='none' and config.model.in_channels=3."
         )
+    data = pipeline.make_iterator(config, jax.process_index(), jax.process_count())
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config)
     logging.info("Mesh %s over %d devices in %d processes.", shape, jax.device_count(), jax.process_count())
     s = setup(config, mesh)
-    if primary:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary.summarize(config, s.abstract_state["params"])[0], f, indent=2)
-
-    data = pipeline.make_iterator(config, jax.process_index(), jax.process_count())
     checkpointer = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
@@ -206,12 +215,15 @@ def train(config, workdir: str) -> dict:
     else:
         logging.info("Resuming from the checkpoint at step %d.", latest)
         state = checkpointer.restore(latest, s.abstract_state, data, config)
+    if primary:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary.summarize(config, s.abstract_state["params"])[0], f, indent=2)
 
     step_fn = make_train_step(config, s)
     sampler = make_sampler(config, s)
     episodes = sample_episodes(config)
     sample_context = {"cond": _replicate(episodes["cond"], mesh)}
-    writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest)
+    writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest or 0)
 
     def write_samples(step: int):
         prediction = jax.device_get(sampler(state["ema"], sample_context, jax.random.key(config.seed + 2)))
@@ -221,19 +233,24 @@ def train(config, workdir: str) -> dict:
     step = int(jax.device_get(state["step"]))
     compiled_pairs: set[int] = set()
     pending: list[dict] = []
+    # Throughput counts training only: compilations and sample grids move the clock forward.
     last_time, last_step = time.perf_counter(), step
     bar = tqdm.tqdm(total=config.total_steps, initial=step, disable=not primary, desc="train", dynamic_ncols=True)
     with _Preemption() as preemption:
-        while step < config.total_steps and not preemption.requested:
+        while step < config.total_steps and not preemption.should_stop(step):
             local = next(data)
             pairs = (local["cond"].shape[1] - 1) // 2
-            if pairs not in compiled_pairs:
+            started = time.perf_counter()
+            compiling = pairs not in compiled_pairs
+            if compiling:
                 compiled_pairs.add(pairs)
                 logging.info(
                     "Compiling the train step for condition shape %s (%d pairs): variant %d of at most %d.",
                     local["cond"].shape[1:], pairs, len(compiled_pairs), config.data.max_pairs + 1,
                 )
-            state, stats = step_fn(state, parallel.global_batch(local, mesh))
+            state, stats = step_fn(state, parallel.global_batch(local, mesh, config.mesh.rules))
+            if compiling:  # the call returns once compiled and dispatched; the step runs async.
+                last_time += time.perf_counter() - started
             step += 1
             pending.append(stats)
             bar.update(1)
@@ -249,7 +266,9 @@ def train(config, workdir: str) -> dict:
                 pending, last_time, last_step = [], now, step
             checkpointer.save(step, state, data, config)
             if step % config.eval_every == 0 or step == config.total_steps:
+                started = time.perf_counter()
                 write_samples(step)
+                last_time += time.perf_counter() - started
         checkpointer.save(step, state, data, config, force=True)
         checkpointer.wait()
     checkpointer.close()

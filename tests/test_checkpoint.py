@@ -108,8 +108,9 @@ def test_round_trip_restores_values_onto_abstract_shardings(tmp_path, mesh, conf
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_saves_on_interval_keeps_newest_and_reports_latest(tmp_path, mesh, config):
-    checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=10)
+def test_saves_on_interval_keeps_newest_and_reports_latest(tmp_path, mesh, config, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)  # a relative directory, as `--workdir=runs/x` gives.
+    checkpointer = Checkpointer(tmp_path.name, keep=2, save_every=10)
     assert checkpointer.latest_step() is None
     state, iterator = make_state(mesh), make_iterator()
     started = {

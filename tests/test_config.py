@@ -26,14 +26,18 @@ def test_tiny_config_runs_on_one_or_eight_devices():
     [
         ({"global_batch_size": 6}, 8, "config.global_batch_size=6 is not divisible by the data-parallel size"),
         ({"mesh.data": 3}, 8, "config.mesh: data*fsdp*tensor=3 does not match the 8 devices"),
-        ({"mesh.fsdp": 3}, 8, "config.mesh: fsdp*tensor*data=3 does not divide the 8 devices"),
+        ({"mesh.fsdp": 3}, 8, "config.mesh: the fixed axes' product 3 does not divide the 8 devices"),
+        ({"data.image_size": 20, "vae.name": "stvae", "model.in_channels": 16}, 8, "config.data.image_size=20 is not divisible by config.vae.downsample=8"),
+        ({"flow.shift": 0.0}, 8, "config.flow.shift=0.0 must be positive"),
+        ({"sample.num_examples": 0}, 8, "config.sample.num_examples=0 must be at least 1"),
+        ({"keep_checkpoints": 0}, 8, "config.keep_checkpoints=0 must be positive"),
         ({"mesh.data": -1, "mesh.fsdp": -1}, 8, "only one axis may be -1"),
         ({"model.num_heads": 4, "model.num_kv_heads": 3}, 8, "config.model.num_heads=4 is not divisible by config.model.num_kv_heads=3"),
         ({"model.hidden": 40, "model.num_heads": 4, "model.num_kv_heads": 1}, 8, "head_dim=hidden/num_heads=10 must be divisible by 6"),
         ({"model.hidden": 49}, 8, "config.model.hidden=49 is not divisible by config.model.num_heads=2"),
         ({"mesh.tensor": 2, "mesh.data": 4}, 8, "config.model.num_kv_heads=1 is not divisible by config.mesh.tensor=2"),
         ({"model.in_channels": 16}, 8, "config.model.in_channels=16 but config.vae.name='none'"),
-        ({"data.image_size": 18}, 8, "config.data.image_size=18 does not give model inputs divisible by config.model.patch_size=4"),
+        ({"data.image_size": 18}, 8, "config.data.image_size=18 gives model inputs of side 18, not divisible by config.model.patch_size=4"),
         ({"model.remat": "some"}, 8, "config.model.remat='some' must be one of"),
         ({"model.name": "unet"}, 8, "config.model.name='unet' is unknown"),
         ({"optim.schedule": "linear"}, 8, "config.optim.schedule='linear'"),
@@ -57,10 +61,19 @@ def test_shipped_configs_cannot_grow_new_fields():
         config.model.hiden = 3
 
 
-def test_train_rejects_a_bad_config_before_touching_the_workdir(tmp_path):
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"global_batch_size": 6}, "config.global_batch_size=6"),
+        ({"data.tasks": ("colorize", "sharpen")}, "config.data.tasks"),
+        ({"data.source": "imagenet"}, "config.data.source='imagenet'"),
+        ({"vae.name": "stvae", "model.in_channels": 16, "data.image_size": 64}, "config.vae.name='stvae'"),
+    ],
+)
+def test_train_rejects_bad_input_before_touching_the_workdir(tmp_path, overrides, message):
     workdir = tmp_path / "run"
-    with pytest.raises(ValueError, match="global_batch_size"):
-        train.train(small_config(global_batch_size=6), str(workdir))
+    with pytest.raises(ValueError, match=message):
+        train.train(small_config(**overrides), str(workdir))
     assert not workdir.exists()
 
 
@@ -74,3 +87,10 @@ def test_command_line_rejects_an_unknown_field(tmp_path):
     assert result.returncode != 0
     assert "hiden" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_every_process_must_own_whole_batch_shards():
+    config = small_config(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 4, "model.num_heads": 4, "model.num_kv_heads": 4})
+    assert config_lib.validate(config, num_devices=8, num_processes=2)["tensor"] == 4
+    with pytest.raises(ValueError, match=r"data-parallel size data\*fsdp=2 is not divisible by the 4 processes"):
+        config_lib.validate(config, num_devices=8, num_processes=4)

@@ -54,7 +54,6 @@ def test_disabled_writer_writes_nothing(tmp_path):
     writer = MetricWriter(str(workdir), enabled=False)
     writer.write_scalars(1, {"loss": 1.0})
     writer.write_image(1, "samples", np.zeros((4, 4, 3), np.uint8))
-    writer.flush()
     writer.close()
     assert not workdir.exists()
 

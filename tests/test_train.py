@@ -17,7 +17,7 @@ def run_steps(config, mesh, batches):
     step = train.make_train_step(config, s)
     losses = []
     for batch in batches:
-        state, stats = step(state, parallel.global_batch(batch, mesh))
+        state, stats = step(state, parallel.global_batch(batch, mesh, config.mesh.rules))
         losses.append(float(stats["loss"]))
     return losses, jax.device_get(state)
 
@@ -35,8 +35,9 @@ def test_loss_falls_on_a_fixed_batch():
 
 
 def test_sharded_step_matches_the_single_device_step():
-    """data=2, fsdp=2, tensor=2 over 8 devices computes what one device computes."""
-    overrides = {"model.num_heads": 2, "model.num_kv_heads": 2, "optim.warmup_steps": 1}
+    """data=2, fsdp=2, tensor=2 over 8 devices computes what one device computes, grouped-query
+    heads included."""
+    overrides = {"model.num_heads": 4, "model.num_kv_heads": 2, "optim.warmup_steps": 1}
     single = small_config(**overrides, **{"mesh.data": 1})
     sharded = small_config(**overrides, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
     data = batches(single, 3)
@@ -81,11 +82,11 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatc
     calls = {"n": 0}
     real_global_batch = parallel.global_batch
 
-    def preempt_at_third_batch(batch, mesh):
+    def preempt_at_third_batch(batch, mesh, rules):
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_global_batch(batch, mesh)
+        return real_global_batch(batch, mesh, rules)
 
     monkeypatch.setattr(parallel, "global_batch", preempt_at_third_batch)
     state = train.train(config, str(interrupted))

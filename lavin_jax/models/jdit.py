@@ -23,6 +23,7 @@ from lavin_jax.parallel import constrain
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass.
+    # keep the projections' and MLP's products, recompute attention (its products are batched).
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
@@ -105,6 +106,23 @@ class FinalLayer(nnx.Module):
 
 
 class JDiT(nnx.Module):
+    @staticmethod
+    def check_config(cfg) -> None:
+        if cfg.hidden % cfg.num_heads:
+            raise ValueError(
+                f"config.model.hidden={cfg.hidden} is not divisible by config.model.num_heads={cfg.num_heads}."
+            )
+        if cfg.num_heads % cfg.num_kv_heads:
+            raise ValueError(
+                f"config.model.num_heads={cfg.num_heads} is not divisible by "
+                f"config.model.num_kv_heads={cfg.num_kv_heads}."
+            )
+        if (cfg.hidden // cfg.num_heads) % 6:
+            raise ValueError(
+                f"config.model: head_dim=hidden/num_heads={cfg.hidden // cfg.num_heads} must be divisible "
+                "by 6, so 3D RoPE can split it into three even (t, h, w) parts."
+            )
+
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
         self.cfg = cfg

@@ -25,6 +25,20 @@ def test_rope_3d_is_relative():
     assert abs(score((0, 1, 2), (3, 0, 4)) - base) > 1e-3
 
 
+def test_rope_uses_the_rotate_half_layout():
+    """Within each axis' part, element i pairs with element i + part/2 (not with its neighbour)."""
+    head_dim, part = 12, 4
+    cos, sin = layers.rope_3d((3, 1, 1), head_dim, base=10_000.0)
+    x = jax.random.normal(jax.random.key(3), (1, 1, 1, head_dim))
+    moved = np.asarray(layers.apply_rope(x, cos[2:3], sin[2:3]))[0, 0, 0]
+    x = np.asarray(x)[0, 0, 0]
+    for i in range(part // 2):  # the t part: position 2, frequency 10000**(-2i/part)
+        angle = 2 * 10_000.0 ** (-2 * i / part)
+        a, b = x[i], x[i + part // 2]
+        np.testing.assert_allclose(moved[i], a * np.cos(angle) - b * np.sin(angle), rtol=1e-5)
+        np.testing.assert_allclose(moved[i + part // 2], b * np.cos(angle) + a * np.sin(angle), rtol=1e-5)
+
+
 def test_rope_rotates_each_axis_part_separately():
     """A move along w only rotates the last third of the head dimension."""
     cos, sin = layers.rope_3d((1, 1, 3), 12, base=10_000.0)
@@ -43,9 +57,12 @@ def test_patchify_round_trip_and_token_order():
     np.testing.assert_array_equal(tokens[0, 1], x[0, 0, 0:2, 2:4, :].reshape(-1))
 
 
-def test_timestep_frequencies_cos_first():
-    emb = layers.timestep_frequencies(jnp.zeros((1,)), dim=8)
-    np.testing.assert_array_equal(emb, [[1, 1, 1, 1, 0, 0, 0, 0]])
+def test_timestep_frequencies_cos_first_over_raw_t():
+    """LaVin-DiT feeds t in [0, 1] unscaled: frequencies 10000**(-i/half), cosines first."""
+    t = 0.37
+    emb = layers.timestep_frequencies(jnp.array([t]), dim=8)
+    freqs = 10_000.0 ** (-np.arange(4) / 4)
+    np.testing.assert_allclose(emb[0], np.concatenate([np.cos(t * freqs), np.sin(t * freqs)]), rtol=1e-6)
 
 
 @pytest.mark.parametrize("hidden,expected", [(2304, 6144), (1152, 3072), (96, 256)])
