@@ -2,8 +2,8 @@
 
 Each step directory holds three orbax items: `state` (the array pytree, written by every host for
 its own shards), `data` (one grain iterator state file per process) and `config` (the run's
-config as JSON). Restoring reads `config` first, so a checkpoint written for a different model
-is refused with a sentence naming the fields before any array is read.
+config as JSON). Restoring reads `config` first, so a checkpoint of another model, seed, batch
+size or data is refused with a sentence naming the fields before any array is read.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-# Fields of config.model that change no parameter's shape: a checkpoint may be restored under
-# different values of these.
-_SHAPE_FREE_MODEL_FIELDS = frozenset({"dtype", "attention", "remat", "scan_layers"})
+# The fields that make a checkpoint this run's: the model's shapes, and what decides which examples
+# come in which order (the data iterator's saved position means nothing under other values).
+# Everything else (precision, remat, attention kernel, optimizer, logging, mesh) may change on
+# resume.
+_RUN_FIELDS = ("model", "seed", "global_batch_size", "data")
+_FREE_FIELDS = frozenset({"model.dtype", "model.attention", "model.remat", "model.scan_layers", "data.num_threads"})
 
 
 class Checkpointer:
@@ -79,7 +82,7 @@ class Checkpointer:
         # A save of `step` still in flight has no step directory yet; let it land first.
         self.wait()
         saved_config = self._restore_item(step, "config", ocp.args.JsonRestore())
-        _check_model_matches(self._directory / str(step), saved_config, config)
+        _check_run_matches(self._directory / str(step), saved_config, config)
         state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
         self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return state
@@ -115,24 +118,29 @@ def _config_as_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def _check_model_matches(step_dir: epath.Path, saved_config: dict, config) -> None:
-    saved = saved_config.get("model", {})
-    current = _config_as_json(config)["model"]
+def _run_fields(config_json: dict) -> dict:
+    """The `_RUN_FIELDS` of a config as {dotted name: value}."""
+    flat = {}
+    for name in _RUN_FIELDS:
+        value = config_json.get(name)
+        if isinstance(value, dict):
+            flat.update({f"{name}.{field}": v for field, v in value.items()})
+        else:
+            flat[name] = value
+    return {name: value for name, value in flat.items() if name not in _FREE_FIELDS}
+
+
+def _check_run_matches(step_dir: epath.Path, saved_config: dict, config) -> None:
+    saved = _run_fields(saved_config)
+    current = _run_fields(_config_as_json(config))
     fields = list(current) + [field for field in saved if field not in current]
-    differing = [
-        field
-        for field in fields
-        if field not in _SHAPE_FREE_MODEL_FIELDS and saved.get(field) != current.get(field)
-    ]
+    differing = [field for field in fields if saved.get(field) != current.get(field)]
     if differing:
         raise ValueError(
             f"Checkpoint {step_dir} was written for {_describe(saved, differing)} "
-            f"but the config has {_describe(current, differing)}."
+            f"but the config has {_describe(current, differing)}; use a new workdir for a new run."
         )
 
 
-def _describe(model: dict, fields: list[str]) -> str:
-    return ", ".join(
-        f"model.{field}={model[field]!r}" if field in model else f"model.{field} unset"
-        for field in fields
-    )
+def _describe(fields: dict, names: list[str]) -> str:
+    return ", ".join(f"{name}={fields[name]!r}" if name in fields else f"{name} unset" for name in names)

@@ -174,6 +174,15 @@ def test_model_config_mismatch_names_fields_and_both_values(saved, config):
     )
 
 
+@pytest.mark.parametrize("field,value", [("seed", 7), ("global_batch_size", 16), ("data.max_pairs", 1)])
+def test_checkpoint_of_another_data_stream_is_refused(saved, config, field, value):
+    directory, abstract = saved
+    node, leaf = (config.data, field[5:]) if field.startswith("data.") else (config, field)
+    node[leaf] = value
+    with pytest.raises(ValueError, match=rf"{field}=.* but the config has {field}={value}"):
+        Checkpointer(str(directory), keep=2, save_every=2).restore(2, abstract, make_iterator(), config)
+
+
 def test_fields_that_keep_parameter_shapes_may_change(saved, config):
     directory, abstract = saved
     config.model.dtype = "bfloat16"
@@ -181,6 +190,7 @@ def test_fields_that_keep_parameter_shapes_may_change(saved, config):
     config.model.attention = "xla"
     config.model.scan_layers = not config.model.scan_layers
     config.optim.lr = 0.5
+    config.data.num_threads = 0
     restored = Checkpointer(str(directory), keep=2, save_every=2).restore(
         2, abstract, make_iterator(), config
     )

@@ -148,6 +148,13 @@ class JDiT(nnx.Module):
         frames (B, Tc, H, W, C). Returns the velocity, (B, Tx, H, W, C), float32."""
         cond = context["cond"]
         p = self.cfg.patch_size
+        frame = (*x.shape[2:4], self.cfg.in_channels)
+        same_frames = x.ndim == cond.ndim == 5 and x.shape[2:] == cond.shape[2:] == frame
+        if not same_frames or frame[0] % p or frame[1] % p:
+            raise ValueError(
+                f"J-DiT takes target and condition frames (B, T, H, W, {self.cfg.in_channels}) of one "
+                f"size divisible by patch_size={p}; got target {x.shape} and condition {cond.shape}."
+            )
         t_cond_frames, (b, t_frames, height, width, _) = cond.shape[1], x.shape
         grid = (t_cond_frames + t_frames, height // p, width // p)
         rope = layers.rope_3d(grid, self.cfg.hidden // self.cfg.num_heads, self.cfg.rope_base)

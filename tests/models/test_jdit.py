@@ -33,6 +33,16 @@ def test_zero_initialised_output_and_shape(make_config):
     np.testing.assert_array_equal(out, 0.0)  # zero final layer: a new model predicts no motion.
 
 
+@pytest.mark.parametrize(
+    "x_shape,cond_shape",
+    [((2, 1, 16, 16, 3), (2, 3, 8, 8, 3)), ((2, 1, 16, 16, 4), (2, 3, 16, 16, 4)), ((2, 1, 18, 18, 3), (2, 3, 18, 18, 3))],
+)
+def test_frames_of_the_wrong_shape_are_named(make_config, x_shape, cond_shape):
+    model = models.build(make_config().model, nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"got target \(2, 1, .* and condition \(2, 3, "):
+        model(jnp.zeros(x_shape), jnp.zeros((2,)), {"cond": jnp.zeros(cond_shape)})
+
+
 def test_prediction_uses_context_time_and_frame_order(make_config):
     model = randomized(models.build(make_config().model, nnx.Rngs(0)))
     x, t, context = inputs()
