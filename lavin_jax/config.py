@@ -75,7 +75,8 @@ def base() -> ml_collections.ConfigDict:
     c.flow.t_std = 1.0
     c.flow.shift = 1.0
     c.flow.l1_weight = 0.1
-    c.flow.sample_steps = 20
+    c.flow.sample_steps = 20  # Euler steps.
+    c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform.
     c.flow.cfg_scale = 1.5
 
     c.optim = ml_collections.ConfigDict()
@@ -183,6 +184,7 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
     _require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
     _require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
     _require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
+    _require(f.time_grid in ("lavin", "uniform"), f"config.flow.time_grid={f.time_grid!r} must be 'lavin' or 'uniform'.")
     o = config.optim
     _require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
     _require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")

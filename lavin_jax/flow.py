@@ -38,14 +38,15 @@ def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]
     return jnp.mean(mse + flow_cfg.l1_weight * l1), {"mse": jnp.mean(mse), "l1": jnp.mean(l1)}
 
 
-def time_grid(steps: int) -> np.ndarray:
-    """`steps + 1` times from 0 to 1, dense near the noise end like LaVin-DiT's inference grid.
+def time_grid(steps: int, kind: str = "lavin") -> np.ndarray:
+    """`steps + 1` times from 0 (noise) to 1 (data).
 
-    The first half of the points are uniform over [0, 0.05] (the official grid's opening); the rest
-    grow quadratically from there to 1, so early steps, where the sample takes its shape, are fine.
+    `lavin`, dense near the noise end like LaVin-DiT's inference grid: the first half of the points
+    are uniform over [0, 0.05], the rest grow quadratically from there to 1, so the early steps,
+    where the sample takes its shape, are fine. `uniform`: evenly spaced.
     """
     points = steps + 1
-    if points < 4:
+    if kind == "uniform" or points < 4:
         return np.linspace(0.0, 1.0, points)
     head = points // 2
     first = np.linspace(0.0, 0.05, head)
@@ -91,4 +92,4 @@ def sample(model, context: dict, key: jax.Array, shape, flow_cfg, *, cfg_scale: 
         return v_uncond + scale * (v - v_uncond)
 
     x0 = jax.random.normal(key, shape, jnp.float32)
-    return euler(velocity, x0, time_grid(flow_cfg.sample_steps))
+    return euler(velocity, x0, time_grid(flow_cfg.sample_steps, flow_cfg.time_grid))

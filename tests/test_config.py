@@ -29,6 +29,7 @@ def test_tiny_config_runs_on_one_or_eight_devices():
         ({"mesh.fsdp": 3}, 8, "config.mesh: the fixed axes' product 3 does not divide the 8 devices"),
         ({"data.image_size": 20, "vae.name": "stvae", "model.in_channels": 16}, 8, "config.data.image_size=20 is not divisible by config.vae.downsample=8"),
         ({"flow.shift": 0.0}, 8, "config.flow.shift=0.0 must be positive"),
+        ({"flow.time_grid": "cosine"}, 8, "config.flow.time_grid='cosine' must be"),
         ({"sample.num_examples": 0}, 8, "config.sample.num_examples=0 must be at least 1"),
         ({"keep_checkpoints": 0}, 8, "config.keep_checkpoints=0 must be positive"),
         ({"mesh.data": -1, "mesh.fsdp": -1}, 8, "only one axis may be -1"),

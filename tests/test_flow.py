@@ -9,7 +9,7 @@ from lavin_jax import flow
 
 def flow_config(**fields):
     c = ml_collections.ConfigDict(
-        dict(t_mean=0.0, t_std=1.0, shift=1.0, l1_weight=0.1, sample_steps=7, cfg_scale=1.0)
+        dict(t_mean=0.0, t_std=1.0, shift=1.0, l1_weight=0.1, sample_steps=7, time_grid="lavin", cfg_scale=1.0)
     )
     c.update(fields)
     return c
@@ -28,6 +28,10 @@ def test_euler_follows_a_straight_path_to_its_data_point():
     data = lambda x, t: x1 - x0
     np.testing.assert_allclose(flow.euler(data, x0, flow.time_grid(4)), x1, atol=1e-5)
     assert not np.allclose(flow.euler(data, x0, [0.0, 0.5]), x1, atol=1e-2)  # half way only.
+
+
+def test_uniform_time_grid():
+    np.testing.assert_allclose(flow.time_grid(4, "uniform"), [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 @pytest.mark.parametrize("steps", [1, 3, 19, 40])
