@@ -28,6 +28,13 @@ DEFAULT_RULES = (
     ("act_mlp", "tensor"),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
+    # ST-VAE convolutions: small enough to replicate.
+    ("conv_t", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("conv_in", None),
+    ("conv_out", None),
+    ("conv_norm", None),
 )
 
 

@@ -20,7 +20,6 @@ from lavin_jax.models import layers
 from lavin_jax.models.attention import attention
 from lavin_jax.parallel import constrain
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass.
     # keep the projections' and MLP's products, recompute attention (its products are batched).
@@ -126,7 +125,7 @@ class JDiT(nnx.Module):
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
         self.cfg = cfg
-        dtype = DTYPES[cfg.dtype]
+        dtype = layers.DTYPES[cfg.dtype]
         d = cfg.hidden
         self.cond_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_channels, d, dtype=dtype, rngs=rngs)
         self.target_embed = layers.PatchEmbed(cfg.patch_size, cfg.in_channels, d, dtype=dtype, rngs=rngs)
@@ -159,7 +158,7 @@ class JDiT(nnx.Module):
         grid = (t_cond_frames + t_frames, height // p, width // p)
         rope = layers.rope_3d(grid, self.cfg.hidden // self.cfg.num_heads, self.cfg.rope_base)
 
-        dtype = DTYPES[self.cfg.dtype]
+        dtype = layers.DTYPES[self.cfg.dtype]
         c = constrain(self.cond_embed(cond.astype(dtype)), "batch", "length", "act_embed")
         h = constrain(self.target_embed(x.astype(dtype)), "batch", "length", "act_embed")
         t_emb = self.t_embed(t)

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # config.model.dtype -> compute dtype
+
 xavier = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 

@@ -1,0 +1,200 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lavin_jax.models import stvae
+
+SIZE = 16  # pixels per side: 2x2 latents.
+
+
+def randomized(cfg, seed=0):
+    """An ST-VAE with every parameter drawn at random (kernels ~ N(0, 1/fan_in), vectors ~
+    N(0, 0.2^2)), so zero-initialised biases and unit norm scales cannot hide a bug. Built
+    abstractly and drawn by numpy: eager construction compiles one init per shape, seconds on CPU."""
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: stvae.STVAE(cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    shapes, treedef = jax.tree.flatten(params.to_pure_dict())
+    rng = np.random.default_rng(seed)
+    scale = lambda x: 0.2 if x.ndim == 1 else 1.0 / math.sqrt(math.prod(x.shape[:-1]))
+    leaves = [jnp.asarray(scale(x) * rng.standard_normal(x.shape), jnp.float32) for x in shapes]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomized(stvae.tiny_config())
+
+
+@pytest.fixture(scope="module")
+def encode(model):
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda s, x: nnx.merge(graphdef, s).encode(x))
+    return lambda x: fn(state, x)
+
+
+@pytest.fixture(scope="module")
+def decode(model):
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda s, z: nnx.merge(graphdef, s).decode(z))
+    return lambda z: fn(state, z)
+
+
+def clip(frames, batch=2, seed=1):
+    return jax.random.uniform(jax.random.key(seed), (batch, frames, SIZE, SIZE, 3), minval=-1.0, maxval=1.0)
+
+
+@pytest.fixture(scope="module")
+def clip9_posterior(encode):
+    return encode(clip(9))
+
+
+def test_shapes_of_images_and_clips(encode, clip9_posterior):
+    image = encode(clip(1))
+    assert image.mean.shape == image.logvar.shape == (2, 1, SIZE // 8, SIZE // 8, 16)
+    assert clip9_posterior.mean.shape == (2, 3, SIZE // 8, SIZE // 8, 16)
+    assert encode(clip(5)).mean.shape == (2, 2, SIZE // 8, SIZE // 8, 16)
+
+
+def test_encoder_is_causal(encode, clip9_posterior):
+    """The first 1+4j frames alone give the whole clip's first 1+j latent frames; this also checks
+    that an image (j=0) is encoded by the same weights as a clip's first frame."""
+    x = clip(9)
+    for j in (0, 1):
+        prefix = encode(x[:, : 1 + 4 * j])
+        np.testing.assert_allclose(prefix.mean, clip9_posterior.mean[:, : 1 + j], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(prefix.logvar, clip9_posterior.logvar[:, : 1 + j], rtol=1e-4, atol=1e-4)
+    # and the latents do depend on the frames they cover (a constant model would pass the above).
+    later = encode(x.at[:, 5:].add(0.5))
+    np.testing.assert_allclose(later.mean[:, :2], clip9_posterior.mean[:, :2], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(later.mean[:, 2], clip9_posterior.mean[:, 2], atol=1e-3)
+
+
+def test_clip_statistics_norm_is_not_causal():
+    """The official GroupNorm (statistics over the clip) lets later frames reach the first latent."""
+    cfg = stvae.tiny_config()
+    cfg.norm_stats = "clip"
+    model = randomized(cfg)
+    x = clip(5, batch=1)
+    encode = nnx.jit(lambda m, x: m.encode(x).mean)
+    assert not np.allclose(encode(model, x[:, :1]), encode(model, x)[:, :1], atol=1e-4)
+
+
+def test_decode_inverts_the_encoder_shapes(decode, clip9_posterior):
+    assert decode(clip9_posterior.mean).shape == (2, 9, SIZE, SIZE, 3)
+    assert decode(clip9_posterior.mean[:, :1]).shape == (2, 1, SIZE, SIZE, 3)
+
+
+def test_decoder_is_causal(decode, clip9_posterior):
+    z = clip9_posterior.mean
+    full, prefix = decode(z), decode(z[:, :2])
+    np.testing.assert_allclose(prefix, full[:, :5], rtol=1e-4, atol=1e-4)
+
+
+def test_call_samples_the_posterior(model):
+    x = clip(1, batch=1)
+    call = nnx.jit(lambda m, x, key: m(x, key))
+    out, posterior = call(model, x, jax.random.key(0))
+    again, _ = call(model, x, jax.random.key(0))
+    other, _ = call(model, x, jax.random.key(1))
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(out, again)
+    assert not np.allclose(out, other)
+    assert isinstance(posterior, stvae.DiagonalGaussian)
+
+
+def test_logvar_is_clamped_and_kl():
+    moments = jnp.concatenate([jnp.zeros((2, 1, 2, 2, 16)), jnp.full((2, 1, 2, 2, 16), 50.0)], -1)
+    moments = moments.at[1, ..., 16:].set(-50.0)
+    posterior = stvae.DiagonalGaussian.from_moments(moments)
+    assert float(posterior.logvar[0].min()) == 20.0 and float(posterior.logvar[1].max()) == -30.0
+    zero = stvae.DiagonalGaussian(jnp.zeros((3, 2, 2, 2, 16)), jnp.zeros((3, 2, 2, 2, 16)))
+    np.testing.assert_array_equal(zero.kl(), np.zeros(3))
+    # per example, summed over latent dims: mean 1 everywhere gives 0.5 * 128 per example.
+    shifted = stvae.DiagonalGaussian(jnp.ones((3, 2, 2, 2, 16)), jnp.zeros((3, 2, 2, 2, 16)))
+    np.testing.assert_allclose(shifted.kl(), np.full(3, 64.0))
+    samples = zero.sample(jax.random.key(0))
+    assert samples.shape == zero.mean.shape and float(jnp.std(samples)) > 0.5
+    np.testing.assert_array_equal(zero.mode(), zero.mean)
+
+
+def test_every_parameter_names_each_axis():
+    abstract = nnx.eval_shape(lambda: stvae.STVAE(stvae.tiny_config(), rngs=nnx.Rngs(0)))
+    params = nnx.state(abstract, nnx.Param)
+    specs = jax.tree.leaves(
+        nnx.get_partition_spec(params).to_pure_dict(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
+    shapes = jax.tree.leaves(params.to_pure_dict())
+    assert len(specs) == len(shapes) > 0
+    names = set()
+    for spec, shape in zip(specs, shapes):
+        assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape.shape)
+        names.update(spec)
+    assert names == {"conv_t", "conv_h", "conv_w", "conv_in", "conv_out", "conv_norm"}
+
+
+def official_count(ch=(128, 256, 256, 512), enc_layers=3, dec_layers=4, z=16, rgb=3):
+    """The parameters of the official `AutoencoderKLSTVAE`, counted from its module structure."""
+    conv3 = lambda i, o, k=3: k**3 * i * o + o
+    conv2 = lambda i, o: 9 * i * o + o
+    gn = lambda c: 2 * c
+    spatial = lambda c: gn(c) + 2 * conv3(z, c, 1)
+    skip = lambda i, o: (i * o + o) if i != o else 0
+    res_enc = lambda i, o: gn(i) + conv3(i, o) + gn(o) + conv3(o, o) + skip(i, o)
+    res_dec = lambda i, o: spatial(i) + conv3(i, o) + spatial(o) + conv3(o, o) + skip(i, o)
+    n = conv3(rgb, ch[0])
+    for i, o in enumerate(ch):
+        n += sum(res_enc(ch[max(i - 1, 0)] if k == 0 else o, o) for k in range(enc_layers))
+        n += conv2(o, o) if i < len(ch) - 1 else 0
+    n += 2 * res_enc(ch[-1], ch[-1]) + gn(ch[-1]) + conv3(ch[-1], 2 * z)
+    rev = ch[::-1]
+    n += conv3(z, rev[0]) + 2 * res_dec(rev[0], rev[0])
+    for i, o in enumerate(rev):
+        n += sum(res_dec(rev[max(i - 1, 0)] if k == 0 else o, o) for k in range(dec_layers))
+        n += conv2(o, o) if i < len(rev) - 1 else 0
+    return n + spatial(rev[-1]) + conv3(rev[-1], rgb)
+
+
+def test_official_parameter_count():
+    assert official_count() == 215_583_907  # CogVideoX's VAE size, about 215.6M.
+    assert stvae.param_count(stvae.official_config()) == official_count()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("groups", 5), ("channels", (16, 32, 30, 32)), ("temporal_downsamples", 4), ("kernel", 2),
+     ("norm_stats", "batch"), ("encoder_layers", 0), ("dtype", "float16")],
+)
+def test_bad_config_names_the_field(field, value):
+    cfg = stvae.tiny_config()
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=field):
+        stvae.STVAE.check_config(cfg)
+
+
+def test_wrong_frame_count_is_refused(model):
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        model.encode(jnp.zeros((1, 4, SIZE, SIZE, 3)))
+
+
+def identity_tap(resampler, row, col):
+    """Sets the resampler's 3x3 conv to copy the pixel at kernel tap (row, col), bias 0."""
+    c = resampler.conv.kernel.shape[-1]
+    resampler.conv.kernel[...] = jnp.zeros_like(resampler.conv.kernel[...]).at[row, col].set(jnp.eye(c))
+    return resampler
+
+
+def test_resamplers_keep_the_first_frame_apart():
+    x = jax.random.normal(jax.random.key(0), (1, 5, 4, 4, 2))
+    down = identity_tap(stvae.Downsample(2, True, dtype=jnp.float32, rngs=nnx.Rngs(0)), 0, 0)
+    # frames [0, mean(1, 2), mean(3, 4)]; the stride-2 conv's (0, 0) tap picks even rows/cols.
+    pooled = jnp.concatenate([x[:, :1], (x[:, 1::2] + x[:, 2::2]) / 2], axis=1)
+    np.testing.assert_allclose(down(x), pooled[:, :, ::2, ::2], atol=1e-6)
+    up = identity_tap(stvae.Upsample(2, True, dtype=jnp.float32, rngs=nnx.Rngs(0)), 1, 1)
+    # T -> 1 + 2(T - 1): [0, 1, 1, 2, 2, ...], each pixel repeated 2x2.
+    expected = jnp.repeat(jnp.repeat(x[:, jnp.array([0, 1, 1, 2, 2, 3, 3, 4, 4])], 2, 2), 2, 3)
+    np.testing.assert_allclose(up(x), expected, atol=1e-6)
+    spatial_only = identity_tap(stvae.Upsample(2, False, dtype=jnp.float32, rngs=nnx.Rngs(0)), 1, 1)
+    assert spatial_only(x).shape == (1, 5, 8, 8, 2)
