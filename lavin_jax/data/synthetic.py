@@ -3,12 +3,14 @@
 An episode shows K (input, target) pairs of one task and then a query input whose target the
 model must produce. Every example is a pure function of (seed, index), so any host can rebuild
 any example alone and a resumed run sees exactly the data an uninterrupted one would have.
-Images are float32 HxWx3 in [-1, 1].
+Images are float32 HxWx3 in [-1, 1]. The same scenes, set in motion, also make videos for the
+ST-VAE (`base_clip`, `SyntheticClips`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 import functools
 import math
 
@@ -17,7 +19,8 @@ import numpy as np
 # Far more examples than any run reads; grain's MapDataset wants a finite length.
 NUM_EXAMPLES = 2**40
 
-# Separate seed streams, so an episode's draws never coincide with a global batch's K draw.
+# Separate seed streams, so an episode's draws never coincide with a global batch's K draw, nor
+# with a clip's (_CLIP_STREAM below).
 _EPISODE_STREAM = 0
 _NUM_PAIRS_STREAM = 1
 
@@ -28,31 +31,110 @@ _MAX_BACKGROUND_CHANGE = 0.8
 _EDGE_THRESHOLD = 0.1
 _INPAINT_FILL = 0.0
 
+# Scene videos (`base_clip`, `SyntheticClips`) have 1+4k frames, the ST-VAE's causal clip length.
+_CLIP_TIME_FACTOR = 4
+_CLIP_STREAM = 2
+# Motion per frame, in unit coordinates (the image side is 1): shapes drift at a constant velocity
+# of this speed, the background gradient turns by this many radians, stripes scroll by this many
+# periods within their moving window. Slow enough that neighbouring frames differ only slightly.
+_SPEED = (0.005, 0.025)
+_SPIN = (0.01, 0.03)
+_SCROLL = (-0.05, 0.05)
+
 # Shapes and ramps draw Python floats (`tolist`, `math`), not numpy float64 scalars, which would
-# promote the float32 coordinate arithmetic to float64.
+# promote the float32 coordinate arithmetic to float64. Motion enters as Python-float offsets that
+# are exactly 0.0 at t=0, so the scene at t=0 renders bit for bit like a still of it.
 
 
-def _circle(rng, y, x):
+def _draw_circle(rng):
     cy, cx = rng.uniform(0.0, 1.0, 2).tolist()
-    radius = rng.uniform(0.08, 0.3)
-    return (y - cy) ** 2 + (x - cx) ** 2 < radius**2
+    return cy, cx, rng.uniform(0.08, 0.3)
 
 
-def _rectangle(rng, y, x):
+def _draw_rectangle(rng):
     top, left = rng.uniform(0.0, 0.8, 2).tolist()
     height, width = rng.uniform(0.15, 0.5, 2).tolist()
+    return top, left, height, width
+
+
+def _draw_stripes(rng):
+    return (rng.uniform(0.0, np.pi), rng.uniform(0.12, 0.3), *_draw_rectangle(rng))
+
+
+def _circle_mask(geometry, y, x, dy, dx, _scroll):
+    cy, cx, radius = geometry
+    return (y - (cy + dy)) ** 2 + (x - (cx + dx)) ** 2 < radius**2
+
+
+def _rectangle_mask(geometry, y, x, dy, dx, _scroll):
+    top, left, height, width = geometry
+    top, left = top + dy, left + dx
     return (y >= top) & (y < top + height) & (x >= left) & (x < left + width)
 
 
-def _stripes(rng, y, x):
-    angle = rng.uniform(0.0, np.pi)
-    period = rng.uniform(0.12, 0.3)
-    phase = (x * math.cos(angle) + y * math.sin(angle)) / period
+def _stripes_mask(geometry, y, x, dy, dx, scroll):
+    angle, period, *window = geometry
+    cos, sin = math.cos(angle), math.sin(angle)
+    # The pattern moves with its window (shifted by (dy, dx)) and scrolls `scroll` periods on top.
+    shift = (dx * cos + dy * sin) / period + scroll
+    phase = (x * cos + y * sin) / period - shift
     # phase - floor(phase) is phase % 1 without numpy's slow floored modulo.
-    return _rectangle(rng, y, x) & (phase - np.floor(phase) < 0.5)
+    return _rectangle_mask(window, y, x, dy, dx, scroll) & (phase - np.floor(phase) < 0.5)
 
 
-_SHAPES = (_circle, _rectangle, _stripes)
+# kind -> (draw geometry, mask at an offset); a scene stores the kind's index into this tuple.
+_SHAPES = (
+    (_draw_circle, _circle_mask),
+    (_draw_rectangle, _rectangle_mask),
+    (_draw_stripes, _stripes_mask),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One flat-coloured shape of a scene; position at time t is its t=0 one plus t * velocity."""
+
+    kind: int  # index into _SHAPES: circle, rectangle, stripes
+    geometry: tuple[float, ...]
+    colour: tuple[float, float, float]
+    velocity: tuple[float, float] = (0.0, 0.0)  # (dy, dx) per frame, unit coordinates
+    scroll: float = 0.0  # stripes only: periods per frame, within the moving window
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """A soft colour gradient with flat-coloured shapes painted on top, in order; time-dependent
+    when it has motion (`draw_scene(..., moving=True)`), a still otherwise."""
+
+    angle: float  # direction of the background gradient
+    start: tuple[float, float, float]
+    change: tuple[float, float, float]
+    shapes: tuple[Shape, ...]
+    spin: float = 0.0  # background gradient turn, radians per frame
+
+
+def draw_scene(rng: np.random.Generator, *, moving: bool = False) -> Scene:
+    """A random scene. The motion is drawn after the whole still scene, so a moving scene drawn
+    from a generator in some state is the still scene drawn from that state, set in motion."""
+    angle = rng.uniform(0.0, 2 * np.pi)
+    start = tuple(rng.uniform(-1.0, 1.0, 3).tolist())
+    change = tuple(rng.uniform(-_MAX_BACKGROUND_CHANGE, _MAX_BACKGROUND_CHANGE, 3).tolist())
+    shapes = []
+    for _ in range(rng.integers(2, 6)):
+        kind = int(rng.integers(len(_SHAPES)))
+        geometry = _SHAPES[kind][0](rng)
+        shapes.append(Shape(kind, geometry, tuple(rng.uniform(-1.0, 1.0, 3).tolist())))
+    scene = Scene(angle, start, change, tuple(shapes))
+    if not moving:
+        return scene
+    moved = []
+    for shape in scene.shapes:
+        direction = rng.uniform(0.0, 2 * np.pi)
+        speed = rng.uniform(*_SPEED)
+        velocity = (speed * math.sin(direction), speed * math.cos(direction))
+        moved.append(dataclasses.replace(shape, velocity=velocity, scroll=rng.uniform(*_SCROLL)))
+    spin = rng.uniform(*_SPIN) * (1.0 if rng.random() < 0.5 else -1.0)
+    return dataclasses.replace(scene, shapes=tuple(moved), spin=spin)
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,24 +146,41 @@ def _grid(size):
     return y, x
 
 
-def base_image(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random scene: a soft colour gradient with a few flat-coloured shapes painted on top."""
+def render_scene(scene: Scene, size: int, t: float = 0.0) -> np.ndarray:
+    """The scene at time t (in frames) as float32 [size, size, 3] in [-1, 1]."""
     y, x = _grid(size)
-    angle = rng.uniform(0.0, 2 * np.pi)
+    t = float(t)
+    angle = scene.angle + scene.spin * t
     ramp = ((x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle)) / math.sqrt(2) + 0.5
-    start = rng.uniform(-1.0, 1.0, 3).tolist()
-    change = rng.uniform(-_MAX_BACKGROUND_CHANGE, _MAX_BACKGROUND_CHANGE, 3).tolist()
     # Channel by channel throughout: numpy is an order of magnitude slower when it broadcasts
     # over, or masks, a trailing axis of length 3.
     image = np.empty((size, size, 3), np.float32)
     for channel in range(3):
-        image[..., channel] = start[channel] + ramp * change[channel]
-    for _ in range(rng.integers(2, 6)):
-        shape = _SHAPES[rng.integers(len(_SHAPES))]
-        mask = shape(rng, y, x)
-        for channel, value in enumerate(rng.uniform(-1.0, 1.0, 3).tolist()):
+        image[..., channel] = scene.start[channel] + ramp * scene.change[channel]
+    for shape in scene.shapes:
+        dy, dx = shape.velocity[0] * t, shape.velocity[1] * t
+        mask = _SHAPES[shape.kind][1](shape.geometry, y, x, dy, dx, shape.scroll * t)
+        for channel, value in enumerate(shape.colour):
             image[..., channel][mask] = value
     return np.clip(image, -1.0, 1.0, out=image)
+
+
+def base_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random still scene: a soft colour gradient with a few flat-coloured shapes on top."""
+    return render_scene(draw_scene(rng), size)
+
+
+def base_clip(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
+    """A random moving scene, float32 [frames, size, size, 3] in [-1, 1]: shapes drift at constant
+    velocities, stripes scroll, the background gradient turns. Frame t renders the scene at time t;
+    frame 0 equals `base_image` drawn from the same generator state."""
+    if frames < 1:
+        raise ValueError(f"frames={frames} must be at least 1.")
+    scene = draw_scene(rng, moving=True)
+    clip = np.empty((frames, size, size, 3), np.float32)
+    for t in range(frames):
+        clip[t] = render_scene(scene, size, t)
+    return clip
 
 
 def _luma(image):
@@ -211,3 +310,31 @@ class SyntheticEpisodes:
             "target": query_target[None],
             "task": np.array(task_index, np.int32),
         }
+
+
+class SyntheticClips:
+    """Random-access scene videos for the ST-VAE, a source for `grain.MapDataset.source`.
+
+    Example i is {"video": float32[frames, H, W, 3]} in [-1, 1], H = W = data_config.image_size: a
+    `base_clip`, a pure function of (seed, i) drawn from its own seed stream, so clips never share
+    draws with the episodes of the same seed. `frames` must be 1+4k, the causal ST-VAE's clip
+    length.
+    """
+
+    def __init__(self, data_config, seed: int, *, frames: int):
+        frames = int(frames)
+        if frames < 1 or (frames - 1) % _CLIP_TIME_FACTOR:
+            raise ValueError(
+                f"frames={frames} must be 1 + {_CLIP_TIME_FACTOR}k for some k >= 0 "
+                f"(1, 5, 9, 13, 17, ...)."
+            )
+        self._frames = frames
+        self._image_size = int(data_config.image_size)
+        self._seed = int(seed)
+
+    def __len__(self) -> int:
+        return NUM_EXAMPLES
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self._seed, _CLIP_STREAM, int(index)))
+        return {"video": base_clip(rng, self._image_size, self._frames)}

@@ -193,3 +193,71 @@ def test_unknown_task_is_rejected_at_construction():
 def test_empty_task_list_is_rejected():
     with pytest.raises(ValueError, match=r"config\.data\.tasks is empty"):
         synthetic.SyntheticEpisodes(make_data_config(tasks=()), seed=0, global_batch_size=4)
+
+
+def make_clips(seed=0, frames=5):
+    return synthetic.SyntheticClips(make_data_config(), seed, frames=frames)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 9])
+def test_clips_are_videos_in_range(frames):
+    clips = make_clips(frames=frames)
+    assert len(clips) == synthetic.NUM_EXAMPLES
+    example = clips[3]
+    assert set(example) == {"video"}
+    video = example["video"]
+    assert video.shape == (frames, SIZE, SIZE, 3) and video.dtype == np.float32
+    assert video.min() >= -1.0 and video.max() <= 1.0
+    assert len(np.unique(video[-1].reshape(-1, 3), axis=0)) > 10
+
+
+def test_clips_are_deterministic_in_seed_and_index():
+    clips = make_clips(seed=3)
+    np.testing.assert_array_equal(clips[10]["video"], make_clips(seed=3)[10]["video"])
+    assert not np.array_equal(clips[10]["video"], clips[11]["video"])
+    assert not np.array_equal(clips[10]["video"], make_clips(seed=4)[10]["video"])
+    # Their own seed stream: a clip never replays an episode's or a K draw's randomness.
+    streams = {synthetic._EPISODE_STREAM, synthetic._NUM_PAIRS_STREAM, synthetic._CLIP_STREAM}
+    assert len(streams) == 3
+
+
+def test_clips_work_as_a_grain_source():
+    grain = pytest.importorskip("grain")
+    clips = make_clips()
+    dataset = grain.MapDataset.source(clips).batch(2)
+    assert dataset[1]["video"].shape == (2, 5, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(dataset[1]["video"][0], clips[2]["video"])
+
+
+def test_clip_frames_change_smoothly():
+    for seed in range(8):
+        clip = synthetic.base_clip(np.random.default_rng(seed), SIZE, 9)
+        steps = np.abs(np.diff(clip, axis=0)).mean(axis=(1, 2, 3))
+        assert (steps > 0).all()  # every frame moves on ...
+        # ... but by little: far less than across the clip.
+        assert steps.mean() < 0.5 * np.abs(clip[-1] - clip[0]).mean()
+
+
+def test_clip_frame_t_renders_the_scene_at_time_t():
+    for seed in range(4):
+        clip = synthetic.base_clip(np.random.default_rng(seed), SIZE, 5)
+        # Motion is drawn after the still scene, so frame 0 is the still from the same state.
+        np.testing.assert_array_equal(clip[0], make_image(seed))
+        scene = synthetic.draw_scene(np.random.default_rng(seed), moving=True)
+        for t in (0, 4):
+            np.testing.assert_array_equal(clip[t], synthetic.render_scene(scene, SIZE, t))
+        still = synthetic.draw_scene(np.random.default_rng(seed))
+        np.testing.assert_array_equal(
+            synthetic.render_scene(still, SIZE, 0), synthetic.render_scene(still, SIZE, 3)
+        )
+
+
+@pytest.mark.parametrize("frames", [0, 2, 4, 6, 16])
+def test_clip_length_must_be_one_plus_four_k(frames):
+    with pytest.raises(ValueError, match=r"frames=.*1 \+ 4k"):
+        make_clips(frames=frames)
+
+
+def test_base_clip_needs_a_frame():
+    with pytest.raises(ValueError, match=r"frames=0"):
+        synthetic.base_clip(np.random.default_rng(0), SIZE, 0)
