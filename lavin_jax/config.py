@@ -156,7 +156,7 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
         _require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
 
     m = config.model
-    for field in ("hidden", "depth", "num_heads", "num_kv_heads", "patch_size", "in_channels"):
+    for field in ("patch_size", "in_channels"):  # every family's input; the rest is models.check's.
         _require(int(m[field]) > 0, f"config.model.{field}={m[field]} must be positive.")
     for field, allowed in (
         ("dtype", ("float32", "bfloat16")),

@@ -34,3 +34,19 @@ def small_config(**overrides):
 @pytest.fixture
 def make_config():
     return small_config
+
+
+def randomized(build, seed=0, scale=lambda shape: 0.2):
+    """The module `build()` makes, with every parameter redrawn as scale(shape) * N(0, 1), so
+    zero-initialised layers and unit norm scales cannot hide a bug. Built abstractly: an eager
+    build compiles one initialiser per parameter shape, seconds on CPU."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    graphdef, params = nnx.split(nnx.eval_shape(build), nnx.Param)
+    shapes, treedef = jax.tree.flatten(params.to_pure_dict())
+    rng = np.random.default_rng(seed)
+    leaves = [jnp.asarray(scale(x.shape) * rng.standard_normal(x.shape), jnp.float32) for x in shapes]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))

@@ -39,6 +39,7 @@ def test_tiny_config_runs_on_one_or_eight_devices():
         ({"mesh.tensor": 2, "mesh.data": 4}, 8, "config.model.num_kv_heads=1 is not divisible by config.mesh.tensor=2"),
         ({"model.in_channels": 16}, 8, "config.model.in_channels=16 but config.vae.name='none'"),
         ({"data.image_size": 18}, 8, "config.data.image_size=18 gives model inputs of side 18, not divisible by config.model.patch_size=4"),
+        ({"model.num_kv_heads": 0}, 8, "config.model.num_kv_heads=0 must be positive"),
         ({"model.remat": "some"}, 8, "config.model.remat='some' must be one of"),
         ({"model.name": "unet"}, 8, "config.model.name='unet' is unknown"),
         ({"optim.schedule": "linear"}, 8, "config.optim.schedule='linear'"),

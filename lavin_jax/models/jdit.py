@@ -107,6 +107,9 @@ class FinalLayer(nnx.Module):
 class JDiT(nnx.Module):
     @staticmethod
     def check_config(cfg) -> None:
+        for field in ("hidden", "depth", "num_heads", "num_kv_heads"):
+            if int(cfg[field]) <= 0:
+                raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
         if cfg.hidden % cfg.num_heads:
             raise ValueError(
                 f"config.model.hidden={cfg.hidden} is not divisible by config.model.num_heads={cfg.num_heads}."

@@ -21,8 +21,6 @@ semantics); `tiny_config()` uses `'frame'`.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -513,9 +511,3 @@ def tiled_apply(fn, x: jax.Array, *, tile: int, overlap: int, frames: int | None
         y = tiled_spatial(fn, x[:, t0:t1], tile=tile, overlap=overlap, in_unit=in_unit, out_unit=out_unit)
         outputs.append(y if k == 0 else y[:, 1:])
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
-
-
-def param_count(cfg) -> int:
-    """Number of parameters of an ST-VAE built from `cfg`, by abstract evaluation (no memory)."""
-    abstract = nnx.eval_shape(lambda: STVAE(cfg, rngs=nnx.Rngs(0)))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

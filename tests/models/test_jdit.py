@@ -7,15 +7,7 @@ from flax import nnx
 from lavin_jax import config as config_lib
 from lavin_jax import models
 from lavin_jax.config import DEFAULT_RULES
-
-
-def randomized(model, seed=0):
-    """The model with every parameter redrawn, so zero-initialised layers stop hiding bugs."""
-    graphdef, params = nnx.split(model, nnx.Param)
-    leaves, treedef = jax.tree.flatten(params.to_pure_dict())
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+from conftest import randomized
 
 
 def inputs(pairs=2, batch=2, size=16, seed=1):
@@ -44,7 +36,7 @@ def test_frames_of_the_wrong_shape_are_named(make_config, x_shape, cond_shape):
 
 
 def test_prediction_uses_context_time_and_frame_order(make_config):
-    model = randomized(models.build(make_config().model, nnx.Rngs(0)))
+    model = randomized(lambda: models.build(make_config().model, nnx.Rngs(0)))
     x, t, context = inputs()
     out = model(x, t, context)
     changed_pair = context["cond"].at[:, 0].add(1.0)
@@ -64,7 +56,7 @@ def test_scan_unrolled_and_remat_agree(make_config, remat):
     outputs, grads = [], []
     for scan in (True, False):
         cfg = make_config(**{"model.scan_layers": scan, "model.remat": remat}).model
-        model = randomized(models.build(cfg, nnx.Rngs(0)))
+        model = randomized(lambda: models.build(cfg, nnx.Rngs(0)))
         graphdef, params = nnx.split(model, nnx.Param)
         loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(x, t, context) ** 2)
         outputs.append(model(x, t, context))
@@ -75,10 +67,10 @@ def test_scan_unrolled_and_remat_agree(make_config, remat):
 
 
 def test_bfloat16_compute_keeps_float32_params(make_config):
-    model = models.build(make_config(**{"model.dtype": "bfloat16"}).model, nnx.Rngs(0))
-    params = nnx.state(model, nnx.Param)
+    build = lambda: models.build(make_config(**{"model.dtype": "bfloat16"}).model, nnx.Rngs(0))
+    params = nnx.state(build(), nnx.Param)
     assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
-    out = randomized(model)(*inputs())
+    out = randomized(build)(*inputs())
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
 
 
@@ -182,7 +174,7 @@ def reference_jdit(p, cfg, x, t, cond):
 
 def test_matches_an_independent_reference(make_config):
     cfg = make_config(**{"model.num_heads": 4, "model.num_kv_heads": 2}).model
-    model = randomized(models.build(cfg, nnx.Rngs(0)))
+    model = randomized(lambda: models.build(cfg, nnx.Rngs(0)))
     x, t, context = inputs(pairs=1)
     params = nnx.split(model, nnx.Param)[1].to_pure_dict()
     expected = reference_jdit(params, cfg, x, t, context["cond"])
