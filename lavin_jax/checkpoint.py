@@ -81,11 +81,18 @@ class Checkpointer:
         """
         # A save of `step` still in flight has no step directory yet; let it land first.
         self.wait()
-        saved_config = self._restore_item(step, "config", ocp.args.JsonRestore())
-        _check_run_matches(self._directory / str(step), saved_config, config)
-        state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
+        _check_run_matches(self._directory / str(step), self.read_config(step), config)
+        state = self.restore_state(step, abstract_state)
         self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return state
+
+    def read_config(self, step: int) -> dict:
+        """The config `step` was written with, as JSON (lists where the config had tuples)."""
+        return self._restore_item(step, "config", ocp.args.JsonRestore())
+
+    def restore_state(self, step: int, abstract_state):
+        """Only the arrays of `step` (for using a trained model elsewhere, e.g. a frozen ST-VAE)."""
+        return self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
 
     def _restore_item(self, step: int, name: str, args):
         step_dir = self._directory / str(step)

@@ -10,7 +10,8 @@ import importlib.util
 
 import ml_collections
 
-from lavin_jax import models, parallel
+from lavin_jax import models, objectives, parallel
+from lavin_jax.models import discriminator
 
 # Logical axis -> mesh axes. Parameters and activations name their axes with the keys; the mesh
 # has axes `data`, `fsdp`, `tensor`. Activations use `act_*` names so that a weight's `embed`
@@ -38,8 +39,9 @@ DEFAULT_RULES = (
 )
 
 
-def base() -> ml_collections.ConfigDict:
-    """LaVin-DiT's training setup on ST-VAE latents of 256px episodes; size configs set the model."""
+def base(model: str = "jdit") -> ml_collections.ConfigDict:
+    """LaVin-DiT's training setup on ST-VAE latents of 256px episodes, for the model family `model`
+    (its `default_config()` is `config.model`); the configs in `configs/` change a few fields."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.total_steps = 100_000
@@ -49,33 +51,26 @@ def base() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every = 5_000
 
-    c.model = ml_collections.ConfigDict()
-    c.model.name = "jdit"
-    c.model.hidden = 1152
-    c.model.depth = 12
-    c.model.num_heads = 16
-    c.model.num_kv_heads = 4
-    c.model.patch_size = 2
-    c.model.in_channels = 16  # ST-VAE latent channels; 3 in pixel space.
-    c.model.mlp_hidden = 0  # 0: LaVin-DiT's SwiGLU rule, int(8 * hidden / 3 / 64) * 64.
-    c.model.rope_base = 10_000.0
-    c.model.norm_eps = 1e-6
-    c.model.dtype = "bfloat16"  # compute dtype; parameters stay float32.
-    c.model.attention = "auto"  # auto | xla | cudnn
-    c.model.scan_layers = True
-    c.model.remat = "none"  # none | full | dots (save matmul outputs only)
+    c.model = models.default_config(model)
 
     c.vae = ml_collections.ConfigDict()
-    c.vae.name = "stvae"  # stvae: the model works on ST-VAE latents; none: on RGB pixels.
+    c.vae.name = "stvae"  # stvae: J-DiT works on ST-VAE latents; none: on RGB pixels.
     c.vae.downsample = 8  # latent pixels per side of one ST-VAE latent.
+    c.vae.checkpoint = ""  # the ST-VAE run (its workdir) whose latents J-DiT learns.
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"
+    c.data.source = "synthetic"  # synthetic (encoded in the step when vae.name='stvae') | latents
+    c.data.latent_dir = ""  # source='latents': a cache written by --mode=latent_cache.
     c.data.image_size = 256
     c.data.max_pairs = 8  # K in [1, max_pairs] in-context pairs, drawn per batch.
     c.data.cond_drop_prob = 0.1  # share of batches trained with the pairs dropped (CFG).
     c.data.tasks = ("colorize", "edges", "flip", "vflip", "inpaint", "invert", "denoise")
     c.data.num_threads = 2
+    # ST-VAE examples: 1-frame images, and from step video_start on, video_share of the batches
+    # are clips of clip_frames = 1+4k frames (the two-stage curriculum).
+    c.data.clip_frames = 17
+    c.data.video_start = 0
+    c.data.video_share = 0.5
 
     c.flow = ml_collections.ConfigDict()
     c.flow.t_mean = 0.0  # logit-normal t = sigmoid(N(t_mean, t_std)), then shifted.
@@ -85,6 +80,18 @@ def base() -> ml_collections.ConfigDict:
     c.flow.sample_steps = 20  # Euler steps.
     c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform.
     c.flow.cfg_scale = 1.5
+
+    # ST-VAE training (model.name='stvae'): loss weights, the perceptual net, the discriminator.
+    c.autoencoder = ml_collections.ConfigDict()
+    c.autoencoder.l1_weight = 1.0
+    c.autoencoder.mse_weight = 0.0
+    c.autoencoder.kl_weight = 1e-6
+    c.autoencoder.lpips_weight = 0.0  # > 0 needs lpips_file.
+    c.autoencoder.lpips_file = ""  # made by `python -m lavin_jax.tools.convert_lpips`.
+    c.autoencoder.disc_weight = 0.5  # times the adaptive weight ||grad rec|| / ||grad adv||.
+    c.autoencoder.disc_start = 0  # the step the adversarial loss and the discriminator start.
+    c.autoencoder.disc = discriminator.default_config()
+    c.autoencoder.eval_examples = 4  # held-out images and clips in each evaluation.
 
     c.optim = ml_collections.ConfigDict()
     c.optim.lr = 1e-4
@@ -134,13 +141,6 @@ def _set_dotted(config, key, value):
     node[leaf] = value
 
 
-def model_input(config) -> tuple[int, int]:
-    """The side and channel count of one frame as the model sees it: pixels or latents."""
-    if config.vae.name == "none":
-        return config.data.image_size, 3
-    return config.data.image_size // config.vae.downsample, config.model.in_channels
-
-
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -149,56 +149,21 @@ def _require(ok: bool, message: str) -> None:
 def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[str, int] | None:
     """Raises ValueError naming the offending field; returns the mesh shape.
 
-    The model family checks its own fields (`models.check`) and the data pipeline its sources and
-    tasks when it is built, which the trainer does next, before anything is compiled. With
-    `num_devices=None` (abstract uses such as `--mode=summary`) the mesh is not checked."""
+    The model family checks its own fields (`models.check`), the objective its own sections
+    (`objectives.check`), and the data pipeline its sources and tasks when it is built, which the
+    trainer does next, before anything is compiled. With `num_devices=None` (abstract uses such as
+    `--mode=summary`) the mesh is not checked."""
     for field in ("total_steps", "log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "global_batch_size"):
         _require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
-
     m = config.model
-    for field in ("patch_size", "in_channels"):  # every family's input; the rest is models.check's.
-        _require(int(m[field]) > 0, f"config.model.{field}={m[field]} must be positive.")
-    for field, allowed in (
-        ("dtype", ("float32", "bfloat16")),
-        ("attention", ("auto", "xla", "cudnn")),
-        ("remat", ("none", "full", "dots")),
-    ):
-        _require(m[field] in allowed, f"config.model.{field}={m[field]!r} must be one of {allowed}.")
     models.check(m)
-
-    v = config.vae
-    _require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
-    _require(
-        v.name != "none" or m.in_channels == 3,
-        f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB pixels: "
-        "set config.model.in_channels=3.",
-    )
-    d = config.data
-    _require(
-        v.name == "none" or (v.downsample > 0 and d.image_size % v.downsample == 0),
-        f"config.data.image_size={d.image_size} is not divisible by config.vae.downsample={v.downsample}.",
-    )
-    size, _ = model_input(config)
-    _require(
-        size > 0 and size % m.patch_size == 0,
-        f"config.data.image_size={d.image_size} gives model inputs of side {size}, not divisible by "
-        f"config.model.patch_size={m.patch_size}.",
-    )
-    _require(d.max_pairs >= 1, f"config.data.max_pairs={d.max_pairs} must be at least 1.")
-    _require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
-
-    f = config.flow
-    _require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
-    _require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
-    _require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
-    _require(f.time_grid in ("lavin", "uniform"), f"config.flow.time_grid={f.time_grid!r} must be 'lavin' or 'uniform'.")
+    objectives.check(config)
     o = config.optim
     _require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
     _require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
     _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
     _require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
     _require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
-    _require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
 
     if num_devices is None:
         return None
@@ -215,7 +180,9 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
         f"config.mesh: the data-parallel size data*fsdp={batch_shards} is not divisible by the "
         f"{num_processes} processes, so hosts cannot each own whole batch shards.",
     )
-    for field in ("num_heads", "num_kv_heads"):
+    for field in ("num_heads", "num_kv_heads"):  # J-DiT's heads split over the tensor axis.
+        if field not in m:
+            continue
         _require(
             m[field] % shape["tensor"] == 0,
             f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}.",

@@ -15,11 +15,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lavin_jax import config as config_lib
-from lavin_jax import parallel, summary, train
+from lavin_jax import latents, parallel, summary, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "summary"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "summary", "latent_stats", "latent_cache"],
+    "train; summary (params, FLOPs); latent_stats (of the ST-VAE run in --workdir); latent_cache "
+    "(encode --examples episodes of the config into --workdir, with config.vae.checkpoint).",
+)
+_EXAMPLES = flags.DEFINE_integer("examples", 256, "latent_stats / latent_cache: how many images or episodes to encode.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -45,6 +50,14 @@ def main(argv):
             json.dump(result, f, indent=2)
         print(table)
         print(f"{result['params']:,} parameters, {result['flops_per_example']:.4g} forward FLOPs per example.")
+        return
+    if _MODE.value == "latent_stats":
+        print(json.dumps(latents.compute_stats(_WORKDIR.value, _EXAMPLES.value)))
+        return
+    if _MODE.value == "latent_cache":
+        config_lib.validate(config, num_devices=None)
+        written = latents.write_cache(config, _WORKDIR.value, _EXAMPLES.value)
+        print(f"Wrote {written['examples']} episodes in {len(written['shards'])} shards to {_WORKDIR.value}.")
         return
     parallel.initialize_distributed()
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(), jax.local_device_count())

@@ -85,19 +85,21 @@ def episode_grid(
                 f"episode_grid: {name} has shape {frames.shape}, expected {(n, 1, h, w, 3)} "
                 f"to match cond {cond.shape}."
             )
-    frames = _to_uint8(np.concatenate([cond, prediction, target], axis=1))
-    frames = frames.repeat(scale, axis=2).repeat(scale, axis=3)
+    return frame_grid(np.concatenate([cond, prediction, target], axis=1), scale=scale, gap_before=num_cond)
+
+
+def frame_grid(frames: np.ndarray, *, scale: int = 1, gap_before: int | None = None) -> np.ndarray:
+    """Frames [N, T, H, W, 3] in [-1, 1] as N rows of T frames, upscaled `scale` times and
+    framed by BORDER-pixel lines; column `gap_before` (if any) starts GAP - BORDER pixels later."""
+    n, num_frames, h, w, _ = frames.shape
+    frames = _to_uint8(frames).repeat(scale, axis=2).repeat(scale, axis=3)
     fh, fw = h * scale, w * scale
-    num_frames = num_cond + 2
-    grid = np.full(
-        (BORDER + n * (fh + BORDER), num_frames * (fw + BORDER) + GAP, 3),
-        _BACKGROUND,
-        dtype=np.uint8,
-    )
+    extra = 0 if gap_before is None else GAP - BORDER
+    grid = np.full((BORDER + n * (fh + BORDER), BORDER + num_frames * (fw + BORDER) + extra, 3), _BACKGROUND, np.uint8)
     for row in range(n):
         y = BORDER + row * (fh + BORDER)
         for col in range(num_frames):
-            x = BORDER + col * (fw + BORDER) + (GAP - BORDER) * (col >= num_cond)
+            x = BORDER + col * (fw + BORDER) + extra * (gap_before is not None and col >= gap_before)
             grid[y : y + fh, x : x + fw] = frames[row, col]
     return grid
 

@@ -121,6 +121,13 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> dict:
     )
 
 
+def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
+    """The same host array on every device, valid on multi-host meshes too (every host passes
+    its own copy)."""
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 # Activation constraints need the mesh and rules while a step is traced; the trainer sets them
 # around tracing with `activation_sharding`, and without them `constrain` leaves arrays alone
 # (single-device use, notebooks).

@@ -12,12 +12,10 @@ import math
 from collections import defaultdict
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jex_core
 
-from lavin_jax import config as config_lib
-from lavin_jax import models
+from lavin_jax import models, objectives
 
 
 def _dot_flops(eqn) -> int:
@@ -57,24 +55,17 @@ def jaxpr_flops(jaxpr) -> int:
     return total
 
 
-def example_inputs(config, batch: int = 1) -> tuple:
-    """A batch of the config's largest episode: max_pairs pairs, a query, one target frame."""
-    size, channels = config_lib.model_input(config)
-    frame = (size, size, channels)
-    x = jax.ShapeDtypeStruct((batch, 1, *frame), jnp.float32)
-    t = jax.ShapeDtypeStruct((batch,), jnp.float32)
-    cond = jax.ShapeDtypeStruct((batch, 2 * config.data.max_pairs + 1, *frame), jnp.float32)
-    return x, t, {"cond": cond}
-
-
 def forward_flops(config) -> int:
-    """Forward FLOPs per example at the config's shapes, with the XLA attention (countable)."""
+    """Forward FLOPs per example at the objective's example shapes, with the XLA attention
+    (countable)."""
     model_cfg = config.model.copy_and_resolve_references()
-    model_cfg.attention = "xla"
+    if "attention" in model_cfg:
+        model_cfg.attention = "xla"
     abstract_model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract_model)
     forward = lambda params, *inputs: nnx.merge(graphdef, params)(*inputs)
-    return jaxpr_flops(jax.make_jaxpr(forward)(params, *example_inputs(config)).jaxpr)
+    inputs = objectives.get(config).example_inputs()
+    return jaxpr_flops(jax.make_jaxpr(forward)(params, *inputs).jaxpr)
 
 
 def parameter_table(abstract_params, depth: int = 3) -> dict[str, int]:
@@ -93,16 +84,13 @@ def summarize(config, abstract_params=None) -> tuple[dict, str]:
         abstract_params = nnx.split(abstract_model, nnx.Param)[1].to_pure_dict()
     table = parameter_table(abstract_params)
     params = sum(table.values())
-    size, channels = config_lib.model_input(config)
+    inputs = objectives.get(config).example_inputs()
     result = {
         "model": config.model.name,
         "params": params,
         "flops_per_example": forward_flops(config),
-        "flops_shapes": {
-            "frame": [size, size, channels],
-            "cond_frames": 2 * config.data.max_pairs + 1,
-            "target_frames": 1,
-        },
+        # The shapes FLOPs were counted at (batch 1).
+        "flops_inputs": [list(x.shape) for x in jax.tree.leaves(inputs)],
     }
     width = max(len(name) for name in table)
     lines = [f"{'module':<{width}}  {'params':>15}"]

@@ -1,8 +1,9 @@
-"""The model-agnostic trainer: sharded train state, optimizer and EMA, one jitted step, the loop.
+"""The model-agnostic trainer: sharded train state, optimizers and EMA, one jitted step, the loop.
 
-Any model family of `lavin_jax.models` trains here unchanged: the step only needs
-`model(x_t, t, context) -> velocity`. The train state is a plain pytree
-{step, params, ema, opt} of global jax.Arrays, placed by the config's logical-axis rules.
+What is trained, on what, with which loss is the objective's (`lavin_jax.objectives`, picked by
+`config.model.name`). The train state is a plain pytree of global jax.Arrays placed by the config's
+logical-axis rules: {step, params: {name: ...}, ema: the EMA of params["model"],
+opt: {name: optimizer state}}, one entry per module the objective trains.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import checkpoint, flow, metrics, parallel, summary
+from lavin_jax import checkpoint, metrics, objectives, parallel, summary
 from lavin_jax import config as config_lib
-from lavin_jax import models
-from lavin_jax.data import pipeline, synthetic
+from lavin_jax.data import pipeline
 
 
 def make_optimizer(optim_cfg, total_steps: int):
@@ -51,36 +51,45 @@ def make_optimizer(optim_cfg, total_steps: int):
 class Setup:
     """What the step and the loop need besides the state itself."""
 
-    graphdef: Any
-    tx: optax.GradientTransformation
+    objective: objectives.Objective
+    graphdefs: dict[str, Any]
+    tx: optax.GradientTransformation  # one per trained module, each with its own state.
     schedule: Callable
     mesh: Mesh
     abstract_state: dict  # ShapeDtypeStructs carrying each leaf's NamedSharding.
 
 
-def setup(config, mesh: Mesh) -> Setup:
+def _split(modules: dict[str, nnx.Module]) -> tuple[dict, dict[str, nnx.State]]:
+    split = {name: nnx.split(module, nnx.Param) for name, module in modules.items()}
+    return {name: g for name, (g, _) in split.items()}, {name: p for name, (_, p) in split.items()}
+
+
+def setup(config, mesh: Mesh, objective: objectives.Objective | None = None) -> Setup:
     """Shapes and shardings of the train state, by abstract evaluation: nothing is allocated."""
-    abstract_model = nnx.eval_shape(lambda: models.build(config.model, nnx.Rngs(config.seed)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
-    param_sharding = parallel.param_shardings(abstract_params, mesh, config.mesh.rules)
-    params = abstract_params.to_pure_dict()
+    objective = objective or objectives.get(config)
+    graphdefs, states = _split(nnx.eval_shape(lambda: objective.build(nnx.Rngs(config.seed))))
+    param_sharding = {name: parallel.param_shardings(state, mesh, config.mesh.rules) for name, state in states.items()}
+    params = {name: state.to_pure_dict() for name, state in states.items()}
     tx, schedule = make_optimizer(config.optim, config.total_steps)
-    opt = jax.eval_shape(tx.init, params)
+    opt = {name: jax.eval_shape(tx.init, tree) for name, tree in params.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt_sharding = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, opt, param_sharding,
-        transform_non_params=lambda _: replicated,
-    )
+    opt_sharding = {
+        name: optax.tree_map_params(
+            tx, lambda _, sharding: sharding, opt[name], param_sharding[name],
+            transform_non_params=lambda _: replicated,
+        )
+        for name in params
+    }
     with_sharding = lambda tree, shardings: jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
     abstract_state = {
         "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
         "params": with_sharding(params, param_sharding),
-        "ema": with_sharding(params, param_sharding),
+        "ema": with_sharding(params["model"], param_sharding["model"]),
         "opt": with_sharding(opt, opt_sharding),
     }
-    return Setup(graphdef, tx, schedule, mesh, abstract_state)
+    return Setup(objective, graphdefs, tx, schedule, mesh, abstract_state)
 
 
 def shardings(abstract) -> Any:
@@ -91,61 +100,47 @@ def init_state(config, s: Setup) -> dict:
     """Initialises parameters directly into their shards."""
 
     def init():
-        params = nnx.split(models.build(config.model, nnx.Rngs(config.seed)), nnx.Param)[1].to_pure_dict()
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params, "opt": s.tx.init(params)}
+        states = _split(s.objective.build(nnx.Rngs(config.seed)))[1]
+        params = {name: state.to_pure_dict() for name, state in states.items()}
+        opt = {name: s.tx.init(tree) for name, tree in params.items()}
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["model"], "opt": opt}
 
     return jax.jit(init, out_shardings=shardings(s.abstract_state))()
 
 
+def place_constants(s: Setup) -> dict:
+    """The objective's frozen arrays, replicated on every device (every host passes its copy)."""
+    return jax.tree.map(lambda a: parallel.replicate(a, s.mesh), s.objective.constants())
+
+
 def make_train_step(config, s: Setup):
-    """The jitted step (state, batch) -> (state, metrics); the state is donated."""
+    """The jitted step (state, constants, batch, phase) -> (state, metrics); the state is donated
+    and `phase` (the objective's `phase(step)`) is static."""
     base_key = jax.random.key(config.seed)
     decay = config.optim.ema_decay
 
-    def train_step(state, batch):
+    def train_step(state, constants, batch, phase):
         key = jax.random.fold_in(base_key, state["step"])
-
-        def loss_fn(params):
-            with parallel.activation_sharding(s.mesh, config.mesh.rules):
-                return flow.loss(nnx.merge(s.graphdef, params), batch, key, config.flow)
-
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt = s.tx.update(grads, state["opt"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), state["ema"], params)
+        with parallel.activation_sharding(s.mesh, config.mesh.rules):
+            grads, stats = s.objective.grads(s.graphdefs, state["params"], constants, batch, key, phase)
+        params, opt = {}, {}
+        for name, module_params in state["params"].items():
+            updates, opt[name] = s.tx.update(grads[name], state["opt"][name], module_params)
+            params[name] = optax.apply_updates(module_params, updates)
+            stats["grad_norm" if name == "model" else f"grad_norm_{name}"] = optax.tree.norm(grads[name])
+        ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), state["ema"], params["model"])
         new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt": opt}
-        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": s.schedule(state["step"]), **aux}
-        return new_state, stats
+        return new_state, {**stats, "lr": s.schedule(state["step"])}
 
     state_sharding = shardings(s.abstract_state)
+    replicated = NamedSharding(s.mesh, PartitionSpec())
     return jax.jit(
         train_step,
-        in_shardings=(state_sharding, parallel.batch_sharding(s.mesh, config.mesh.rules)),
-        out_shardings=(state_sharding, NamedSharding(s.mesh, PartitionSpec())),
+        in_shardings=(state_sharding, replicated, parallel.batch_sharding(s.mesh, config.mesh.rules)),
+        out_shardings=(state_sharding, replicated),
+        static_argnums=3,
         donate_argnums=0,
     )
-
-
-def make_sampler(config, s: Setup):
-    """Jitted (params, context, key) -> predicted targets, with the config's guidance scale."""
-    size, channels = config_lib.model_input(config)
-
-    def sample(params, context, key):
-        with parallel.activation_sharding(s.mesh, config.mesh.rules):
-            model = nnx.merge(s.graphdef, params)
-            shape = (context["cond"].shape[0], 1, size, size, channels)
-            return flow.sample(model, context, key, shape, config.flow)
-
-    # Replicated, so every host can read the whole prediction.
-    return jax.jit(sample, out_shardings=NamedSharding(s.mesh, PartitionSpec()))
-
-
-def sample_episodes(config) -> dict[str, np.ndarray]:
-    """The fixed episodes every sample grid shows: held out by seed, with sample.num_pairs pairs."""
-    source = synthetic.SyntheticEpisodes(config.data, config.seed + 1, config.global_batch_size)
-    pairs = config.sample.num_pairs or config.data.max_pairs
-    episodes = [source.episode(i, pairs) for i in range(config.sample.num_examples)]
-    return {name: np.stack([e[name] for e in episodes]) for name in ("cond", "target")}
 
 
 class _Preemption:
@@ -183,29 +178,21 @@ class _Preemption:
         return multihost_utils.reached_preemption_sync_point(step)
 
 
-def _replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
-    """The same host array on every device, valid on multi-host meshes too."""
-    sharding = NamedSharding(mesh, PartitionSpec())
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
-
-
 def train(config, workdir: str) -> dict:
     """Trains until config.total_steps, resuming from the newest checkpoint in workdir.
 
     Everything a person can get wrong (config, data, checkpoint) is checked before the first
     compilation. Returns the final state (global arrays)."""
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
-    if config.vae.name != "none":
-        raise ValueError(
-            "config.vae.name='stvae': latent training needs the ST-VAE, which is not built yet; "
-            "train in pixel space with config.vae.name='none' and config.model.in_channels=3."
-        )
+    objective = objectives.get(config)
+    objective.check_files()
     data = pipeline.make_iterator(config, jax.process_index(), jax.process_count())
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config)
     logging.info("Mesh %s over %d devices in %d processes.", shape, jax.device_count(), jax.process_count())
-    s = setup(config, mesh)
+    s = setup(config, mesh, objective)
+    constants = place_constants(s)
     checkpointer = checkpoint.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, save_every=config.checkpoint_every
     )
@@ -217,38 +204,36 @@ def train(config, workdir: str) -> dict:
         state = checkpointer.restore(latest, s.abstract_state, data, config)
     if primary:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary.summarize(config, s.abstract_state["params"])[0], f, indent=2)
+            json.dump(summary.summarize(config, s.abstract_state["params"]["model"])[0], f, indent=2)
 
     step_fn = make_train_step(config, s)
-    sampler = make_sampler(config, s)
-    episodes = sample_episodes(config)
-    sample_context = {"cond": _replicate(episodes["cond"], mesh)}
     writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest or 0)
 
-    def write_samples(step: int):
-        prediction = jax.device_get(sampler(state["ema"], sample_context, jax.random.key(config.seed + 2)))
-        scale = max(1, 128 // episodes["target"].shape[2])  # small frames are enlarged to be seen.
-        writer.write_image(step, "samples", metrics.episode_grid(episodes["cond"], prediction, episodes["target"], scale=scale))
+    def evaluate(step: int):
+        images, scalars = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
+        for name, grid in images.items():
+            writer.write_image(step, name, grid)
+        if scalars:
+            writer.write_scalars(step, scalars)
 
     step = int(jax.device_get(state["step"]))
-    compiled_pairs: set[int] = set()
+    compiled: set = set()
     pending: list[dict] = []
-    # Throughput counts training only: compilations and sample grids move the clock forward.
+    # Throughput counts training only: compilations and evaluations move the clock forward.
     last_time, last_step = time.perf_counter(), step
     bar = tqdm.tqdm(total=config.total_steps, initial=step, disable=not primary, desc="train", dynamic_ncols=True)
     with _Preemption() as preemption:
         while step < config.total_steps and not preemption.should_stop(step):
             local = next(data)
-            pairs = (local["cond"].shape[1] - 1) // 2
+            phase = s.objective.phase(step)
+            variant = (phase, tuple((name, value.shape[1:]) for name, value in sorted(local.items())))
             started = time.perf_counter()
-            compiling = pairs not in compiled_pairs
+            compiling = variant not in compiled
             if compiling:
-                compiled_pairs.add(pairs)
-                logging.info(
-                    "Compiling the train step for condition shape %s (%d pairs): variant %d of at most %d.",
-                    local["cond"].shape[1:], pairs, len(compiled_pairs), config.data.max_pairs + 1,
-                )
-            state, stats = step_fn(state, parallel.global_batch(local, mesh, config.mesh.rules))
+                compiled.add(variant)
+                logging.info("Compiling the train step for phase %s, batch shapes %s (variant %d).", *variant, len(compiled))
+            batch = parallel.global_batch(local, mesh, config.mesh.rules)
+            state, stats = step_fn(state, constants, batch, phase)
             if compiling:  # the call returns once compiled and dispatched; the step runs async.
                 last_time += time.perf_counter() - started
             step += 1
@@ -258,7 +243,8 @@ def train(config, workdir: str) -> dict:
             if step % config.log_every == 0 or step == config.total_steps:
                 host = jax.device_get(pending)
                 now = time.perf_counter()
-                scalars = {name: float(np.mean([p[name] for p in host])) for name in host[0]}
+                # Phases may log different stats (a GAN's start): average each over the steps with it.
+                scalars = {name: float(np.mean([p[name] for p in host if name in p])) for name in host[-1]}
                 scalars["steps_per_sec"] = (step - last_step) / (now - last_time)
                 scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.global_batch_size
                 writer.write_scalars(step, scalars)
@@ -267,7 +253,7 @@ def train(config, workdir: str) -> dict:
             checkpointer.save(step, state, data, config)
             if step % config.eval_every == 0 or step == config.total_steps:
                 started = time.perf_counter()
-                write_samples(step)
+                evaluate(step)
                 last_time += time.perf_counter() - started
         checkpointer.save(step, state, data, config, force=True)
         checkpointer.wait()

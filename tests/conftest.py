@@ -13,11 +13,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def small_config(**overrides):
-    """configs/tiny.py shrunk further so a test compiles and steps in seconds."""
+def shipped_config(name: str, defaults: dict, overrides: dict):
+    """configs/<name>.py with `defaults`, then `overrides`, applied."""
     from lavin_jax import config as config_lib
 
-    fields = {
+    return config_lib.load(str(ROOT / "configs" / f"{name}.py"), {**defaults, **overrides})
+
+
+def small_config(**overrides):
+    """configs/tiny.py shrunk further so a test compiles and steps in seconds."""
+    defaults = {
         "model.hidden": 48,
         "model.depth": 2,
         "model.num_heads": 2,
@@ -27,8 +32,7 @@ def small_config(**overrides):
         "sample.num_examples": 2,
         "flow.sample_steps": 3,
     }
-    fields.update(overrides)
-    return config_lib.load(str(ROOT / "configs" / "tiny.py"), fields)
+    return shipped_config("tiny", defaults, overrides)
 
 
 @pytest.fixture
@@ -50,3 +54,21 @@ def randomized(build, seed=0, scale=lambda shape: 0.2):
     rng = np.random.default_rng(seed)
     leaves = [jnp.asarray(scale(x.shape) * rng.standard_normal(x.shape), jnp.float32) for x in shapes]
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def logical_axis_names(build) -> set:
+    """The logical axis names of the parameters of `build()`, asserting every axis has one."""
+    import jax
+    from flax import nnx
+
+    params = nnx.state(nnx.eval_shape(build), nnx.Param)
+    specs = jax.tree.leaves(
+        nnx.get_partition_spec(params).to_pure_dict(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
+    shapes = jax.tree.leaves(params.to_pure_dict())
+    assert len(specs) == len(shapes) > 0
+    names = set()
+    for spec, shape in zip(specs, shapes):
+        assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape.shape)
+        names.update(spec)
+    return names

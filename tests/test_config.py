@@ -9,7 +9,7 @@ from lavin_jax import train
 from conftest import ROOT, small_config
 
 
-@pytest.mark.parametrize("name", ["tiny", "s", "l", "xl"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae"])
 def test_shipped_configs_validate(name):
     config = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
     config_lib.validate(config, num_devices=None)

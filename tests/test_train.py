@@ -15,9 +15,11 @@ def run_steps(config, mesh, batches):
     s = train.setup(config, mesh)
     state = train.init_state(config, s)
     step = train.make_train_step(config, s)
+    constants = train.place_constants(s)
     losses = []
-    for batch in batches:
-        state, stats = step(state, parallel.global_batch(batch, mesh, config.mesh.rules))
+    for i, batch in enumerate(batches):
+        batch = parallel.global_batch(batch, mesh, config.mesh.rules)
+        state, stats = step(state, constants, batch, s.objective.phase(i))
         losses.append(float(stats["loss"]))
     return losses, jax.device_get(state)
 
@@ -53,9 +55,9 @@ def test_sharded_step_matches_the_single_device_step():
 def test_parameters_are_sharded_by_the_logical_rules():
     config = small_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.num_kv_heads": 2})
     s = train.setup(config, parallel.make_mesh(config))
-    q = s.abstract_state["params"]["blocks"]["cond"]["q"]["kernel"]
+    q = s.abstract_state["params"]["model"]["blocks"]["cond"]["q"]["kernel"]
     assert tuple(q.sharding.spec) == (None, "fsdp", "tensor")  # layers, embed, heads
-    mu = s.abstract_state["opt"][1][0].mu["blocks"]["cond"]["q"]["kernel"]
+    mu = s.abstract_state["opt"]["model"][1][0].mu["blocks"]["cond"]["q"]["kernel"]
     assert mu.sharding == q.sharding  # Adam moments live with their parameters.
 
 

@@ -1,4 +1,4 @@
-"""The grain pipeline: per-process batches of synthetic episodes, checkpointable by index.
+"""The grain pipeline: per-process batches of the objective's examples, checkpointable by index.
 
 Global batch s is examples s*G ... s*G + G - 1 (G = config.global_batch_size); process p of P
 reads rows p*B ... p*B + B - 1 of it (B = G // P). Every host thus reads only its own shard, and
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import grain
 
-from lavin_jax.data.synthetic import SyntheticEpisodes
+from lavin_jax import objectives
 
 
 def make_dataset(config, process_index: int, process_count: int) -> grain.IterDataset:
     """This process's batches: dicts of numpy arrays whose leading dim is
-    config.global_batch_size // process_count (see SyntheticEpisodes for the fields)."""
-    if config.data.source != "synthetic":
-        raise ValueError(
-            f"config.data.source={config.data.source!r} is unknown; known sources: 'synthetic'."
-        )
+    config.global_batch_size // process_count (the objective's `source` has the fields)."""
     if not 0 <= process_index < process_count:
         raise ValueError(
             f"process_index={process_index} is not in [0, process_count={process_count})."
@@ -32,10 +28,10 @@ def make_dataset(config, process_index: int, process_count: int) -> grain.IterDa
     if num_threads < 0:
         raise ValueError(f"config.data.num_threads={num_threads} must be non-negative.")
     per_process = config.global_batch_size // process_count
-    episodes = SyntheticEpisodes(config.data, config.seed, config.global_batch_size)
+    examples = objectives.get(config).source(config.seed)
     # Batches of B consecutive examples, of which process p takes every P-th starting at p: batch
     # s*P + p is exactly rows p*B ... p*B + B - 1 of global batch s.
-    shards = grain.MapDataset.source(episodes).batch(per_process)[process_index::process_count]
+    shards = grain.MapDataset.source(examples).batch(per_process)[process_index::process_count]
     # Threads build whole batches ahead; grain's default buffer (500) would hold hundreds of
     # batches of full-size images, so keep a couple per thread.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)

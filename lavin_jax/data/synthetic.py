@@ -34,6 +34,7 @@ _INPAINT_FILL = 0.0
 # Scene videos (`base_clip`, `SyntheticClips`) have 1+4k frames, the ST-VAE's causal clip length.
 _CLIP_TIME_FACTOR = 4
 _CLIP_STREAM = 2
+_CLIP_LENGTH_STREAM = 3
 # Motion per frame, in unit coordinates (the image side is 1): shapes drift at a constant velocity
 # of this speed, the background gradient turns by this many radians, stripes scroll by this many
 # periods within their moving window. Slow enough that neighbouring frames differ only slightly.
@@ -312,23 +313,41 @@ class SyntheticEpisodes:
         }
 
 
+def check_clip_frames(name: str, frames: int) -> None:
+    if frames < 1 or (frames - 1) % _CLIP_TIME_FACTOR:
+        raise ValueError(
+            f"{name}={frames} must be 1 + {_CLIP_TIME_FACTOR}k for some k >= 0 (1, 5, 9, 13, 17, ...)."
+        )
+
+
+def clip_length(seed: int, batch_index: int, data_config) -> int:
+    """The frame count of every example of one global batch, the ST-VAE's two-stage curriculum:
+    1 (images) before batch `data.video_start`, then `data.clip_frames` for a `data.video_share`
+    of the batches (a draw per batch) and 1 for the rest."""
+    if batch_index < data_config.video_start:
+        return 1
+    rng = np.random.default_rng((seed, _CLIP_LENGTH_STREAM, batch_index))
+    return int(data_config.clip_frames) if rng.random() < data_config.video_share else 1
+
+
 class SyntheticClips:
     """Random-access scene videos for the ST-VAE, a source for `grain.MapDataset.source`.
 
     Example i is {"video": float32[frames, H, W, 3]} in [-1, 1], H = W = data_config.image_size: a
     `base_clip`, a pure function of (seed, i) drawn from its own seed stream, so clips never share
-    draws with the episodes of the same seed. `frames` must be 1+4k, the causal ST-VAE's clip
-    length.
+    draws with the episodes of the same seed. With `frames` given every example has that many
+    (1+4k, the causal ST-VAE's clip length); without, the examples of global batch b (examples
+    b*G ... b*G + G - 1) have `clip_length(seed, b, data_config)` frames.
     """
 
-    def __init__(self, data_config, seed: int, *, frames: int):
-        frames = int(frames)
-        if frames < 1 or (frames - 1) % _CLIP_TIME_FACTOR:
-            raise ValueError(
-                f"frames={frames} must be 1 + {_CLIP_TIME_FACTOR}k for some k >= 0 "
-                f"(1, 5, 9, 13, 17, ...)."
-            )
+    def __init__(self, data_config, seed: int, *, frames: int | None = None, global_batch_size: int = 1):
+        if frames is None:
+            check_clip_frames("config.data.clip_frames", int(data_config.clip_frames))
+        else:
+            check_clip_frames("frames", int(frames))
+        self._data_config = data_config
         self._frames = frames
+        self._global_batch_size = int(global_batch_size)
         self._image_size = int(data_config.image_size)
         self._seed = int(seed)
 
@@ -336,5 +355,8 @@ class SyntheticClips:
         return NUM_EXAMPLES
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        frames = self._frames
+        if frames is None:
+            frames = clip_length(self._seed, int(index) // self._global_batch_size, self._data_config)
         rng = np.random.default_rng((self._seed, _CLIP_STREAM, int(index)))
-        return {"video": base_clip(rng, self._image_size, self._frames)}
+        return {"video": base_clip(rng, self._image_size, int(frames))}

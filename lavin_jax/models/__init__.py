@@ -1,12 +1,19 @@
-"""Model families. Each is an nnx.Module called as `model(x_t, t, context) -> velocity`, where
-`context` is the batch without its `target`, with a static `check_config(model_config)` that
-raises ValueError naming the field its architecture cannot take."""
+"""Model families. Each is an nnx.Module class with a static `default_config()` (its
+`config.model` section, `name` included) and a static `check_config(model_config)` that raises
+ValueError naming the field its architecture cannot take. Which objective trains a family is
+`lavin_jax.objectives`' business."""
 
 from flax import nnx
 
-from lavin_jax.models import jdit
+from lavin_jax.models import jdit, stvae
 
-FAMILIES = {"jdit": jdit.JDiT}
+FAMILIES = {"jdit": jdit.JDiT, "stvae": stvae.STVAE}
+
+
+def default_config(name: str):
+    if name not in FAMILIES:
+        raise ValueError(f"Model family {name!r} is unknown; known models: {', '.join(FAMILIES)}.")
+    return FAMILIES[name].default_config()
 
 
 def check(model_config) -> None:

@@ -106,8 +106,35 @@ class FinalLayer(nnx.Module):
 
 class JDiT(nnx.Module):
     @staticmethod
+    def default_config() -> ml_collections.ConfigDict:
+        """LaVin-DiT-3.4B's shape at 12 layers; the size configs set hidden, depth and heads."""
+        c = ml_collections.ConfigDict()
+        c.name = "jdit"
+        c.hidden = 1152
+        c.depth = 12
+        c.num_heads = 16
+        c.num_kv_heads = 4
+        c.patch_size = 2
+        c.in_channels = 16  # ST-VAE latent channels; 3 in pixel space.
+        c.mlp_hidden = 0  # 0: LaVin-DiT's SwiGLU rule, int(8 * hidden / 3 / 64) * 64.
+        c.rope_base = 10_000.0
+        c.norm_eps = 1e-6
+        c.dtype = "bfloat16"  # compute dtype; parameters stay float32.
+        c.attention = "auto"  # auto | xla | cudnn
+        c.scan_layers = True
+        c.remat = "none"  # none | full | dots (save matmul outputs only)
+        return c
+
+    @staticmethod
     def check_config(cfg) -> None:
-        for field in ("hidden", "depth", "num_heads", "num_kv_heads"):
+        for field, allowed in (
+            ("dtype", tuple(layers.DTYPES)),
+            ("attention", ("auto", "xla", "cudnn")),
+            ("remat", ("none", "full", "dots")),
+        ):
+            if cfg[field] not in allowed:
+                raise ValueError(f"config.model.{field}={cfg[field]!r} must be one of {allowed}.")
+        for field in ("hidden", "depth", "num_heads", "num_kv_heads", "patch_size", "in_channels"):
             if int(cfg[field]) <= 0:
                 raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
         if cfg.hidden % cfg.num_heads:

@@ -56,6 +56,7 @@ def tiny_config() -> ml_collections.ConfigDict:
 def official_config() -> ml_collections.ConfigDict:
     """The released LaVin-DiT ST-VAE (`AutoencoderKLSTVAE` defaults)."""
     c = ml_collections.ConfigDict()
+    c.name = "stvae"
     c.in_channels = 3  # RGB in and out.
     c.latent_channels = 16
     c.channels = (128, 256, 256, 512)  # per stage; every stage but the last halves space.
@@ -81,24 +82,24 @@ def check_config(cfg) -> None:
     channels = tuple(cfg.channels)
     require(
         len(channels) >= 1 and all(isinstance(c, int) and c > 0 for c in channels),
-        f"stvae channels={channels} must be a non-empty tuple of positive integers.",
+        f"config.model.channels={channels} must be a non-empty tuple of positive integers.",
     )
-    require(cfg.groups > 0, f"stvae groups={cfg.groups} must be positive.")
+    require(cfg.groups > 0, f"config.model.groups={cfg.groups} must be positive.")
     for c in channels:
-        require(c % cfg.groups == 0, f"stvae channels={channels} has {c}, not divisible by groups={cfg.groups}.")
+        require(c % cfg.groups == 0, f"config.model.channels={channels} has {c}, not divisible by groups={cfg.groups}.")
     require(
         0 <= cfg.temporal_downsamples <= len(channels) - 1,
-        f"stvae temporal_downsamples={cfg.temporal_downsamples} must be in [0, {len(channels) - 1}] "
+        f"config.model.temporal_downsamples={cfg.temporal_downsamples} must be in [0, {len(channels) - 1}] "
         "(only stages that downsample can halve time).",
     )
-    require(cfg.encoder_layers >= 1, f"stvae encoder_layers={cfg.encoder_layers} must be at least 1.")
-    require(cfg.decoder_layers >= 1, f"stvae decoder_layers={cfg.decoder_layers} must be at least 1.")
-    require(cfg.mid_layers >= 0, f"stvae mid_layers={cfg.mid_layers} must not be negative.")
-    require(cfg.kernel >= 1 and cfg.kernel % 2 == 1, f"stvae kernel={cfg.kernel} must be a positive odd integer.")
-    require(cfg.latent_channels > 0, f"stvae latent_channels={cfg.latent_channels} must be positive.")
-    require(cfg.in_channels > 0, f"stvae in_channels={cfg.in_channels} must be positive.")
-    require(cfg.norm_stats in NORM_STATS, f"stvae norm_stats={cfg.norm_stats!r} must be one of {NORM_STATS}.")
-    require(cfg.dtype in layers.DTYPES, f"stvae dtype={cfg.dtype!r} must be one of {tuple(layers.DTYPES)}.")
+    require(cfg.encoder_layers >= 1, f"config.model.encoder_layers={cfg.encoder_layers} must be at least 1.")
+    require(cfg.decoder_layers >= 1, f"config.model.decoder_layers={cfg.decoder_layers} must be at least 1.")
+    require(cfg.mid_layers >= 0, f"config.model.mid_layers={cfg.mid_layers} must not be negative.")
+    require(cfg.kernel >= 1 and cfg.kernel % 2 == 1, f"config.model.kernel={cfg.kernel} must be a positive odd integer.")
+    require(cfg.latent_channels > 0, f"config.model.latent_channels={cfg.latent_channels} must be positive.")
+    require(cfg.in_channels > 0, f"config.model.in_channels={cfg.in_channels} must be positive.")
+    require(cfg.norm_stats in NORM_STATS, f"config.model.norm_stats={cfg.norm_stats!r} must be one of {NORM_STATS}.")
+    require(cfg.dtype in layers.DTYPES, f"config.model.dtype={cfg.dtype!r} must be one of {tuple(layers.DTYPES)}.")
 
 
 # --- convolutions ---------------------------------------------------------------------------
@@ -368,6 +369,7 @@ class STVAE(nnx.Module):
         self.decoder = Decoder(cfg, rngs=rngs)
 
     check_config = staticmethod(check_config)
+    default_config = staticmethod(official_config)
 
     def _check_input(self, x: jax.Array) -> None:
         b, t, h, w, c = x.shape

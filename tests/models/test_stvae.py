@@ -8,7 +8,7 @@ from flax import nnx
 
 from lavin_jax import summary
 from lavin_jax.models import stvae
-from conftest import randomized
+from conftest import randomized, logical_axis_names
 
 SIZE = 16  # pixels per side: 2x2 latents.
 
@@ -117,17 +117,7 @@ def test_logvar_is_clamped_and_kl():
 
 
 def test_every_parameter_names_each_axis():
-    abstract = nnx.eval_shape(lambda: stvae.STVAE(stvae.tiny_config(), rngs=nnx.Rngs(0)))
-    params = nnx.state(abstract, nnx.Param)
-    specs = jax.tree.leaves(
-        nnx.get_partition_spec(params).to_pure_dict(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
-    )
-    shapes = jax.tree.leaves(params.to_pure_dict())
-    assert len(specs) == len(shapes) > 0
-    names = set()
-    for spec, shape in zip(specs, shapes):
-        assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape.shape)
-        names.update(spec)
+    names = logical_axis_names(lambda: stvae.STVAE(stvae.tiny_config(), rngs=nnx.Rngs(0)))
     assert names == {"conv_t", "conv_h", "conv_w", "conv_in", "conv_out", "conv_norm"}
 
 

@@ -1,0 +1,238 @@
+"""ST-VAE latents for J-DiT: a trained ST-VAE run as a frozen autoencoder, its latent statistics,
+and the latent cache.
+
+J-DiT learns on normalised latents z_n = (z - shift) * scale and its predictions are decoded back
+to pixels. `load(workdir)` reads an ST-VAE run (its newest checkpoint's EMA weights and config,
+and `latent_stats.json` beside the checkpoints). The commands:
+
+    # shift and scale of a trained ST-VAE's latents, written to RUN/latent_stats.json
+    python -m lavin_jax.main --mode=latent_stats --config=configs/stvae_tiny.py --workdir=RUN
+    # episodes of a J-DiT config encoded once into ArrayRecord shards in DIR (config.vae.checkpoint
+    # names the ST-VAE run); then train with --config.data.source=latents --config.data.latent_dir=DIR
+    python -m lavin_jax.main --mode=latent_cache --config=configs/tiny_latent.py --workdir=DIR --examples=4096
+
+The official LaVin-DiT weights use fixed statistics (`OFFICIAL_SHIFT`, `OFFICIAL_SCALE`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lavin_jax import checkpoint, parallel
+from lavin_jax import config as config_lib
+from lavin_jax.data import synthetic
+
+OFFICIAL_SHIFT = 0.032470703125
+OFFICIAL_SCALE = 1.08936170213
+STATS_FILE = "latent_stats.json"
+CACHE_FILE = "latents.json"  # the cache's description, beside its shards.
+
+
+def _tuples(value):
+    """JSON lists back to the tuples the config schema holds."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass
+class Autoencoder:
+    """A trained ST-VAE, frozen: `encode` pixels (B, T, H, W, 3) to normalised latents (posterior
+    mode) and `decode` them back. `params` are its EMA weights (a pytree of arrays)."""
+
+    config: ml_collections.ConfigDict  # the ST-VAE run's config.
+    graphdef: Any
+    params: Any
+    shift: float
+    scale: float
+
+    def model(self, params):
+        return nnx.merge(self.graphdef, params)
+
+    def encode(self, params, frames: jax.Array) -> jax.Array:
+        return (self.model(params).encode(frames).mode() - self.shift) * self.scale
+
+    def decode(self, params, latents: jax.Array) -> jax.Array:
+        return self.model(params).decode(latents / self.scale + self.shift)
+
+    def encode_frames(self, params, frames: jax.Array) -> jax.Array:
+        """Frames (B, N, H, W, 3) encoded each as an image (a 1-frame clip): (B, N, h, w, C)."""
+        b, n = frames.shape[:2]
+        latents = self.encode(params, frames.reshape(b * n, 1, *frames.shape[2:]))
+        return latents.reshape(b, n, *latents.shape[2:])
+
+    def decode_frames(self, params, latents: jax.Array) -> jax.Array:
+        b, n = latents.shape[:2]
+        frames = self.decode(params, latents.reshape(b * n, 1, *latents.shape[2:]))
+        return frames.reshape(b, n, *frames.shape[2:])
+
+
+def load(workdir: str, *, need_stats: bool = True) -> Autoencoder:
+    """The newest checkpoint of the ST-VAE run in `workdir`, replicated on this process's mesh."""
+    from lavin_jax import train  # the trainer knows the state's layout; imported late (cycle).
+
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no checkpoints directory {directory!r}.")
+    checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
+    step = checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no checkpoint in {directory!r}.")
+    saved = checkpointer.read_config(step)
+    if saved.get("model", {}).get("name") != "stvae":
+        raise ValueError(f"Run {workdir!r} trained model {saved.get('model', {}).get('name')!r}, not an ST-VAE ('stvae').")
+    config = config_lib.base("stvae")
+    for section in ("model", "autoencoder", "data"):
+        config[section].update(_tuples(saved[section]))
+    config.seed = saved["seed"]
+    config.autoencoder.lpips_weight = 0.0  # the perceptual net is a training concern only.
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    s = train.setup(config, parallel.make_mesh(config))
+    params = checkpointer.restore_state(step, s.abstract_state)["ema"]
+    checkpointer.close()
+    shift, scale = 0.0, 1.0
+    stats_path = os.path.join(workdir, STATS_FILE)
+    if os.path.exists(stats_path):
+        with open(stats_path) as f:
+            stats = json.load(f)
+        shift, scale = stats["shift"], stats["scale"]
+    elif need_stats:
+        raise FileNotFoundError(
+            f"ST-VAE run {workdir!r} has no {STATS_FILE}; compute it with: "
+            f"python -m lavin_jax.main --mode=latent_stats --config=CONFIG --workdir={workdir}"
+        )
+    return Autoencoder(config, s.graphdefs["model"], params, float(shift), float(scale))
+
+
+def compute_stats(workdir: str, examples: int = 256, batch: int = 16) -> dict:
+    """Shift (mean) and scale (1 / std) of the run's image latents over held-out synthetic
+    scenes, written to workdir/latent_stats.json."""
+    vae = load(workdir, need_stats=False)
+    source = synthetic.SyntheticClips(vae.config.data, vae.config.seed + 2, frames=1)
+    encode = jax.jit(vae.encode)
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, examples, batch):
+        frames = np.stack([source[i]["video"] for i in range(start, min(start + batch, examples))])
+        z = np.asarray(jax.device_get(encode(vae.params, frames)), np.float64)
+        total, total_sq, count = total + z.sum(), total_sq + np.square(z).sum(), count + z.size
+    mean = total / count
+    std = np.sqrt(max(total_sq / count - mean**2, 1e-12))
+    stats = {"shift": float(mean), "scale": float(1.0 / std), "examples": examples}
+    with open(os.path.join(workdir, STATS_FILE), "w") as f:
+        json.dump(stats, f, indent=2)
+    return stats
+
+
+# --- the latent cache ------------------------------------------------------------------------
+
+
+def _to_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _from_bytes(record: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(record)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
+
+
+def _cache_description(config, vae_step_config: dict | None = None) -> dict:
+    """What decides a cache's contents; a config reading the cache must agree on it."""
+    d = config.data
+    return {
+        "seed": int(config.seed),
+        "image_size": int(d.image_size),
+        "max_pairs": int(d.max_pairs),
+        "tasks": list(d.tasks),
+        "vae": os.path.abspath(config.vae.checkpoint),
+    }
+
+
+def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_size: int = 1024) -> dict:
+    """Encodes episodes 0 .. examples-1 of `config`'s synthetic source, each with data.max_pairs
+    pairs (fewer are a prefix: `LatentEpisodes` cuts them), into ArrayRecord shards."""
+    from array_record.python import array_record_module
+
+    vae = load(config.vae.checkpoint)
+    os.makedirs(out_dir, exist_ok=True)
+    source = synthetic.SyntheticEpisodes(config.data, config.seed, config.global_batch_size)
+    encode = jax.jit(vae.encode_frames)
+    shards = []
+    for shard_start in range(0, examples, shard_size):
+        name = f"latents-{len(shards):05d}.array_record"
+        writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
+        for start in range(shard_start, min(shard_start + shard_size, examples), batch):
+            indices = range(start, min(start + batch, shard_start + shard_size, examples))
+            episodes = [source.episode(i, config.data.max_pairs) for i in indices]
+            frames = np.stack([np.concatenate([e["cond"], e["target"]]) for e in episodes])
+            latents = np.asarray(jax.device_get(encode(vae.params, frames)), np.float32)
+            for episode, z in zip(episodes, latents):
+                writer.write(_to_bytes({"cond": z[:-1], "target": z[-1:], "task": episode["task"]}))
+        writer.close()
+        shards.append(name)
+    description = {**_cache_description(config), "examples": examples, "shards": shards,
+                   "latent_shape": list(latents.shape[2:]), "shift": vae.shift, "scale": vae.scale}
+    with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
+        json.dump(description, f, indent=2)
+    return description
+
+
+class LatentEpisodes:
+    """Random-access episodes from a latent cache, the `SyntheticEpisodes` of latent space.
+
+    Example i is cached episode i mod examples with K = synthetic.num_pairs(seed, i // G, ...)
+    pairs: the first K cached pairs and the query (K = 0: a zero latent frame, then the query, as
+    `flow.unconditional` builds it)."""
+
+    def __init__(self, config):
+        import grain
+
+        directory = config.data.latent_dir
+        path = os.path.join(directory, CACHE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"config.data.latent_dir={directory!r} has no {CACHE_FILE}; write the cache with: "
+                "python -m lavin_jax.main --mode=latent_cache --config=CONFIG --workdir=DIR --examples=N"
+            )
+        with open(path) as f:
+            self.description = json.load(f)
+        expected = _cache_description(config)
+        for field, value in expected.items():
+            cached = self.description[field]
+            ok = value <= cached if field == "max_pairs" else value == cached
+            if not ok:
+                raise ValueError(
+                    f"Latent cache {directory!r} was written with {field}={cached!r} but the config "
+                    f"has {value!r}; write a cache for this config."
+                )
+        self._records = grain.sources.ArrayRecordDataSource(
+            [os.path.join(directory, shard) for shard in self.description["shards"]]
+        )
+        self._examples = int(self.description["examples"])
+        self._data = config.data
+        self._seed = int(config.seed)
+        self._global_batch_size = int(config.global_batch_size)
+
+    def __len__(self) -> int:
+        return synthetic.NUM_EXAMPLES
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        d = self._data
+        k = synthetic.num_pairs(self._seed, index // self._global_batch_size, d.max_pairs, d.cond_drop_prob)
+        record = _from_bytes(self._records[index % self._examples])
+        cond = record["cond"]
+        pairs = cond[:-1][: 2 * k] if k else np.zeros_like(cond[:1])
+        return {"cond": np.concatenate([pairs, cond[-1:]]), "target": record["target"], "task": record["task"]}

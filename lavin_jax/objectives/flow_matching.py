@@ -1,0 +1,170 @@
+"""J-DiT's objective: in-context flow matching on episodes (`lavin_jax.flow` has the math).
+
+A batch is {"cond": [in_1, tgt_1, ..., in_K, tgt_K, query], "target": [answer], "task"}; the model
+learns the velocity of the noisy answer given the clean condition frames. Evaluation draws the
+answers of fixed held-out episodes with guidance and shows them as a grid.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lavin_jax import flow, latents, metrics, models, parallel
+from lavin_jax.data import synthetic
+from lavin_jax.objectives import Objective
+
+
+def frame_shape(config) -> tuple[int, int]:
+    """The side and channel count of one frame as J-DiT sees it: pixels or ST-VAE latents."""
+    if config.vae.name == "none":
+        return config.data.image_size, 3
+    return config.data.image_size // config.vae.downsample, config.model.in_channels
+
+
+def check_source(source: str) -> None:
+    if source not in ("synthetic", "latents"):
+        raise ValueError(f"config.data.source={source!r} is unknown; known sources: 'synthetic', 'latents'.")
+
+
+class FlowMatching(Objective):
+    @staticmethod
+    def check(config) -> None:
+        def require(ok, message):
+            if not ok:
+                raise ValueError(message)
+
+        m, v, d, f = config.model, config.vae, config.data, config.flow
+        require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
+        require(
+            v.name != "none" or m.in_channels == 3,
+            f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB "
+            "pixels: set config.model.in_channels=3.",
+        )
+        require(
+            v.name == "none" or (v.downsample > 0 and d.image_size % v.downsample == 0),
+            f"config.data.image_size={d.image_size} is not divisible by config.vae.downsample={v.downsample}.",
+        )
+        size, _ = frame_shape(config)
+        require(
+            size > 0 and size % m.patch_size == 0,
+            f"config.data.image_size={d.image_size} gives model inputs of side {size}, not divisible "
+            f"by config.model.patch_size={m.patch_size}.",
+        )
+        check_source(d.source)
+        if d.source == "latents":
+            require(v.name == "stvae", "config.data.source='latents' needs config.vae.name='stvae' and its config.vae.checkpoint.")
+            require(bool(d.latent_dir), "config.data.source='latents' needs config.data.latent_dir, a cache written by --mode=latent_cache.")
+        require(d.max_pairs >= 1, f"config.data.max_pairs={d.max_pairs} must be at least 1.")
+        require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
+        require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
+        require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
+        require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
+        require(
+            f.time_grid in ("lavin", "uniform"),
+            f"config.flow.time_grid={f.time_grid!r} must be 'lavin' or 'uniform'.",
+        )
+        require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
+
+    def check_files(self) -> None:
+        v = self.config.vae
+        if v.name == "stvae" and not v.checkpoint:
+            raise ValueError(
+                "config.vae.name='stvae' needs config.vae.checkpoint, the workdir of an ST-VAE run "
+                "(train one with configs/stvae_tiny.py or configs/stvae.py)."
+            )
+        if v.name == "stvae" and not os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
+            raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not an ST-VAE run: it has no checkpoints directory.")
+        if v.name == "stvae":
+            self.autoencoder  # loads it: latent statistics and channels are checked now.
+
+    def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
+        return {"model": models.build(self.config.model, rngs)}
+
+    @functools.cached_property
+    def autoencoder(self) -> latents.Autoencoder:
+        """The frozen ST-VAE of config.vae.checkpoint (latent space only)."""
+        autoencoder = latents.load(self.config.vae.checkpoint)
+        channels = autoencoder.config.model.latent_channels
+        if channels != self.config.model.in_channels:
+            raise ValueError(
+                f"config.model.in_channels={self.config.model.in_channels} but the ST-VAE of "
+                f"config.vae.checkpoint={self.config.vae.checkpoint!r} makes {channels}-channel latents."
+            )
+        return autoencoder
+
+    def source(self, seed: int):
+        check_source(self.config.data.source)
+        if self.config.data.source == "latents":
+            return latents.LatentEpisodes(self.config)
+        return synthetic.SyntheticEpisodes(self.config.data, seed, self.config.global_batch_size)
+
+    def constants(self) -> dict:
+        if self.config.vae.name == "stvae":  # pixels are encoded in the step, samples decoded.
+            return {"vae": jax.device_get(self.autoencoder.params)}
+        return {}
+
+    def latent(self, batch: dict, constants: dict) -> dict:
+        """The batch in the model's space: pixel frames are encoded when J-DiT learns latents."""
+        if self.config.vae.name == "none" or batch["cond"].shape[-1] != 3:
+            return batch
+        encode = lambda frames: self.autoencoder.encode_frames(constants["vae"], frames)
+        return {**batch, **{name: encode(batch[name]) for name in ("cond", "target") if name in batch}}
+
+    def grads(self, graphdefs, params, constants, batch, key, phase):
+        batch = self.latent(batch, constants)
+        loss_fn = lambda p: flow.loss(nnx.merge(graphdefs["model"], p), batch, key, self.config.flow)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
+        return {"model": grads}, {"loss": loss, **aux}
+
+    def example_inputs(self) -> tuple:
+        """A batch of one of the config's largest episodes: max_pairs pairs, a query, one target."""
+        size, channels = frame_shape(self.config)
+        frame = (size, size, channels)
+        x = jax.ShapeDtypeStruct((1, 1, *frame), jnp.float32)
+        t = jax.ShapeDtypeStruct((1,), jnp.float32)
+        cond = jax.ShapeDtypeStruct((1, 2 * self.config.data.max_pairs + 1, *frame), jnp.float32)
+        return x, t, {"cond": cond}
+
+    def episodes(self) -> dict[str, np.ndarray]:
+        """The fixed episodes every sample grid shows: held out by seed, with sample.num_pairs pairs."""
+        c = self.config
+        source = synthetic.SyntheticEpisodes(c.data, c.seed + 1, c.global_batch_size)
+        pairs = c.sample.num_pairs or c.data.max_pairs
+        episodes = [source.episode(i, pairs) for i in range(c.sample.num_examples)]
+        return {name: np.stack([e[name] for e in episodes]) for name in ("cond", "target")}
+
+    def sampler(self, graphdef, mesh: Mesh):
+        """Jitted (params, constants, context, key) -> predicted target pixels, with the config's
+        guidance scale; `context` holds pixel frames, encoded and decoded here in latent space."""
+        c = self.config
+        size, channels = frame_shape(c)
+
+        def sample(params, constants, context, key):
+            with parallel.activation_sharding(mesh, c.mesh.rules):
+                model = nnx.merge(graphdef, params)
+                context = self.latent(context, constants)
+                shape = (context["cond"].shape[0], 1, size, size, channels)
+                prediction = flow.sample(model, context, key, shape, c.flow)
+                if c.vae.name == "stvae":
+                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction)
+                return prediction
+
+        # Replicated, so every host can read the whole prediction.
+        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+    def evaluate(self, graphdefs, params, constants, mesh):
+        if not hasattr(self, "_sample"):  # built once per run: the episodes and the compiled sampler.
+            self._episodes = self.episodes()
+            self._context = {"cond": parallel.replicate(self._episodes["cond"], mesh)}
+            self._sample = self.sampler(graphdefs["model"], mesh)
+        prediction = jax.device_get(self._sample(params, constants, self._context, jax.random.key(self.config.seed + 2)))
+        cond, target = self._episodes["cond"], self._episodes["target"]
+        scale = max(1, 128 // target.shape[2])  # small frames are enlarged to be seen.
+        return {"samples": metrics.episode_grid(cond, prediction, target, scale=scale)}, {}

@@ -1,0 +1,1 @@
+"""Command-line tools run once, outside training (weight conversion)."""

@@ -1,0 +1,150 @@
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lavin_jax import config as config_lib
+from lavin_jax import parallel, train
+from lavin_jax.data import pipeline, synthetic
+from lavin_jax.models import lpips
+from lavin_jax.objectives import autoencoding
+from conftest import shipped_config
+
+
+def vae_config(**overrides):
+    """configs/stvae_tiny.py at 16 px without mid blocks, so a step compiles and runs in seconds."""
+    defaults = {
+        "data.image_size": 16,
+        "model.mid_layers": 0,
+        "autoencoder.disc.channels": 8,
+        "autoencoder.disc.groups": 4,
+        "autoencoder.eval_examples": 2,
+    }
+    return shipped_config("stvae_tiny", defaults, overrides)
+
+
+def prepared(config, devices=None):
+    """(setup, state, constants, mesh); one device where a test is about numbers, not sharding
+    (8 simulated devices on a 2-core machine make every step several times slower)."""
+    mesh = parallel.make_mesh(config, devices)
+    s = train.setup(config, mesh)
+    return s, train.init_state(config, s), train.place_constants(s), mesh
+
+
+def clip_batch(config, frames=5, seed=0):
+    source = synthetic.SyntheticClips(config.data, seed, frames=frames)
+    return {"video": np.stack([source[i]["video"] for i in range(config.global_batch_size)])}
+
+
+def test_before_disc_start_only_the_vae_moves():
+    config = vae_config(**{"autoencoder.disc_start": 100, "optim.warmup_steps": 0, "global_batch_size": 2})
+    s, state, constants, mesh = prepared(config, jax.devices()[:1])
+    before = jax.device_get(state)
+    step = train.make_train_step(config, s)
+    batch = parallel.global_batch(clip_batch(config), mesh, config.mesh.rules)
+    after, stats = jax.device_get(step(state, constants, batch, s.objective.phase(0)))
+    assert s.objective.phase(0) is False and s.objective.phase(100) is True
+    changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert changed(before["params"]["model"], after["params"]["model"])
+    assert not changed(before["params"]["disc"], after["params"]["disc"])
+    assert "disc_loss" not in stats and np.isfinite(stats["loss"])
+
+
+def test_adversarial_gradients_reach_only_their_own_player():
+    """The VAE's gradient is that of rec + kl + w * (-D(x̂)) with the discriminator fixed; the
+    discriminator's that of the hinge loss on x against a fixed x̂. Recomputed independently."""
+    config = vae_config(**{"autoencoder.disc_start": 0, "autoencoder.kl_weight": 1e-3, "global_batch_size": 2})
+    s, state, constants, _ = prepared(config, jax.devices()[:1])
+    params = jax.device_get(state["params"])
+    x = jnp.asarray(clip_batch(config)["video"])
+    key = jax.random.key(3)
+    grads, stats = jax.jit(lambda p: s.objective.grads(s.graphdefs, p, {}, {"video": x}, key, True))(params)
+    vae = lambda p: nnx.merge(s.graphdefs["model"], p)
+    disc = lambda p: nnx.merge(s.graphdefs["disc"], p)
+    a = config.autoencoder
+
+    def generator(p, weight):
+        recon, posterior = vae(p)(x, key)
+        rec = a.l1_weight * jnp.mean(jnp.abs(x - recon)) + a.mse_weight * jnp.mean(jnp.square(x - recon))
+        kl = jnp.mean(posterior.kl()) / np.prod(posterior.mean.shape[1:])
+        return rec + a.kl_weight * kl - weight * jnp.mean(disc(params["disc"])(recon))
+
+    weight = a.disc_weight * stats["adaptive_weight"]
+    expected_vae = jax.jit(jax.grad(generator))(params["model"], weight)
+    recon = vae(params["model"])(x, key)[0]
+    hinge = lambda d: autoencoding.hinge_loss(disc(d)(x), disc(d)(recon))
+    expected_disc = jax.jit(jax.grad(hinge))(params["disc"])
+    for got, want in ((grads["model"], expected_vae), (grads["disc"], expected_disc)):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=2e-3, atol=1e-6)
+    assert 0 < float(stats["adaptive_weight"]) < 1e4
+
+
+def test_losses_are_finite_under_bfloat16_with_lpips(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "lpips.safetensors")
+    save_file(lpips.random_weights(0), path)
+    config = vae_config(**{
+        "model.dtype": "bfloat16", "autoencoder.disc.dtype": "bfloat16", "autoencoder.disc_start": 0,
+        "autoencoder.lpips_weight": 1.0, "autoencoder.lpips_file": path, "global_batch_size": 2,
+    })
+    s, state, constants, mesh = prepared(config, jax.devices()[:1])
+    step = train.make_train_step(config, s)
+    batch = parallel.global_batch(clip_batch(config), mesh, config.mesh.rules)
+    _, stats = jax.device_get(step(state, constants, batch, True))
+    for name in ("loss", "l1", "lpips", "kl", "g_loss", "disc_loss", "grad_norm", "grad_norm_disc"):
+        assert np.isfinite(stats[name]), name
+    assert stats["lpips"] > 0
+
+
+def test_lpips_without_its_file_is_refused_before_anything_runs(tmp_path):
+    missing = str(tmp_path / "nowhere.safetensors")
+    config = vae_config(**{"autoencoder.lpips_weight": 1.0, "autoencoder.lpips_file": missing})
+    with pytest.raises(FileNotFoundError, match="config.autoencoder.lpips_file=.*nowhere.safetensors.*does not exist"):
+        train.train(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("data.clip_frames", 6, r"config.data.clip_frames=6 must be 1 \+ 4k"),
+        ("data.image_size", 20, r"config.data.image_size=20 is not divisible by the ST-VAE's spatial factor 8"),
+        ("autoencoder.kl_weight", -1.0, r"config.autoencoder.kl_weight=-1.0 must be non-negative"),
+        ("data.video_share", 1.5, r"config.data.video_share=1.5 must be in \[0, 1\]"),
+        ("model.groups", 5, r"config.model.channels=.* not divisible by groups=5"),
+    ],
+)
+def test_bad_vae_settings_are_named(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config_lib.validate(vae_config(**{field: value}), 8)
+
+
+def test_curriculum_images_first_then_images_and_clips():
+    config = vae_config(**{"data.video_start": 3, "data.video_share": 0.5})
+    data = pipeline.make_iterator(config)
+    lengths = [next(data)["video"].shape[1] for _ in range(40)]
+    assert lengths[:3] == [1, 1, 1]
+    assert set(lengths[3:]) == {1, config.data.clip_frames}
+
+
+def test_a_few_hundred_steps_raise_reconstruction_psnr():
+    config = vae_config(**{
+        "data.video_start": 0, "autoencoder.disc_weight": 0.0, "total_steps": 200, "optim.ema_decay": 0.9,
+        "model.mid_layers": 1,
+    })
+    s, state, constants, mesh = prepared(config, jax.devices()[:1])
+    step = train.make_train_step(config, s)
+    _, start = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
+    data = pipeline.make_iterator(config)
+    for i in range(config.total_steps):
+        state, _ = step(state, constants, parallel.global_batch(next(data), mesh, config.mesh.rules), False)
+    images, end = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
+    for name in ("images", "clips"):
+        assert end[f"eval/psnr_{name}"] > start[f"eval/psnr_{name}"] + 3.0, (start, end)
+        assert end[f"eval/ssim_{name}"] > start[f"eval/ssim_{name}"]
+    assert images["reconstructions_clips"].ndim == 3

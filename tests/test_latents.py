@@ -1,0 +1,88 @@
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lavin_jax import config as config_lib
+from lavin_jax import latents, train
+from lavin_jax.data import pipeline, synthetic
+from conftest import ROOT, small_config
+
+
+@pytest.fixture(scope="module")
+def vae_run(tmp_path_factory):
+    """A tiny ST-VAE trained for 2 steps on 16 px frames (2x2x16 latents)."""
+    workdir = str(tmp_path_factory.mktemp("stvae"))
+    config = config_lib.load(str(ROOT / "configs" / "stvae_tiny.py"), {
+        "data.image_size": 16, "model.mid_layers": 0, "total_steps": 2, "checkpoint_every": 2, "eval_every": 2,
+        "autoencoder.disc_weight": 0.0, "autoencoder.eval_examples": 1,
+    })
+    train.train(config, workdir)
+    return workdir
+
+
+def latent_config(vae_run, **overrides):
+    fields = {"vae.name": "stvae", "vae.checkpoint": vae_run, "model.in_channels": 16, "model.patch_size": 1,
+              "total_steps": 2, "checkpoint_every": 2, "eval_every": 2}
+    fields.update(overrides)
+    return small_config(**fields)
+
+
+def test_missing_statistics_are_named_with_the_command(vae_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"has no latent_stats.json; compute it with: .*--mode=latent_stats"):
+        latents.load(vae_run)
+
+
+def test_statistics_normalise_the_latents(vae_run):
+    stats = latents.compute_stats(vae_run, examples=32)
+    assert json.load(open(os.path.join(vae_run, latents.STATS_FILE))) == stats
+    vae = latents.load(vae_run)
+    frames = np.stack([synthetic.SyntheticClips(vae.config.data, 9, frames=1)[i]["video"] for i in range(32)])
+    z = np.asarray(jax.jit(vae.encode)(vae.params, frames))
+    assert abs(z.mean()) < 0.1 and abs(z.std() - 1.0) < 0.1
+    pixels = jax.jit(vae.decode)(vae.params, z)
+    assert pixels.shape == frames.shape
+
+
+def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
+    latents.compute_stats(vae_run, examples=8)
+    config = latent_config(vae_run, **{"global_batch_size": 8})
+    written = latents.write_cache(config, str(tmp_path / "cache"), examples=16)
+    assert written["examples"] == 16 and written["latent_shape"] == [2, 2, 16]
+    cached = latent_config(vae_run, **{"global_batch_size": 8, "data.source": "latents", "data.latent_dir": str(tmp_path / "cache")})
+    from_cache = next(pipeline.make_iterator(cached))
+    pixels = next(pipeline.make_iterator(config))
+    vae = latents.load(vae_run)
+    for name in ("cond", "target"):
+        encoded = np.asarray(jax.jit(vae.encode_frames)(vae.params, pixels[name]))
+        if name == "cond" and pixels["cond"].shape[1] == 2 and not pixels["cond"][:, 0].any():
+            encoded[:, 0] = 0.0  # no pairs: the zero frame stays zero in latent space.
+        np.testing.assert_allclose(from_cache[name], encoded, atol=1e-4)
+    np.testing.assert_array_equal(from_cache["task"], pixels["task"])
+
+    other = latent_config(vae_run, **{"data.source": "latents", "data.latent_dir": str(tmp_path / "cache"), "seed": 5})
+    with pytest.raises(ValueError, match=r"was written with seed=0 but the config has 5"):
+        pipeline.make_iterator(other)
+
+
+def test_jdit_trains_on_latents_encoded_in_the_step_and_samples_pixels(vae_run, tmp_path):
+    """(The cache source feeds the same step the same arrays: see the test above.)"""
+    latents.compute_stats(vae_run, examples=8)
+    config = latent_config(vae_run)
+    state = train.train(config, str(tmp_path / "run"))
+    assert int(state["step"]) == 2
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert np.isfinite(logged[-1]["loss"])
+    from PIL import Image
+    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "samples_0000002.png"))
+    # 16 px pixel frames, not 2 px latents: enlarged 8x to 128 px cells.
+    assert grid.shape[0] > 128 * config.sample.num_examples
+
+
+def test_a_run_that_is_not_an_stvae_is_refused(tmp_path):
+    jdit_run = str(tmp_path / "jdit")
+    train.train(small_config(**{"total_steps": 1, "checkpoint_every": 1, "eval_every": 1}), jdit_run)
+    with pytest.raises(ValueError, match=r"trained model 'jdit', not an ST-VAE"):
+        latents.load(jdit_run)
