@@ -149,7 +149,7 @@ def _from_bytes(record: bytes) -> dict[str, np.ndarray]:
         return {name: arrays[name] for name in arrays.files}
 
 
-def _cache_description(config, vae_step_config: dict | None = None) -> dict:
+def _cache_description(config) -> dict:
     """What decides a cache's contents; a config reading the cache must agree on it."""
     d = config.data
     return {
