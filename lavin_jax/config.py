@@ -56,7 +56,7 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.vae = ml_collections.ConfigDict()
     c.vae.name = "stvae"  # stvae: J-DiT works on ST-VAE latents; none: on RGB pixels.
     c.vae.downsample = 8  # latent pixels per side of one ST-VAE latent.
-    c.vae.checkpoint = ""  # the ST-VAE run (its workdir) whose latents J-DiT learns.
+    c.vae.checkpoint = "runs/stvae"  # the ST-VAE run (its workdir, here configs/stvae.py's) J-DiT learns on.
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # synthetic (encoded in the step when vae.name='stvae') | latents

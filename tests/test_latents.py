@@ -86,3 +86,10 @@ def test_a_run_that_is_not_an_stvae_is_refused(tmp_path):
     train.train(small_config(**{"total_steps": 1, "checkpoint_every": 1, "eval_every": 1}), jdit_run)
     with pytest.raises(ValueError, match=r"trained model 'jdit', not an ST-VAE"):
         latents.load(jdit_run)
+
+
+def test_a_missing_stvae_run_is_named_before_the_workdir_is_touched(tmp_path):
+    config = small_config(**{"vae.name": "stvae", "vae.checkpoint": str(tmp_path / "nowhere"), "model.in_channels": 16, "model.patch_size": 1})
+    with pytest.raises(FileNotFoundError, match=r"config.vae.checkpoint=.*nowhere.* has no checkpoints directory"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,7 @@ import pytest
 
 from lavin_jax import config as config_lib
 from lavin_jax import summary
-from conftest import ROOT, small_config
+from conftest import ROOT
 
 
 def flops(fn, *shapes):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lavin_jax import config as config_lib
 from lavin_jax import models
 from lavin_jax.config import DEFAULT_RULES
 from conftest import randomized
