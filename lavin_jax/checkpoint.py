@@ -82,7 +82,7 @@ class Checkpointer:
         # A save of `step` still in flight has no step directory yet; let it land first.
         self.wait()
         _check_run_matches(self._directory / str(step), self.read_config(step), config)
-        state = self.restore_state(step, abstract_state)
+        state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
         self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
         return state
 
@@ -91,10 +91,23 @@ class Checkpointer:
         return self._restore_item(step, "config", ocp.args.JsonRestore())
 
     def restore_state(self, step: int, abstract_state):
-        """Only the arrays of `step` (for using a trained model elsewhere, e.g. a frozen ST-VAE)."""
-        return self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
+        """The arrays of `step` that `abstract_state` names, placed like it. It may name any part
+        of the saved state, e.g. only {"ema": ...} to use a trained model elsewhere (a frozen
+        ST-VAE): the rest is never read."""
+        args = ocp.args.PyTreeRestore(
+            item=abstract_state,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+            partial_restore=True,
+        )
+        with ocp.PyTreeCheckpointer() as reader:
+            return self._guarded(step, "state", lambda item_dir: reader.restore(item_dir, args=args))
 
     def _restore_item(self, step: int, name: str, args):
+        restore = lambda _: self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+        return self._guarded(step, name, restore)
+
+    def _guarded(self, step: int, name: str, restore):
+        """`restore(item_dir)`, with a missing or unreadable item named in one sentence."""
         step_dir = self._directory / str(step)
         if not step_dir.is_dir():
             raise FileNotFoundError(f"Checkpoint {step_dir} does not exist.")
@@ -102,13 +115,12 @@ class Checkpointer:
         if not item_dir.is_dir():
             raise FileNotFoundError(f"Checkpoint item {item_dir} is missing.")
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**{name: args}))
+            return restore(item_dir)
         except Exception as error:  # orbax, tensorstore and json each fail their own way.
             raise ValueError(
                 f"Checkpoint item {item_dir} is corrupt or does not match what is being restored; "
                 f"the {type(error).__name__} above says why."
             ) from error
-        return restored[name]
 
     def wait(self):
         """Blocks until every started save is on disk, surfacing any error it hit."""

@@ -141,7 +141,8 @@ def _set_dotted(config, key, value):
     node[leaf] = value
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raises ValueError(message) unless `ok`: every config check's one sentence."""
     if not ok:
         raise ValueError(message)
 
@@ -154,28 +155,28 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
     trainer does next, before anything is compiled. With `num_devices=None` (abstract uses such as
     `--mode=summary`) the mesh is not checked."""
     for field in ("total_steps", "log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "global_batch_size"):
-        _require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
+        require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
     m = config.model
     models.check(m)
     objectives.check(config)
     o = config.optim
-    _require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
-    _require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
-    _require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
-    _require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
-    _require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
+    require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
+    require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
+    require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
+    require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
+    require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
 
     if num_devices is None:
         return None
     shape = parallel.mesh_shape(config.mesh, num_devices)
     batch_shards = shape["data"] * shape["fsdp"]
-    _require(
+    require(
         config.global_batch_size % batch_shards == 0,
         f"config.global_batch_size={config.global_batch_size} is not divisible by the "
         f"data-parallel size data*fsdp={batch_shards}.",
     )
     # Each process feeds its own rows, so every process must own whole data-parallel shards.
-    _require(
+    require(
         batch_shards % num_processes == 0,
         f"config.mesh: the data-parallel size data*fsdp={batch_shards} is not divisible by the "
         f"{num_processes} processes, so hosts cannot each own whole batch shards.",
@@ -183,7 +184,7 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
     for field in ("num_heads", "num_kv_heads"):  # J-DiT's heads split over the tensor axis.
         if field not in m:
             continue
-        _require(
+        require(
             m[field] % shape["tensor"] == 0,
             f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}.",
         )

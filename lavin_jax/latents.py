@@ -98,8 +98,8 @@ def load(workdir: str, *, need_stats: bool = True) -> Autoencoder:
     config.seed = saved["seed"]
     config.autoencoder.lpips_weight = 0.0  # the perceptual net is a training concern only.
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    s = train.setup(config, parallel.make_mesh(config))
-    params = checkpointer.restore_state(step, s.abstract_state)["ema"]
+    s = train.setup(config, parallel.make_mesh(config))  # abstract: shapes and shardings only.
+    params = checkpointer.restore_state(step, {"ema": s.abstract_state["ema"]})["ema"]
     checkpointer.close()
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
@@ -165,6 +165,8 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
     pairs (fewer are a prefix: `LatentEpisodes` cuts them), into ArrayRecord shards."""
     from array_record.python import array_record_module
 
+    if examples < 1:
+        raise ValueError(f"examples={examples}: the latent cache needs at least one episode.")
     vae = load(config.vae.checkpoint)
     os.makedirs(out_dir, exist_ok=True)
     source = synthetic.SyntheticEpisodes(config.data, config.seed, config.global_batch_size)

@@ -121,10 +121,12 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> dict:
     )
 
 
-def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
-    """The same host array on every device, valid on multi-host meshes too (every host passes
-    its own copy)."""
+def replicate(array: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+    """The same array on every device, valid on multi-host meshes too: a host array (every host
+    passes its own copy) is copied out; a jax.Array already replicated there is returned as is."""
     sharding = NamedSharding(mesh, PartitionSpec())
+    if isinstance(array, jax.Array):
+        return jax.device_put(array, sharding)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 

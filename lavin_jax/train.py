@@ -123,11 +123,14 @@ def make_train_step(config, s: Setup):
         key = jax.random.fold_in(base_key, state["step"])
         with parallel.activation_sharding(s.mesh, config.mesh.rules):
             grads, stats = s.objective.grads(s.graphdefs, state["params"], constants, batch, key, phase)
-        params, opt = {}, {}
-        for name, module_params in state["params"].items():
-            updates, opt[name] = s.tx.update(grads[name], state["opt"][name], module_params)
+        # A module without a gradient in this phase (a GAN's discriminator before it starts)
+        # keeps its parameters and optimizer state untouched: no update of zeros.
+        params, opt = dict(state["params"]), dict(state["opt"])
+        for name, module_grads in grads.items():
+            module_params = state["params"][name]
+            updates, opt[name] = s.tx.update(module_grads, state["opt"][name], module_params)
             params[name] = optax.apply_updates(module_params, updates)
-            stats["grad_norm" if name == "model" else f"grad_norm_{name}"] = optax.tree.norm(grads[name])
+            stats["grad_norm" if name == "model" else f"grad_norm_{name}"] = optax.tree.norm(module_grads)
         ema = jax.tree.map(lambda e, p: e + (1 - decay) * (p - e), state["ema"], params["model"])
         new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt": opt}
         return new_state, {**stats, "lr": s.schedule(state["step"])}

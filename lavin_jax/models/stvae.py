@@ -116,6 +116,12 @@ def conv(in_ch: int, out_ch: int, kernel: tuple[int, ...], *, dtype, rngs: nnx.R
     )
 
 
+def causal_time_pad(x: jax.Array, kernel: int) -> jax.Array:
+    """(B, T, ...) -> (B, T + kernel - 1, ...): the first frame repeated in front, so a stride-1
+    time kernel never looks ahead and frame 0 sees only itself."""
+    return jnp.concatenate([jnp.repeat(x[:, :1], kernel - 1, axis=1), x], axis=1)
+
+
 class CausalConv3d(nnx.Module):
     """Conv3d, stride 1, that never looks ahead: time is padded in front with k-1 copies of the
     first frame (so a first frame sees only itself), space is zero-padded to keep H and W."""
@@ -128,7 +134,7 @@ class CausalConv3d(nnx.Module):
         k = self.kernel
         if k == 1:
             return self.conv(x)
-        x = jnp.concatenate([jnp.repeat(x[:, :1], k - 1, axis=1), x], axis=1)
+        x = causal_time_pad(x, k)
         p = k // 2
         x = jnp.pad(x, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)))
         return self.conv(x)

@@ -50,7 +50,7 @@ class Objective:
 
     def grads(self, graphdefs: dict, params: dict, constants: dict, batch: dict, key: jax.Array, phase):
         """({name: gradient of params[name]}, {stat name: scalar}) for one global batch; the
-        stats include `loss`."""
+        stats include `loss`. A module left out of the gradients is not updated this step."""
         raise NotImplementedError
 
     def example_inputs(self) -> tuple:

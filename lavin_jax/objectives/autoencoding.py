@@ -25,14 +25,10 @@ import optax
 from flax import nnx
 
 from lavin_jax import metrics, models, parallel
+from lavin_jax.config import require
 from lavin_jax.data import synthetic
 from lavin_jax.models import discriminator, lpips
 from lavin_jax.objectives import Objective
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 def hinge_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
@@ -49,26 +45,26 @@ class Autoencoding(Objective):
     def check(config) -> None:
         a, d, m = config.autoencoder, config.data, config.model
         for field in ("l1_weight", "mse_weight", "kl_weight", "lpips_weight", "disc_weight"):
-            _require(a[field] >= 0, f"config.autoencoder.{field}={a[field]} must be non-negative.")
-        _require(
+            require(a[field] >= 0, f"config.autoencoder.{field}={a[field]} must be non-negative.")
+        require(
             a.l1_weight + a.mse_weight + a.lpips_weight > 0,
             "config.autoencoder: l1_weight, mse_weight and lpips_weight are all 0, so nothing asks "
             "for a reconstruction.",
         )
-        _require(a.disc_start >= 0, f"config.autoencoder.disc_start={a.disc_start} must be non-negative.")
-        _require(a.eval_examples >= 1, f"config.autoencoder.eval_examples={a.eval_examples} must be at least 1.")
-        _require(d.source == "synthetic", f"config.data.source={d.source!r}: the ST-VAE trains on 'synthetic' images and clips.")
+        require(a.disc_start >= 0, f"config.autoencoder.disc_start={a.disc_start} must be non-negative.")
+        require(a.eval_examples >= 1, f"config.autoencoder.eval_examples={a.eval_examples} must be at least 1.")
+        require(d.source == "synthetic", f"config.data.source={d.source!r}: the ST-VAE trains on 'synthetic' images and clips.")
         synthetic.check_clip_frames("config.data.clip_frames", int(d.clip_frames))
         space = 2 ** (len(m.channels) - 1)
-        _require(
+        require(
             d.image_size % space == 0,
             f"config.data.image_size={d.image_size} is not divisible by the ST-VAE's spatial factor {space}.",
         )
-        _require(d.video_start >= 0, f"config.data.video_start={d.video_start} must be non-negative.")
-        _require(0.0 <= d.video_share <= 1.0, f"config.data.video_share={d.video_share} must be in [0, 1].")
+        require(d.video_start >= 0, f"config.data.video_start={d.video_start} must be non-negative.")
+        require(0.0 <= d.video_share <= 1.0, f"config.data.video_share={d.video_share} must be in [0, 1].")
         if a.disc_weight > 0:
             discriminator.check_config(a.disc)
-            _require(
+            require(
                 d.image_size >= discriminator.min_size(a.disc),
                 f"config.data.image_size={d.image_size} is below the discriminator's smallest input "
                 f"{discriminator.min_size(a.disc)} px (config.autoencoder.disc.layers={a.disc.layers}).",
@@ -78,7 +74,7 @@ class Autoencoding(Objective):
         a = self.config.autoencoder
         if a.lpips_weight <= 0:
             return
-        _require(bool(a.lpips_file), "config.autoencoder.lpips_weight > 0 needs config.autoencoder.lpips_file, "
+        require(bool(a.lpips_file), "config.autoencoder.lpips_weight > 0 needs config.autoencoder.lpips_file, "
                  f"a weights file made by: {lpips.CONVERT_COMMAND}.")
         if not os.path.exists(a.lpips_file):
             raise FileNotFoundError(
@@ -131,9 +127,7 @@ class Autoencoding(Objective):
 
         (vae_loss, g_loss), pull_back, (recon, stats) = jax.vjp(generator, params["model"], has_aux=True)
         (g_vae,) = pull_back((jnp.ones(()), jnp.zeros(())))
-        grads, loss = {"model": g_vae}, vae_loss
-        if disc is not None:
-            grads["disc"] = jax.tree.map(jnp.zeros_like, params["disc"])
+        grads, loss = {"model": g_vae}, vae_loss  # no "disc" before the game: it stays as it is.
         if adversarial:
             (g_adv,) = pull_back((jnp.zeros(()), jnp.ones(())))
             last = lambda g: optax.tree.norm(g["decoder"]["conv_out"])

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lavin_jax import flow, latents, metrics, models, parallel
+from lavin_jax.config import require
 from lavin_jax.data import synthetic
 from lavin_jax.objectives import Objective
 
@@ -36,10 +37,6 @@ def check_source(source: str) -> None:
 class FlowMatching(Objective):
     @staticmethod
     def check(config) -> None:
-        def require(ok, message):
-            if not ok:
-                raise ValueError(message)
-
         m, v, d, f = config.model, config.vae, config.data, config.flow
         require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
         require(
@@ -106,19 +103,18 @@ class FlowMatching(Objective):
         return synthetic.SyntheticEpisodes(self.config.data, seed, self.config.global_batch_size)
 
     def constants(self) -> dict:
-        if self.config.vae.name == "stvae":  # pixels are encoded in the step, samples decoded.
-            return {"vae": jax.device_get(self.autoencoder.params)}
+        if self.config.vae.name == "stvae":  # pixels are encoded (step, sampler), samples decoded.
+            return {"vae": self.autoencoder.params}
         return {}
 
-    def latent(self, batch: dict, constants: dict) -> dict:
-        """The batch in the model's space: pixel frames are encoded when J-DiT learns latents."""
-        if self.config.vae.name == "none" or batch["cond"].shape[-1] != 3:
-            return batch
+    def encoded(self, batch: dict, constants: dict) -> dict:
+        """A batch of pixel frames with its `cond` (and `target`, if any) as ST-VAE latents."""
         encode = lambda frames: self.autoencoder.encode_frames(constants["vae"], frames)
         return {**batch, **{name: encode(batch[name]) for name in ("cond", "target") if name in batch}}
 
     def grads(self, graphdefs, params, constants, batch, key, phase):
-        batch = self.latent(batch, constants)
+        if self.config.vae.name == "stvae" and self.config.data.source == "synthetic":
+            batch = self.encoded(batch, constants)  # a latent cache's batches are latents already.
         loss_fn = lambda p: flow.loss(nnx.merge(graphdefs["model"], p), batch, key, self.config.flow)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
         return {"model": grads}, {"loss": loss, **aux}
@@ -149,7 +145,8 @@ class FlowMatching(Objective):
         def sample(params, constants, context, key):
             with parallel.activation_sharding(mesh, c.mesh.rules):
                 model = nnx.merge(graphdef, params)
-                context = self.latent(context, constants)
+                if c.vae.name == "stvae":
+                    context = self.encoded(context, constants)
                 shape = (context["cond"].shape[0], 1, size, size, channels)
                 prediction = flow.sample(model, context, key, shape, c.flow)
                 if c.vae.name == "stvae":
