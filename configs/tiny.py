@@ -16,7 +16,7 @@ def get_config():
     c.model.in_channels = 3
     c.data.image_size = 16
     c.data.max_pairs = 2
-    c.data.tasks = ("colorize", "edges", "flip", "inpaint")
+    c.data.tasks = ("colorization", "edges", "flip", "inpainting")
 
     c.model.hidden = 96
     c.model.depth = 4

@@ -21,7 +21,10 @@ from etils import epath
 # Everything else (precision, remat, attention kernel, optimizer, logging, mesh) may change on
 # resume.
 _RUN_FIELDS = ("model", "seed", "global_batch_size", "data")
-_FREE_FIELDS = frozenset({"model.dtype", "model.attention", "model.remat", "model.scan_layers", "data.num_threads"})
+_FREE_FIELDS = frozenset({
+    "model.dtype", "model.attention", "model.remat", "model.scan_layers", "data.num_threads", "data.num_workers",
+    "data.ingest",  # how real data was stored; the records it wrote are named by data.records.
+})
 
 
 class Checkpointer:

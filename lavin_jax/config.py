@@ -11,6 +11,7 @@ import importlib.util
 import ml_collections
 
 from lavin_jax import models, objectives, parallel
+from lavin_jax.data import synthetic
 from lavin_jax.models import discriminator
 
 # Logical axis -> mesh axes. Parameters and activations name their axes with the keys; the mesh
@@ -64,8 +65,20 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.data.image_size = 256
     c.data.max_pairs = 8  # K in [1, max_pairs] in-context pairs, drawn per batch.
     c.data.cond_drop_prob = 0.1  # share of batches trained with the pairs dropped (CFG).
-    c.data.tasks = ("colorize", "edges", "flip", "vflip", "inpaint", "invert", "denoise")
-    c.data.num_threads = 2
+    c.data.tasks = tuple(synthetic.TASKS)  # the built-in suite, all 27 tasks, images and videos.
+    c.data.task_weights = ()  # "task=weight" entries for synthetic or record tasks; others weigh 1.
+    c.data.records = ()  # directories of ArrayRecord shards written by `python -m lavin_jax.data.ingest`.
+    c.data.video_frames = 5  # frames of each input and target clip of a video task (1+4k for the ST-VAE).
+    c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
+    c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).
+    c.data.num_workers = 0  # worker processes per host decoding and rendering; 0: in the trainer's process.
+    # How ingest stores real data: frames resized to `size` square by `resize` (crop: short side
+    # to size, centre crop; pad: long side to size, black borders; stretch), then `encoding`.
+    c.data.ingest = ml_collections.ConfigDict()
+    c.data.ingest.size = 256
+    c.data.ingest.resize = "crop"  # crop | pad | stretch
+    c.data.ingest.encoding = "png"  # png | jpeg | raw
+    c.data.ingest.video_stride = 0  # frames between the starts of clips cut from one video; 0: no overlap.
     # ST-VAE examples: 1-frame images, and from step video_start on, video_share of the batches
     # are clips of clip_frames = 1+4k frames (the two-stage curriculum).
     c.data.clip_frames = 17

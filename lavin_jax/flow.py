@@ -70,19 +70,21 @@ def euler(velocity: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, 
     return jax.lax.scan(step, x0, (grid[:-1], grid[1:]))[0]
 
 
-def unconditional(context: dict) -> dict:
+def unconditional(context: dict, frames: int = 1) -> dict:
     """The guidance branch LaVin-DiT samples against: the pairs dropped, the query kept.
 
-    As in the official inference code, the dropped pairs leave one zero frame in front of the
-    query, so the unconditional condition stream is [0, query]."""
+    As in the official inference code, the dropped pairs leave one zero item in front of the
+    query, so the unconditional condition stream is [0, query], each `frames` frames long."""
     cond = context["cond"]
-    return {**context, "cond": jnp.concatenate([jnp.zeros_like(cond[:, :1]), cond[:, -1:]], axis=1)}
+    query = cond[:, -frames:]
+    return {**context, "cond": jnp.concatenate([jnp.zeros_like(query), query], axis=1)}
 
 
 def sample(model, context: dict, key: jax.Array, shape, flow_cfg, *, cfg_scale: float | None = None):
-    """Draws targets of `shape` for `context` with classifier-free guidance (scale 1: none)."""
+    """Draws targets of `shape` (B, T, H, W, C) for `context`, whose query is its last T frames,
+    with classifier-free guidance (scale 1: none)."""
     scale = flow_cfg.cfg_scale if cfg_scale is None else cfg_scale
-    uncond = unconditional(context)
+    uncond = unconditional(context, shape[1])
 
     def velocity(x, t):
         v = model(x, t, context)

@@ -29,7 +29,7 @@ from flax import nnx
 
 from lavin_jax import checkpoint, parallel
 from lavin_jax import config as config_lib
-from lavin_jax.data import synthetic
+from lavin_jax.data import episodes, synthetic
 
 OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
@@ -66,16 +66,24 @@ class Autoencoder:
     def decode(self, params, latents: jax.Array) -> jax.Array:
         return self.model(params).decode(latents / self.scale + self.shift)
 
-    def encode_frames(self, params, frames: jax.Array) -> jax.Array:
-        """Frames (B, N, H, W, 3) encoded each as an image (a 1-frame clip): (B, N, h, w, C)."""
-        b, n = frames.shape[:2]
-        latents = self.encode(params, frames.reshape(b * n, 1, *frames.shape[2:]))
-        return latents.reshape(b, n, *latents.shape[2:])
+    @property
+    def time_factor(self) -> int:
+        """Pixel frames per latent frame after the first (the first frame is encoded alone)."""
+        return 2 ** int(self.config.model.temporal_downsamples)
 
-    def decode_frames(self, params, latents: jax.Array) -> jax.Array:
-        b, n = latents.shape[:2]
-        frames = self.decode(params, latents.reshape(b * n, 1, *latents.shape[2:]))
-        return frames.reshape(b, n, *frames.shape[2:])
+    def encode_frames(self, params, frames: jax.Array, item_frames: int = 1) -> jax.Array:
+        """Frames (B, N*T, H, W, 3), N items of T = `item_frames` frames, each item encoded as one
+        clip (an image as a 1-frame clip): (B, N*T', h, w, C)."""
+        b, n = frames.shape[0], frames.shape[1] // item_frames
+        latents = self.encode(params, frames.reshape(b * n, item_frames, *frames.shape[2:]))
+        return latents.reshape(b, -1, *latents.shape[2:])
+
+    def decode_frames(self, params, latents: jax.Array, item_frames: int = 1) -> jax.Array:
+        """The inverse of `encode_frames`: latents of N items back to (B, N*T, H, W, 3)."""
+        b, per_item = latents.shape[0], (item_frames - 1) // self.time_factor + 1
+        n = latents.shape[1] // per_item
+        frames = self.decode(params, latents.reshape(b * n, per_item, *latents.shape[2:]))
+        return frames.reshape(b, -1, *frames.shape[2:])
 
 
 def load(workdir: str, *, need_stats: bool = True) -> Autoencoder:
@@ -156,47 +164,60 @@ def _cache_description(config) -> dict:
         "image_size": int(d.image_size),
         "max_pairs": int(d.max_pairs),
         "tasks": list(d.tasks),
+        "records": [os.path.abspath(r) for r in d.records],
+        "task_weights": list(d.task_weights),
+        "video_frames": int(d.video_frames),
         "vae": os.path.abspath(config.vae.checkpoint),
     }
 
 
 def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_size: int = 1024) -> dict:
-    """Encodes episodes 0 .. examples-1 of `config`'s synthetic source, each with data.max_pairs
-    pairs (fewer are a prefix: `LatentEpisodes` cuts them), into ArrayRecord shards."""
+    """Encodes episodes 0 .. examples-1 of `config`'s episode source, each with data.max_pairs
+    pairs (fewer are a prefix: `LatentEpisodes` cuts them) and of the kind (image or video task)
+    its global batch draws, into ArrayRecord shards."""
     from array_record.python import array_record_module
 
     if examples < 1:
         raise ValueError(f"examples={examples}: the latent cache needs at least one episode.")
     vae = load(config.vae.checkpoint)
     os.makedirs(out_dir, exist_ok=True)
-    source = synthetic.SyntheticEpisodes(config.data, config.seed, config.global_batch_size)
-    encode = jax.jit(vae.encode_frames)
+    source = episodes.Episodes(config.data, config.seed, config.global_batch_size)
+    video = [source.batch_kind(i // config.global_batch_size)[1] for i in range(examples)]
+    encode = jax.jit(vae.encode_frames, static_argnums=2)
     shards = []
     for shard_start in range(0, examples, shard_size):
         name = f"latents-{len(shards):05d}.array_record"
         writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
         for start in range(shard_start, min(shard_start + shard_size, examples), batch):
             indices = range(start, min(start + batch, shard_start + shard_size, examples))
-            episodes = [source.episode(i, config.data.max_pairs) for i in indices]
-            frames = np.stack([np.concatenate([e["cond"], e["target"]]) for e in episodes])
-            latents = np.asarray(jax.device_get(encode(vae.params, frames)), np.float32)
-            for episode, z in zip(episodes, latents):
-                writer.write(_to_bytes({"cond": z[:-1], "target": z[-1:], "task": episode["task"]}))
+            drawn = [source.episode(i, config.data.max_pairs, video[i]) for i in indices]
+            latent = {}  # encoded by kind: image and video items have different shapes.
+            for kind in {video[i] for i in indices}:
+                group = [i for i in indices if video[i] == kind]
+                frames = np.stack([np.concatenate([drawn[i - start]["cond"], drawn[i - start]["target"]]) for i in group])
+                item_frames = int(config.data.video_frames) if kind else 1
+                z = np.asarray(jax.device_get(encode(vae.params, frames, item_frames)), np.float32)
+                latent.update(zip(group, z))
+            for i, episode in zip(indices, drawn):
+                z = latent[i]
+                per_item = z.shape[0] // (2 * config.data.max_pairs + 2)  # items: K pairs, query, answer.
+                writer.write(_to_bytes({"cond": z[:-per_item], "target": z[-per_item:], "task": episode["task"]}))
         writer.close()
         shards.append(name)
     description = {**_cache_description(config), "examples": examples, "shards": shards,
-                   "latent_shape": list(latents.shape[2:]), "shift": vae.shift, "scale": vae.scale}
+                   "video": [i for i in range(examples) if video[i]], "video_share": source.video_share,
+                   "shift": vae.shift, "scale": vae.scale}
     with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
         json.dump(description, f, indent=2)
     return description
 
 
 class LatentEpisodes:
-    """Random-access episodes from a latent cache, the `SyntheticEpisodes` of latent space.
+    """Random-access episodes from a latent cache, the `episodes.Episodes` of latent space.
 
-    Example i is cached episode i mod examples with K = synthetic.num_pairs(seed, i // G, ...)
-    pairs: the first K cached pairs and the query (K = 0: a zero latent frame, then the query, as
-    `flow.unconditional` builds it)."""
+    Global batch b draws (K, video) as the pixel source does; its example i is cached episode
+    i mod n of that kind (n of them), with its first K pairs and the query (K = 0: a zero latent
+    item, then the query, as `flow.unconditional` builds it)."""
 
     def __init__(self, config):
         import grain
@@ -222,18 +243,28 @@ class LatentEpisodes:
         self._records = grain.sources.ArrayRecordDataSource(
             [os.path.join(directory, shard) for shard in self.description["shards"]]
         )
-        self._examples = int(self.description["examples"])
+        video = set(self.description["video"])
+        examples = range(int(self.description["examples"]))
+        self._pools = {kind: [i for i in examples if (i in video) == kind] for kind in (False, True)}
+        self._video_share = float(self.description["video_share"])
         self._data = config.data
         self._seed = int(config.seed)
         self._global_batch_size = int(config.global_batch_size)
 
     def __len__(self) -> int:
-        return synthetic.NUM_EXAMPLES
+        return episodes.NUM_EXAMPLES
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        d = self._data
-        k = synthetic.num_pairs(self._seed, index // self._global_batch_size, d.max_pairs, d.cond_drop_prob)
-        record = _from_bytes(self._records[index % self._examples])
-        cond = record["cond"]
-        pairs = cond[:-1][: 2 * k] if k else np.zeros_like(cond[:1])
-        return {"cond": np.concatenate([pairs, cond[-1:]]), "target": record["target"], "task": record["task"]}
+        batch_index = index // self._global_batch_size
+        k, video = episodes.batch_kind(self._seed, batch_index, self._data, self._video_share)
+        pool = self._pools[video]
+        if not pool:
+            raise ValueError(
+                f"Latent cache {self._data.latent_dir!r} holds no {'video' if video else 'image'} "
+                "episodes; write it with more --examples."
+            )
+        record = _from_bytes(self._records[pool[index % len(pool)]])
+        cond, target = record["cond"], record["target"]
+        per_item = target.shape[0]
+        pairs = cond[:-per_item][: 2 * k * per_item] if k else np.zeros_like(target)
+        return {"cond": np.concatenate([pairs, cond[-per_item:]]), "target": target, "task": record["task"]}

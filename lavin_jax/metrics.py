@@ -73,17 +73,17 @@ def episode_grid(
     """Lays out episodes one per row: the condition frames, a gap, the prediction, the target.
 
     `cond` is [N, Tc, H, W, 3] (in_1, tgt_1, ..., in_K, tgt_K, query); `prediction` and `target`
-    are [N, 1, H, W, 3]; all in [-1, 1]. Frames are upscaled `scale` times (nearest neighbour) and
-    framed by BORDER-pixel lines, so row n's frame j starts at
+    are [N, T, H, W, 3] (T = 1 for images); all in [-1, 1]. Frames are upscaled `scale` times
+    (nearest neighbour) and framed by BORDER-pixel lines, so row n's frame j starts at
     (BORDER + n * (H*scale + BORDER), BORDER + j * (W*scale + BORDER)), with GAP - BORDER extra
     pixels before the prediction.
     """
     n, num_cond, h, w, _ = cond.shape
     for name, frames in (("prediction", prediction), ("target", target)):
-        if frames.shape != (n, 1, h, w, 3):
+        if frames.ndim != 5 or frames.shape[0] != n or frames.shape[2:] != (h, w, 3) or frames.shape != target.shape:
             raise ValueError(
-                f"episode_grid: {name} has shape {frames.shape}, expected {(n, 1, h, w, 3)} "
-                f"to match cond {cond.shape}."
+                f"episode_grid: {name} has shape {frames.shape}, expected (N={n}, T, {h}, {w}, 3) like "
+                f"the target {target.shape}, to match cond {cond.shape}."
             )
     return frame_grid(np.concatenate([cond, prediction, target], axis=1), scale=scale, gap_before=num_cond)
 

@@ -121,8 +121,11 @@ def make_train_step(config, s: Setup):
 
     def train_step(state, constants, batch, phase):
         key = jax.random.fold_in(base_key, state["step"])
+        skipped = batch.pop("skipped", None)  # bad records the pipeline replaced: counted, not trained on.
         with parallel.activation_sharding(s.mesh, config.mesh.rules):
             grads, stats = s.objective.grads(s.graphdefs, state["params"], constants, batch, key, phase)
+        if skipped is not None:
+            stats["skipped_records"] = jnp.sum(skipped)
         # A module without a gradient in this phase (a GAN's discriminator before it starts)
         # keeps its parameters and optimizer state untouched: no update of zeros.
         params, opt = dict(state["params"]), dict(state["opt"])
@@ -144,6 +147,10 @@ def make_train_step(config, s: Setup):
         static_argnums=3,
         donate_argnums=0,
     )
+
+
+# Stats that count events (logged as totals over the log interval, not means).
+_COUNTS = ("skipped_records",)
 
 
 class _Preemption:
@@ -246,8 +253,10 @@ def train(config, workdir: str) -> dict:
             if step % config.log_every == 0 or step == config.total_steps:
                 host = jax.device_get(pending)
                 now = time.perf_counter()
-                # Phases may log different stats (a GAN's start): average each over the steps with it.
-                scalars = {name: float(np.mean([p[name] for p in host if name in p])) for name in host[-1]}
+                # Phases may log different stats (a GAN's start): average each over the steps with it;
+                # counts are summed over the interval.
+                reduce = lambda name: np.sum if name in _COUNTS else np.mean
+                scalars = {name: float(reduce(name)([p[name] for p in host if name in p])) for name in host[-1]}
                 scalars["steps_per_sec"] = (step - last_step) / (now - last_time)
                 scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.global_batch_size
                 writer.write_scalars(step, scalars)

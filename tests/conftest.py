@@ -20,6 +20,16 @@ def shipped_config(name: str, defaults: dict, overrides: dict):
     return config_lib.load(str(ROOT / "configs" / f"{name}.py"), {**defaults, **overrides})
 
 
+def data_config(**fields):
+    """config.base()'s data section with `fields` set (the synthetic sources' tests)."""
+    from lavin_jax import config as config_lib
+
+    c = config_lib.base()
+    for key, value in fields.items():
+        c.data[key] = value
+    return c.data
+
+
 def small_config(**overrides):
     """configs/tiny.py shrunk further so a test compiles and steps in seconds."""
     defaults = {
@@ -72,3 +82,21 @@ def logical_axis_names(build) -> set:
         assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), (spec, shape.shape)
         names.update(spec)
     return names
+
+
+def write_inverted_pairs(directory, count=6, frames=1, size=16, task="negate", bad=()):
+    """A record directory of one task of random size x size frames whose targets are 255 - input
+    (-input in [-1, 1]), the pairs at indices `bad` stored with undecodable PNG bytes."""
+    import numpy as np
+    from lavin_jax.data import records
+
+    broken = lambda x, _: {"encoding": "png", "shape": list(x.shape), "data": [b"\x89PNG broken"] * len(x)}
+    rng = np.random.default_rng(0)
+    with records.RecordWriter(str(directory), encoding="raw") as writer:
+        for i in range(count):
+            x = rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+            with pytest.MonkeyPatch.context() as patch:
+                if i in bad:
+                    patch.setattr(records, "encode_frames", broken)
+                writer.add(task, x, 255 - x, f"pair{i}.png")
+    return str(directory)

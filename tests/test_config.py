@@ -67,7 +67,7 @@ def test_shipped_configs_cannot_grow_new_fields():
     "overrides,message",
     [
         ({"global_batch_size": 6}, "config.global_batch_size=6"),
-        ({"data.tasks": ("colorize", "sharpen")}, "config.data.tasks"),
+        ({"data.tasks": ("colorization", "sharpen")}, "config.data.tasks"),
         ({"data.source": "imagenet"}, "config.data.source='imagenet'"),
         ({"vae.name": "stvae", "vae.checkpoint": "", "model.in_channels": 16, "data.image_size": 64}, "config.vae.name='stvae' needs config.vae.checkpoint"),
     ],

@@ -91,6 +91,14 @@ def test_unconditional_drops_the_pairs_and_keeps_the_query():
     np.testing.assert_array_equal(uncond[:, 1], cond[:, -1])
 
 
+def test_unconditional_keeps_a_whole_video_query():
+    cond = jax.random.normal(jax.random.key(6), (2, 9, 4, 4, 3))  # K=1 pair of 3-frame clips + query
+    uncond = flow.unconditional({"cond": cond}, frames=3)["cond"]
+    assert uncond.shape == (2, 6, 4, 4, 3)
+    np.testing.assert_array_equal(uncond[:, :3], 0.0)
+    np.testing.assert_array_equal(uncond[:, 3:], cond[:, -3:])
+
+
 def test_guidance_extrapolates_from_the_unconditional_velocity():
     """With v_cond = a and v_uncond = b constant, guided sampling moves by b + s(a - b)."""
     a, b = 2.0, 0.5

@@ -8,7 +8,7 @@ import pytest
 
 from lavin_jax import parallel, train
 from lavin_jax.data import pipeline
-from conftest import small_config
+from conftest import small_config, write_inverted_pairs
 
 
 def run_steps(config, mesh, batches):
@@ -117,3 +117,14 @@ def test_restoring_a_checkpoint_of_another_model_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"was written for model.depth=2 but the config has model.depth=3"):
         train.train(bigger, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # saved work untouched.
+
+
+def test_bad_records_are_counted_in_the_metrics_and_training_goes_on(tmp_path):
+    real = write_inverted_pairs(tmp_path / "real", count=4, bad=(0, 1, 2))
+    config = small_config(**{"data.tasks": (), "data.records": (real,), "total_steps": 2, "log_every": 2,
+                             "checkpoint_every": 2, "eval_every": 2})
+    train.train(config, str(tmp_path / "run"))
+    logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    last = [record for record in logged if "loss" in record][-1]
+    assert last["skipped_records"] > 0 and np.isfinite(last["loss"])
+

@@ -8,6 +8,7 @@ together the hosts read exactly the global batch, with no communication.
 from __future__ import annotations
 
 import grain
+from absl import flags
 
 from lavin_jax import objectives
 
@@ -24,9 +25,10 @@ def make_dataset(config, process_index: int, process_count: int) -> grain.IterDa
             f"config.global_batch_size={config.global_batch_size} is not divisible by the "
             f"{process_count} processes."
         )
-    num_threads = int(config.data.num_threads)
-    if num_threads < 0:
-        raise ValueError(f"config.data.num_threads={num_threads} must be non-negative.")
+    num_threads, num_workers = int(config.data.num_threads), int(config.data.num_workers)
+    for field, value in (("num_threads", num_threads), ("num_workers", num_workers)):
+        if value < 0:
+            raise ValueError(f"config.data.{field}={value} must be non-negative.")
     per_process = config.global_batch_size // process_count
     examples = objectives.get(config).source(config.seed)
     # Batches of B consecutive examples, of which process p takes every P-th starting at p: batch
@@ -35,10 +37,19 @@ def make_dataset(config, process_index: int, process_count: int) -> grain.IterDa
     # Threads build whole batches ahead; grain's default buffer (500) would hold hundreds of
     # batches of full-size images, so keep a couple per thread.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
-    return shards.to_iter_dataset(read_options)
+    batches = shards.to_iter_dataset(read_options)
+    if num_workers:
+        # grain's workers read absl flags; outside an absl app (tests, notebooks) they are unparsed,
+        # so take their defaults.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        # Decoding and rendering in worker processes, free of the trainer's GIL; grain interleaves
+        # the workers' batches in order, and the iterator state still names the exact batch.
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
+    return batches
 
 
 def make_iterator(config, process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
     """An iterator over `make_dataset`'s batches whose `get_state()` / `set_state()` resume it
-    at the exact batch (the state is {"next_index": batches read so far})."""
+    at the exact batch."""
     return iter(make_dataset(config, process_index, process_count))

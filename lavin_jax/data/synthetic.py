@@ -1,35 +1,41 @@
 """The built-in synthetic in-context task suite.
 
-An episode shows K (input, target) pairs of one task and then a query input whose target the
-model must produce. Every example is a pure function of (seed, index), so any host can rebuild
-any example alone and a resumed run sees exactly the data an uninterrupted one would have.
-Images are float32 HxWx3 in [-1, 1]. The same scenes, set in motion, also make videos for the
-ST-VAE (`base_clip`, `SyntheticClips`).
+Every task draws a random scene and makes an (input, target) pair from it whose target is exact.
+The scenes are flat-coloured shapes on a soft gradient (`draw_scene`), so the renderer knows which
+shape each pixel shows, and dense targets (segmentation, depth, edges, optical flow) come from the
+same pass that paints the image. Set in motion, the same scenes make the video tasks and the
+ST-VAE's clips (`base_clip`, `SyntheticClips`).
+
+A task (`TASKS`) makes its pair as a pure function of the generator it is given, so an episode that
+seeds the generator from (seed, index) (lavin_jax.data.episodes) can be rebuilt by any host alone.
+Frames are float32 [T, H, W, 3] in [-1, 1]. Targets that are not pictures (classes, depth, normals,
+flow, joints, boxes) are drawn with the encodings of lavin_jax.data.scoring, and every task names
+the metric of scoring.METRICS that scores predictions of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
+import scipy.ndimage
+
+from lavin_jax.data import scoring
 
 # Far more examples than any run reads; grain's MapDataset wants a finite length.
 NUM_EXAMPLES = 2**40
 
 # Separate seed streams, so an episode's draws never coincide with a global batch's K draw, nor
 # with a clip's (_CLIP_STREAM below).
-_EPISODE_STREAM = 0
-_NUM_PAIRS_STREAM = 1
+_EPISODE_STREAM = 0  # used by lavin_jax.data.episodes
+_NUM_PAIRS_STREAM = 1  # used by lavin_jax.data.episodes
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-# The background's colour changes by at most this much across the whole image, which keeps its
-# per-pixel gradient below _EDGE_THRESHOLD down to 8 px, so `edges` marks only shape outlines.
+# The background is a soft gradient: its colour changes by at most this much across the image.
 _MAX_BACKGROUND_CHANGE = 0.8
-_EDGE_THRESHOLD = 0.1
-_INPAINT_FILL = 0.0
 
 # Scene videos (`base_clip`, `SyntheticClips`) have 1+4k frames, the ST-VAE's causal clip length.
 _CLIP_TIME_FACTOR = 4
@@ -83,12 +89,14 @@ def _stripes_mask(geometry, y, x, dy, dx, scroll):
     return _rectangle_mask(window, y, x, dy, dx, scroll) & (phase - np.floor(phase) < 0.5)
 
 
-# kind -> (draw geometry, mask at an offset); a scene stores the kind's index into this tuple.
+# kind -> (draw geometry, mask at an offset); a scene stores the kind's index into this tuple,
+# and segmentation gives kind k the class k + 1 (0 is the background).
 _SHAPES = (
     (_draw_circle, _circle_mask),
     (_draw_rectangle, _rectangle_mask),
     (_draw_stripes, _stripes_mask),
 )
+_CIRCLE, _RECTANGLE, _STRIPES = range(len(_SHAPES))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +155,17 @@ def _grid(size):
     return y, x
 
 
-def render_scene(scene: Scene, size: int, t: float = 0.0) -> np.ndarray:
-    """The scene at time t (in frames) as float32 [size, size, 3] in [-1, 1]."""
+def _shape_mask(shape: Shape, y: np.ndarray, x: np.ndarray, t: float) -> np.ndarray:
+    """Where `shape` covers the points (y, x) at time t (a Python float)."""
+    dy, dx = shape.velocity[0] * t, shape.velocity[1] * t
+    return _SHAPES[shape.kind][1](shape.geometry, y, x, dy, dx, shape.scroll * t)
+
+
+def _paint(scene: Scene, size: int, t: float, masks: Sequence[np.ndarray]):
+    """The scene at time t, painted in one pass over its shapes' masks: the image, float32
+    [size, size, 3], and the index map of the shape each pixel shows, uint8 [size, size]: 0 for
+    the background, i + 1 for scene.shapes[i]."""
     y, x = _grid(size)
-    t = float(t)
     angle = scene.angle + scene.spin * t
     ramp = ((x - 0.5) * math.cos(angle) + (y - 0.5) * math.sin(angle)) / math.sqrt(2) + 0.5
     # Channel by channel throughout: numpy is an order of magnitude slower when it broadcasts
@@ -158,12 +173,32 @@ def render_scene(scene: Scene, size: int, t: float = 0.0) -> np.ndarray:
     image = np.empty((size, size, 3), np.float32)
     for channel in range(3):
         image[..., channel] = scene.start[channel] + ramp * scene.change[channel]
-    for shape in scene.shapes:
-        dy, dx = shape.velocity[0] * t, shape.velocity[1] * t
-        mask = _SHAPES[shape.kind][1](shape.geometry, y, x, dy, dx, shape.scroll * t)
+    index = np.zeros((size, size), np.uint8)
+    for number, (shape, mask) in enumerate(zip(scene.shapes, masks), start=1):
         for channel, value in enumerate(shape.colour):
             image[..., channel][mask] = value
-    return np.clip(image, -1.0, 1.0, out=image)
+        index[mask] = number
+    return np.clip(image, -1.0, 1.0, out=image), index
+
+
+def _render(scene: Scene, size: int, t: float = 0.0):
+    """The scene at time t (in frames): its image and index map (`_paint`)."""
+    t = float(t)
+    y, x = _grid(size)
+    return _paint(scene, size, t, [_shape_mask(shape, y, x, t) for shape in scene.shapes])
+
+
+def render_scene(scene: Scene, size: int, t: float = 0.0) -> np.ndarray:
+    """The scene at time t (in frames) as float32 [size, size, 3] in [-1, 1]."""
+    return _render(scene, size, t)[0]
+
+
+def _render_times(scene: Scene, size: int, times) -> np.ndarray:
+    """The scene rendered at each of `times`, float32 [len(times), size, size, 3]."""
+    clip = np.empty((len(times), size, size, 3), np.float32)
+    for frame, t in enumerate(times):
+        clip[frame] = render_scene(scene, size, t)
+    return clip
 
 
 def base_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -177,140 +212,427 @@ def base_clip(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
     frame 0 equals `base_image` drawn from the same generator state."""
     if frames < 1:
         raise ValueError(f"frames={frames} must be at least 1.")
-    scene = draw_scene(rng, moving=True)
-    clip = np.empty((frames, size, size, 3), np.float32)
-    for t in range(frames):
-        clip[t] = render_scene(scene, size, t)
-    return clip
+    return _render_times(draw_scene(rng, moving=True), size, range(frames))
 
 
-def _luma(image):
-    return image @ _LUMA
+# Dense tasks see their scenes laid out on a ground plane: the lower a shape's centre of mass in the
+# image, the nearer it is, and nearer shapes are painted over farther ones. Depth is then exact and
+# also visible, from height in the image and from occlusion. Depths run from _FAR at the top of the
+# image to _NEAR at its bottom; the background, at _MAX_DEPTH, is farther than every shape.
+_MAX_DEPTH = 10.0
+_NEAR, _FAR = 2.0, 9.0
 
 
-def _gray_rgb(plane):
-    return np.repeat(plane[..., None], 3, axis=-1).astype(np.float32)
+class _Layers(NamedTuple):
+    """A scene at one time on the ground plane, with everything a dense target is made of."""
+
+    image: np.ndarray  # float32 [H, W, 3]
+    index: np.ndarray  # uint8 [H, W]: 0 background, i + 1 where shapes[i] is visible
+    shapes: tuple[Shape, ...]  # far to near, the painting order
+    depths: tuple[float, ...]  # of `shapes`, non-increasing
 
 
-def colorize(image, _rng):
-    return _gray_rgb(_luma(image)), image
+def _layers(scene: Scene, size: int, t: float) -> _Layers:
+    """The scene at time t on the ground plane: its shapes repainted far to near."""
+    t = float(t)
+    y, x = _grid(size)
+    masks = [_shape_mask(shape, y, x, t) for shape in scene.shapes]
+    # A shape wholly outside the image (a moving one can leave) is never seen; any depth will do.
+    centres = [float(y[mask].mean()) if mask.any() else 0.0 for mask in masks]
+    depths = [_FAR - (_FAR - _NEAR) * centre for centre in centres]
+    order = sorted(range(len(masks)), key=lambda i: -depths[i])  # stable: ties keep scene order
+    shapes = tuple(scene.shapes[i] for i in order)
+    image, index = _paint(dataclasses.replace(scene, shapes=shapes), size, t, [masks[i] for i in order])
+    return _Layers(image, index, shapes, tuple(depths[i] for i in order))
 
 
-def edges(image, _rng):
-    grad_y, grad_x = np.gradient(_luma(image))
-    return image, _gray_rgb(np.where(np.hypot(grad_y, grad_x) > _EDGE_THRESHOLD, 1.0, -1.0))
+# ---------------------------------------------------------------------------------------------
+# Tasks
 
 
-def flip(image, _rng):
-    return image, image[:, ::-1]
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One synthetic task. `make(rng, size, frames)` draws an (input, target) pair, each float32
+    [frames, size, size, 3] in [-1, 1], from the generator alone; size is a multiple of 4 of at
+    least 16, frames is 1 for an image task and at least 2 for a video one."""
+
+    name: str
+    make: Callable[[np.random.Generator, int, int], tuple[np.ndarray, np.ndarray]]
+    video: bool
+    metric: str  # a key of scoring.METRICS
 
 
-def vflip(image, _rng):
-    return image, image[::-1]
+def _task(name: str, metric: str, make, *, video: bool = False) -> Task:
+    def checked(rng: np.random.Generator, size: int, frames: int):
+        if size < 16 or size % 4:
+            raise ValueError(f"size={size} must be a multiple of 4 of at least 16 (task {name!r}).")
+        if video and frames < 2:
+            raise ValueError(f"frames={frames} must be at least 2 for the video task {name!r}.")
+        if not video and frames != 1:
+            raise ValueError(f"frames={frames} must be 1 for the image task {name!r}.")
+        return make(rng, size, frames)
+
+    return Task(name, checked, video, metric)
 
 
-def invert(image, _rng):
-    return image, -image
+def _gray(plane: np.ndarray) -> np.ndarray:
+    """A [..., H, W] plane as a float32 gray [..., H, W, 3] image."""
+    return np.repeat(plane[..., None], 3, axis=-1).astype(np.float32, copy=False)
 
 
-def inpaint(image, rng):
+# --- Tasks on the rendered scene: its frames go in and a transform of them comes out, or the other
+# way round (restoration). A pair's parameters (hole, noise level, ...) are drawn once, so a video's
+# frames share them.
+
+
+def _draw(rng, frames):
+    """The scene of a pair: still for an image task (one frame), moving for a video task, so one
+    make serves an image task and its video variant."""
+    return draw_scene(rng, moving=frames > 1)
+
+
+def _scene_frames(transform):
+    """A task that renders the scene's frames and makes its pair with `transform(rng, frames)`."""
+
+    def make(rng, size, frames):
+        return transform(rng, _render_times(_draw(rng, frames), size, range(frames)))
+
+    return make
+
+
+def _restore(degrade):
+    """The transform of a restoration task: the degraded frames in, the clean ones out."""
+    return lambda rng, clean: (degrade(rng, clean), clean)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _desaturate(_rng, clean):
+    return _gray(clean @ _LUMA)
+
+
+def _cut_hole(rng, clean):
     # The hole is drawn per pair, so the model has to find it rather than memorise its place.
-    height, width = image.shape[:2]
-    hole_h = rng.integers(height // 4, height // 2 + 1)
-    hole_w = rng.integers(width // 4, width // 2 + 1)
-    top = rng.integers(0, height - hole_h + 1)
-    left = rng.integers(0, width - hole_w + 1)
-    holed = image.copy()
-    holed[top : top + hole_h, left : left + hole_w] = _INPAINT_FILL
-    return holed, image
+    size = clean.shape[1]
+    hole_h, hole_w = rng.integers(size // 4, size // 2 + 1, 2)
+    top, left = rng.integers(0, size - hole_h + 1), rng.integers(0, size - hole_w + 1)
+    holed = clean.copy()
+    holed[:, top : top + hole_h, left : left + hole_w] = 0.0
+    return holed
 
 
-def denoise(image, rng):
-    noise_std = rng.uniform(0.1, 0.4)
-    noisy = image + noise_std * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(noisy, -1.0, 1.0), image
+def _add_noise(rng, clean):
+    noisy = clean + rng.uniform(0.1, 0.4) * rng.standard_normal(clean.shape, dtype=np.float32)
+    return np.clip(noisy, -1.0, 1.0)
 
 
-Task = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
+def _blur(rng, clean):
+    # A Gaussian blur whose width is a share of the image side, so it looks alike at every size.
+    sigma = rng.uniform(0.01, 0.03) * clean.shape[1]
+    return scipy.ndimage.gaussian_filter(clean, (0.0, sigma, sigma, 0.0), mode="nearest")
+
+
+def _add_rain(rng, clean):
+    """Bright streaks, all at one slant from the vertical, fresh in every frame: each streak is
+    sampled a pixel apart along its length and lightens what it crosses by `strength`."""
+    size = clean.shape[1]
+    slant, strength = rng.uniform(-0.4, 0.4), rng.uniform(0.3, 0.8)
+    count = int(rng.integers(30, 80))
+    along = np.arange(math.ceil(0.15 * size) + 1) / size  # up to the longest streak
+    rainy = clean.copy()
+    for frame in rainy:
+        starts = rng.uniform(-0.15, 1.0, (count, 2))  # (y, x); some start above or left of the image
+        lengths = rng.uniform(0.05, 0.15, (count, 1))
+        steps = np.minimum(along, lengths)  # a short streak's surplus samples pile up at its end
+        rows = np.floor((starts[:, :1] + steps * math.cos(slant)) * size).astype(np.int64)
+        cols = np.floor((starts[:, 1:] + steps * math.sin(slant)) * size).astype(np.int64)
+        inside = (rows >= 0) & (rows < size) & (cols >= 0) & (cols < size)
+        streak = np.zeros((size, size), bool)
+        streak[rows[inside], cols[inside]] = True
+        for channel in range(3):
+            plane = frame[..., channel]
+            plane[streak] += strength * (1.0 - plane[streak])
+    return rainy
+
+
+def _pixelate(rng, clean):
+    """Area downsampling by 2 or 4, then nearest upsampling back: every factor x factor block holds
+    the mean of the clean block."""
+    factor = (2, 4)[rng.integers(2)]
+    frames, size = clean.shape[:2]
+    small = clean.reshape(frames, size // factor, factor, size // factor, factor, 3).mean((2, 4))
+    return small.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def _darken(rng, clean):
+    """Exposure cut to 10-35% with sensor noise: in [0, 1] brightness, gain * x + noise."""
+    gain, noise_std = rng.uniform(0.1, 0.35), rng.uniform(0.01, 0.04)
+    noise = rng.standard_normal(clean.shape, dtype=np.float32)
+    return np.clip((clean + 1.0) * gain - 1.0 + 2.0 * noise_std * noise, -1.0, 1.0)
+
+
+# --- Dense tasks: the scene on its ground plane (`_layers`) goes in, and a map of what each pixel
+# shows comes out, frame by frame.
+
+
+def _dense(target):
+    """A task whose target frame is `target(layers)` of the scene at that time."""
+
+    def make(rng, size, frames):
+        scene = _draw(rng, frames)
+        layers = [_layers(scene, size, t) for t in range(frames)]
+        return np.stack([layer.image for layer in layers]), np.stack([target(layer) for layer in layers])
+
+    return make
+
+
+def _swapped(make):
+    """The inverse task: make's target goes in, its input comes out."""
+
+    def inverse(rng, size, frames):
+        task_input, target = make(rng, size, frames)
+        return target, task_input
+
+    return inverse
+
+
+def _per_shape(layers: _Layers, background, values) -> np.ndarray:
+    """The map of `values[i]` where shapes[i] is visible and `background` elsewhere."""
+    return np.asarray([background, *values])[layers.index]
+
+
+def _semantic(layers):
+    return scoring.labels_to_image(_per_shape(layers, 0, [shape.kind + 1 for shape in layers.shapes]))
+
+
+def _panoptic(layers):
+    # Semantic classes, with each kind's instances numbered in painting order.
+    seen = [0] * len(_SHAPES)
+    segments = []
+    for shape in layers.shapes:
+        segments.append(scoring.panoptic_labels(shape.kind + 1, seen[shape.kind]))
+        seen[shape.kind] += 1
+    return scoring.labels_to_image(_per_shape(layers, 0, segments))
+
+
+def _foreground(layers):
+    return scoring.labels_to_image(np.minimum(layers.index, 1))
+
+
+def _depth(layers):
+    return scoring.depth_to_image(_per_shape(layers, _MAX_DEPTH, layers.depths), _MAX_DEPTH)
+
+
+def _edges(layers):
+    """The outline of every visible shape: the pixels with a 4-neighbour that shows another shape
+    (or the background), on both sides of each boundary; white on black."""
+    index = layers.index
+    outline = np.zeros(index.shape, bool)
+    across, down = index[:, 1:] != index[:, :-1], index[1:] != index[:-1]
+    outline[:, 1:] |= across
+    outline[:, :-1] |= across
+    outline[1:] |= down
+    outline[:-1] |= down
+    return _gray(np.where(outline, np.float32(1.0), np.float32(-1.0)))
+
+
+def _motion(shape: Shape) -> tuple[float, float]:
+    """What a shape's pixels move by from one frame to the next, (u, v) = (dx, dy) in unit
+    coordinates: its velocity, and for stripes also their scroll, which moves the pattern a
+    `scroll` share of its period along the stripes' normal (cos, sin)(angle) in (x, y)."""
+    dy, dx = shape.velocity
+    if shape.kind == _STRIPES:
+        angle, period = shape.geometry[:2]
+        dx += shape.scroll * period * math.cos(angle)
+        dy += shape.scroll * period * math.sin(angle)
+    return dx, dy
+
+
+def _flow(layers):
+    """Optical flow from each frame t to frame t+1: the motion of the shape a pixel shows, and
+    zero on the background, a canvas whose gradient turns (a change of colour, not motion). Motion
+    is constant, so the last frame's flow, towards the frame after the clip, is defined too."""
+    size = layers.index.shape[0]
+    motions = [_motion(shape) for shape in layers.shapes]
+    return scoring.flow_to_image(_per_shape(layers, (0.0, 0.0), motions) * size)
+
+
+# --- Tasks that draw their own content.
+
+
+def _draw_bumps(rng) -> list[tuple[float, float, float, float]]:
+    """A height field, a sum of Gaussian bumps (cy, cx, sigma, amplitude) in unit coordinates:
+    h(y, x) = sum amplitude * exp(-((y - cy)^2 + (x - cx)^2) / (2 sigma^2)). Amplitudes scale with
+    the width, so slopes (and normals) span the same range for wide and narrow bumps."""
+    bumps = []
+    for _ in range(rng.integers(2, 6)):
+        cy, cx = rng.uniform(0.0, 1.0, 2).tolist()
+        sigma = rng.uniform(0.06, 0.2)
+        bumps.append((cy, cx, sigma, sigma * rng.uniform(-1.5, 1.5)))
+    return bumps
+
+
+# Light comes from the upper left, towards the viewer: (x, y, z) with x right, y down, z out of
+# the image. Fixed, so shading is a function of the normals alone.
+_LIGHT = tuple((np.array([-1.0, -1.0, 2.0]) / math.sqrt(6.0)).tolist())
+
+
+def _surface_normals(rng, size, _frames):
+    """A shaded height field in, its unit normals n = (-dh/dx, -dh/dy, 1) / |.| out, as RGB = n
+    (x right, y down, z towards the viewer). The shading is Lambertian, with ambient light, in a
+    random colour."""
+    y, x = _grid(size)
+    slope_x, slope_y = np.zeros((size, size), np.float32), np.zeros((size, size), np.float32)
+    for cy, cx, sigma, amplitude in _draw_bumps(rng):
+        dy, dx = y - cy, x - cx
+        bump = amplitude * np.exp((dy * dy + dx * dx) * (-0.5 / sigma**2))
+        slope_x -= bump * dx / sigma**2
+        slope_y -= bump * dy / sigma**2
+    length = np.sqrt(slope_x * slope_x + slope_y * slope_y + 1.0)
+    normal = np.stack([-slope_x / length, -slope_y / length, 1.0 / length], axis=-1)
+    lit = np.clip(normal @ np.array(_LIGHT, np.float32), 0.0, 1.0)
+    shading = np.empty((size, size, 3), np.float32)
+    for channel, albedo in enumerate(rng.uniform(0.3, 1.0, 3).tolist()):
+        shading[..., channel] = (0.25 + 0.75 * lit) * (2.0 * albedo) - 1.0
+    return shading[None], normal[None]
+
+
+# A stick figure's joints; joint i is marked in the target with palette class i + 1.
+_JOINTS = ("head", "neck", "pelvis", "left hand", "right hand", "left foot", "right foot")
+_LIMBS = ((0, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6))
+
+
+def _draw_figure(rng) -> np.ndarray:
+    """Joint positions (y, x) in unit coordinates, [len(_JOINTS), 2]: an upright torso, tilted a
+    little, arms in any direction, legs downwards, all inside the image. "Left" is the image's
+    left: of the two hands (feet), the one with the smaller x, so every joint is identifiable."""
+    centre = rng.uniform(0.35, 0.65, 2)
+    scale, tilt = rng.uniform(0.3, 0.5), rng.uniform(-0.3, 0.3)
+    up = scale * np.array([-math.cos(tilt), math.sin(tilt)])
+    neck, pelvis = centre + 0.2 * up, centre - 0.2 * up
+    arms, legs = rng.uniform(0.0, 2 * np.pi, 2), rng.uniform(np.pi / 6, 5 * np.pi / 6, 2)
+    hands = neck + 0.35 * scale * np.stack([np.sin(arms), np.cos(arms)], axis=-1)
+    feet = pelvis + 0.4 * scale * np.stack([np.sin(legs), np.cos(legs)], axis=-1)
+    by_x = lambda pair: pair[np.argsort(pair[:, 1], kind="stable")]
+    return np.concatenate([[neck + 0.2 * up, neck, pelvis], by_x(hands), by_x(feet)])
+
+
+def _distance_to_limbs(joints: np.ndarray, size: int) -> np.ndarray:
+    """Each pixel's distance to the nearest limb segment, in unit coordinates."""
+    y, x = _grid(size)
+    squared = np.full((size, size), np.inf, np.float32)
+    for a, b in _LIMBS:
+        (ay, ax), (by, bx) = joints[a].tolist(), joints[b].tolist()
+        ey, ex = by - ay, bx - ax
+        along = np.clip(((y - ay) * ey + (x - ax) * ex) * (1.0 / (ey * ey + ex * ex)), 0.0, 1.0)
+        off_y, off_x = y - ay - along * ey, x - ax - along * ex
+        np.minimum(squared, off_y * off_y + off_x * off_x, out=squared)
+    return np.sqrt(squared)
+
+
+def _keypoints(rng, size, _frames):
+    """A scene with a stick figure on it (white limbs outlined in black, visible on any colour)
+    in; its joints out, each a disc in its palette colour on black (class 0)."""
+    image = base_image(rng, size)
+    joints = _draw_figure(rng)
+    # Widths in unit coordinates, but never under about a pixel, so small images show them too.
+    half_width, radius = max(0.012, 0.6 / size), max(0.025, 1.0 / size)
+    distance = _distance_to_limbs(joints, size)
+    outline, limb = distance < 2.0 * half_width, distance < half_width
+    for channel in range(3):
+        image[..., channel][outline] = -1.0
+        image[..., channel][limb] = 1.0
+    y, x = _grid(size)
+    labels = np.zeros((size, size), np.uint8)
+    for joint, (jy, jx) in enumerate(joints.tolist(), start=1):
+        labels[(y - jy) ** 2 + (x - jx) ** 2 < radius**2] = joint
+    return image[None], scoring.labels_to_image(labels)[None]
+
+
+def _detection(rng, size, _frames):
+    """Find the circle: a scene without circles with one circle painted on top in, the same scene
+    with the circle's box out (`scoring.draw_box`: the box outline on the scene at lower contrast)."""
+    scene = draw_scene(rng)
+    circle = Shape(_CIRCLE, _draw_circle(rng), tuple(rng.uniform(-1.0, 1.0, 3).tolist()))
+    others = tuple(shape for shape in scene.shapes if shape.kind != _CIRCLE)
+    image, index = _render(dataclasses.replace(scene, shapes=(*others, circle)), size)
+    # Its centre lies in the image and its radius exceeds half a pixel's diagonal from 16 px on, so
+    # the circle always covers a pixel centre; on top, all of it is visible.
+    covered = index == len(others) + 1
+    rows, cols = np.flatnonzero(covered.any(1)), np.flatnonzero(covered.any(0))
+    box = (rows[0], cols[0], rows[-1], cols[-1])
+    return image[None], scoring.draw_box(image, box)[None]
+
+
+# --- Video tasks that play with time: which frames of one moving scene go in and come out.
+
+
+def _retimed(input_times, target_times):
+    """A task whose input (target) frames are the scene at times input_times(T) (target_times(T))."""
+
+    def make(rng, size, frames):
+        scene = _draw(rng, frames)
+        render = lambda times: _render_times(scene, size, times)
+        return render(input_times(frames)), render(target_times(frames))
+
+    return make
+
+
+# Makes that image and video tasks share.
+_SEMANTIC = _dense(_semantic)
+_DEPTH = _dense(_depth)
+_INPAINTING = _scene_frames(_restore(_cut_hole))
 
 TASKS: dict[str, Task] = {
-    "colorize": colorize,
-    "edges": edges,
-    "flip": flip,
-    "inpaint": inpaint,
-    "vflip": vflip,
-    "invert": invert,
-    "denoise": denoise,
+    task.name: task
+    for task in (
+        _task("semantic_segmentation", "segmentation", _SEMANTIC),
+        _task("panoptic_segmentation", "panoptic", _dense(_panoptic)),
+        _task("foreground_segmentation", "segmentation", _dense(_foreground)),
+        _task("depth", "depth", _DEPTH),
+        _task("surface_normals", "normals", _surface_normals),
+        _task("edges", "edges", _dense(_edges)),
+        _task("keypoints", "keypoints", _keypoints),
+        _task("detection", "boxes", _detection),
+        _task("colorization", "image", _scene_frames(_restore(_desaturate))),
+        _task("inpainting", "image", _INPAINTING),
+        _task("denoising", "image", _scene_frames(_restore(_add_noise))),
+        _task("deblurring", "image", _scene_frames(_restore(_blur))),
+        _task("deraining", "image", _scene_frames(_restore(_add_rain))),
+        _task("super_resolution", "image", _scene_frames(_restore(_pixelate))),
+        _task("low_light", "image", _scene_frames(_restore(_darken))),
+        _task("depth_to_image", "image", _swapped(_DEPTH)),
+        _task("segmentation_to_image", "image", _swapped(_SEMANTIC)),
+        _task("flip", "image", _scene_frames(lambda _rng, clip: (clip, clip[:, :, ::-1]))),
+        _task("vflip", "image", _scene_frames(lambda _rng, clip: (clip, clip[:, ::-1]))),
+        _task("invert", "image", _scene_frames(lambda _rng, clip: (clip, -clip))),
+        # Video tasks. Times are in frames; T is the number of input (and of target) frames.
+        _task(
+            "frame_prediction", "image", _retimed(lambda T: range(T), lambda T: range(T, 2 * T)), video=True
+        ),
+        # Forward prediction of the clip played backwards: input the times 2T-1 down to T, target
+        # T-1 down to 0, so input and target together play the clip in reverse.
+        _task(
+            "frame_prediction_backward",
+            "image",
+            _retimed(lambda T: range(2 * T - 1, T - 1, -1), lambda T: range(T - 1, -1, -1)),
+            video=True,
+        ),
+        # Input the even times 0, 2, ..., 2T-2, target the odd times between them, 1, 3, ..., 2T-1;
+        # T inputs have only T-1 gaps, so the last target lies half a step past the last input.
+        _task(
+            "frame_interpolation",
+            "image",
+            _retimed(lambda T: range(0, 2 * T, 2), lambda T: range(1, 2 * T, 2)),
+            video=True,
+        ),
+        _task("video_segmentation", "segmentation", _SEMANTIC, video=True),
+        _task("video_depth", "depth", _DEPTH, video=True),
+        _task("optical_flow", "flow", _dense(_flow), video=True),
+        _task("video_inpainting", "image", _INPAINTING, video=True),  # one hole for the whole clip
+    )
 }
-
-
-def num_pairs(seed: int, batch_index: int, max_pairs: int, cond_drop_prob: float) -> int:
-    """K for every episode of one global batch: 0 with probability cond_drop_prob (the
-    unconditional branch of classifier-free guidance), else uniform in [1, max_pairs]."""
-    rng = np.random.default_rng((seed, _NUM_PAIRS_STREAM, batch_index))
-    if rng.random() < cond_drop_prob:
-        return 0
-    return int(rng.integers(1, max_pairs + 1))
-
-
-class SyntheticEpisodes:
-    """Random-access episodes, a source for `grain.MapDataset.source`.
-
-    Example i has K = num_pairs(seed, i // global_batch_size, ...) pairs, so all examples of one
-    global batch stack into one array. It is a dict with `cond` float32[2K+1, H, W, 3] (frames
-    in_1, tgt_1, ..., in_K, tgt_K, query_in; [zeros, query_in] when K=0), `target` float32[1, H, W, 3] (the query's target)
-    and `task` int32[] (index into `task_names`).
-    """
-
-    def __init__(self, data_config, seed: int, global_batch_size: int):
-        self.task_names = tuple(data_config.tasks)
-        known = ", ".join(TASKS)
-        if not self.task_names:
-            raise ValueError(f"config.data.tasks is empty; known tasks: {known}.")
-        unknown = [name for name in self.task_names if name not in TASKS]
-        if unknown:
-            raise ValueError(
-                f"config.data.tasks has unknown task(s) {', '.join(map(repr, unknown))}; "
-                f"known tasks: {known}."
-            )
-        self._tasks = tuple(TASKS[name] for name in self.task_names)
-        self._image_size = int(data_config.image_size)
-        self._max_pairs = int(data_config.max_pairs)
-        self._cond_drop_prob = float(data_config.cond_drop_prob)
-        self._seed = int(seed)
-        self._global_batch_size = int(global_batch_size)
-
-    def __len__(self) -> int:
-        return NUM_EXAMPLES
-
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        k = num_pairs(
-            self._seed, index // self._global_batch_size, self._max_pairs, self._cond_drop_prob
-        )
-        return self.episode(index, k)
-
-    def episode(self, index: int, num_pairs: int) -> dict[str, np.ndarray]:
-        """Example `index` with an explicit number of pairs; its task and query do not depend on
-        num_pairs, so episodes with and without context can be compared (CFG, evaluation)."""
-        if num_pairs < 0:
-            raise ValueError(f"num_pairs={num_pairs} must be non-negative.")
-        rng = np.random.default_rng((self._seed, _EPISODE_STREAM, int(index)))
-        task_index = int(rng.integers(len(self._tasks)))
-        task = self._tasks[task_index]
-        query_input, query_target = task(base_image(rng, self._image_size), rng)
-        frames = []
-        for _ in range(num_pairs):
-            frames.extend(task(base_image(rng, self._image_size), rng))
-        if not frames:
-            # Dropped context looks as it does to guidance at inference (`flow.unconditional`):
-            # one zero frame in place of the pairs, then the query.
-            frames.append(np.zeros_like(query_input))
-        frames.append(query_input)
-        return {
-            "cond": np.stack(frames),
-            "target": query_target[None],
-            "task": np.array(task_index, np.int32),
-        }
 
 
 def check_clip_frames(name: str, frames: int) -> None:

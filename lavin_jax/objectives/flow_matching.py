@@ -1,8 +1,10 @@
 """J-DiT's objective: in-context flow matching on episodes (`lavin_jax.flow` has the math).
 
-A batch is {"cond": [in_1, tgt_1, ..., in_K, tgt_K, query], "target": [answer], "task"}; the model
-learns the velocity of the noisy answer given the clean condition frames. Evaluation draws the
-answers of fixed held-out episodes with guidance and shows them as a grid.
+A batch is {"cond": [in_1, tgt_1, ..., in_K, tgt_K, query], "target": [answer], "task"}, each item
+T frames (1 for image tasks, `data.video_frames` for video tasks); the model learns the velocity
+of the noisy answer given the clean condition frames. In latent space each item is encoded as one
+ST-VAE clip. Evaluation draws the answers of fixed held-out episodes with guidance and shows them
+as grids.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lavin_jax import flow, latents, metrics, models, parallel
 from lavin_jax.config import require
-from lavin_jax.data import synthetic
+from lavin_jax.data import episodes, synthetic
 from lavin_jax.objectives import Objective
 
 
@@ -58,6 +60,13 @@ class FlowMatching(Objective):
         if d.source == "latents":
             require(v.name == "stvae", "config.data.source='latents' needs config.vae.name='stvae' and its config.vae.checkpoint.")
             require(bool(d.latent_dir), "config.data.source='latents' needs config.data.latent_dir, a cache written by --mode=latent_cache.")
+        require(
+            not d.tasks or (d.image_size >= 16 and d.image_size % 4 == 0),
+            f"config.data.image_size={d.image_size}: the synthetic tasks render frames whose side is a multiple of 4, at least 16.",
+        )
+        require(d.video_frames >= 2, f"config.data.video_frames={d.video_frames} must be at least 2.")
+        if v.name == "stvae":
+            synthetic.check_clip_frames("config.data.video_frames", int(d.video_frames))
         require(d.max_pairs >= 1, f"config.data.max_pairs={d.max_pairs} must be at least 1.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
         require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
@@ -100,21 +109,28 @@ class FlowMatching(Objective):
         check_source(self.config.data.source)
         if self.config.data.source == "latents":
             return latents.LatentEpisodes(self.config)
-        return synthetic.SyntheticEpisodes(self.config.data, seed, self.config.global_batch_size)
+        return episodes.Episodes(self.config.data, seed, self.config.global_batch_size)
 
     def constants(self) -> dict:
         if self.config.vae.name == "stvae":  # pixels are encoded (step, sampler), samples decoded.
             return {"vae": self.autoencoder.params}
         return {}
 
-    def encoded(self, batch: dict, constants: dict) -> dict:
-        """A batch of pixel frames with its `cond` (and `target`, if any) as ST-VAE latents."""
-        encode = lambda frames: self.autoencoder.encode_frames(constants["vae"], frames)
+    def encoded(self, batch: dict, constants: dict, frames: int) -> dict:
+        """A batch of pixel items of `frames` frames with its `cond` (and `target`, if any) as
+        ST-VAE latents, each item encoded as one clip."""
+        encode = lambda x: self.autoencoder.encode_frames(constants["vae"], x, frames)
         return {**batch, **{name: encode(batch[name]) for name in ("cond", "target") if name in batch}}
+
+    def model_frames(self, frames: int) -> int:
+        """How many frames the model sees for an item of `frames` pixel frames."""
+        if self.config.vae.name == "none":
+            return frames
+        return (frames - 1) // self.autoencoder.time_factor + 1
 
     def grads(self, graphdefs, params, constants, batch, key, phase):
         if self.config.vae.name == "stvae" and self.config.data.source == "synthetic":
-            batch = self.encoded(batch, constants)  # a latent cache's batches are latents already.
+            batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
         loss_fn = lambda p: flow.loss(nnx.merge(graphdefs["model"], p), batch, key, self.config.flow)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
         return {"model": grads}, {"loss": loss, **aux}
@@ -128,40 +144,50 @@ class FlowMatching(Objective):
         cond = jax.ShapeDtypeStruct((1, 2 * self.config.data.max_pairs + 1, *frame), jnp.float32)
         return x, t, {"cond": cond}
 
-    def episodes(self) -> dict[str, np.ndarray]:
-        """The fixed episodes every sample grid shows: held out by seed, with sample.num_pairs pairs."""
+    def episodes(self) -> dict[bool, dict[str, np.ndarray]]:
+        """The fixed episodes the sample grids show, held out by seed, with sample.num_pairs pairs:
+        {video: episodes} for image tasks and, if the mixture has any, video tasks."""
         c = self.config
-        source = synthetic.SyntheticEpisodes(c.data, c.seed + 1, c.global_batch_size)
+        source = episodes.Episodes(c.data, c.seed + 1, c.global_batch_size)
         pairs = c.sample.num_pairs or c.data.max_pairs
-        episodes = [source.episode(i, pairs) for i in range(c.sample.num_examples)]
-        return {name: np.stack([e[name] for e in episodes]) for name in ("cond", "target")}
+        shown = {}
+        for video in sorted({component.video for component in source.components}):
+            drawn = [source.episode(i, pairs, video) for i in range(c.sample.num_examples)]
+            shown[video] = {name: np.stack([e[name] for e in drawn]) for name in ("cond", "target")}
+        return shown
 
     def sampler(self, graphdef, mesh: Mesh):
-        """Jitted (params, constants, context, key) -> predicted target pixels, with the config's
-        guidance scale; `context` holds pixel frames, encoded and decoded here in latent space."""
+        """Jitted (params, constants, context, key, frames) -> predicted target pixels, with the
+        config's guidance scale, for items of `frames` (static) pixel frames; `context` holds pixel
+        frames, encoded and decoded here in latent space."""
         c = self.config
         size, channels = frame_shape(c)
 
-        def sample(params, constants, context, key):
+        def sample(params, constants, context, key, frames):
             with parallel.activation_sharding(mesh, c.mesh.rules):
                 model = nnx.merge(graphdef, params)
                 if c.vae.name == "stvae":
-                    context = self.encoded(context, constants)
-                shape = (context["cond"].shape[0], 1, size, size, channels)
+                    context = self.encoded(context, constants, frames)
+                shape = (context["cond"].shape[0], self.model_frames(frames), size, size, channels)
                 prediction = flow.sample(model, context, key, shape, c.flow)
                 if c.vae.name == "stvae":
-                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction)
+                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
                 return prediction
 
         # Replicated, so every host can read the whole prediction.
-        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()))
+        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()), static_argnums=4)
 
     def evaluate(self, graphdefs, params, constants, mesh):
         if not hasattr(self, "_sample"):  # built once per run: the episodes and the compiled sampler.
             self._episodes = self.episodes()
-            self._context = {"cond": parallel.replicate(self._episodes["cond"], mesh)}
+            self._contexts = {video: {"cond": parallel.replicate(e["cond"], mesh)} for video, e in self._episodes.items()}
             self._sample = self.sampler(graphdefs["model"], mesh)
-        prediction = jax.device_get(self._sample(params, constants, self._context, jax.random.key(self.config.seed + 2)))
-        cond, target = self._episodes["cond"], self._episodes["target"]
-        scale = max(1, 128 // target.shape[2])  # small frames are enlarged to be seen.
-        return {"samples": metrics.episode_grid(cond, prediction, target, scale=scale)}, {}
+        grids = {}
+        for video, shown in self._episodes.items():
+            frames = shown["target"].shape[1]
+            key = jax.random.key(self.config.seed + 2)
+            prediction = jax.device_get(self._sample(params, constants, self._contexts[video], key, frames))
+            scale = max(1, 128 // shown["target"].shape[2])  # small frames are enlarged to be seen.
+            grid = metrics.episode_grid(shown["cond"], prediction, shown["target"], scale=scale)
+            grids["samples_video" if video else "samples"] = grid
+        return grids, {}

@@ -7,7 +7,7 @@ import pytest
 
 from lavin_jax import config as config_lib
 from lavin_jax.data import pipeline
-from lavin_jax.data.synthetic import SyntheticEpisodes
+from lavin_jax.data.episodes import Episodes
 
 TINY = pathlib.Path(__file__).parents[2] / "configs" / "tiny.py"
 GLOBAL_BATCH = 8
@@ -38,17 +38,23 @@ def assert_batches_equal(left, right):
 
 
 def test_batches_have_the_documented_layout():
-    for batch in take(pipeline.make_iterator(make_config()), 4):
-        k = (batch["cond"].shape[1] - 1) // 2
-        assert batch["cond"].shape == (GLOBAL_BATCH, 2 * k + 1, SIZE, SIZE, 3)
-        assert batch["target"].shape == (GLOBAL_BATCH, 1, SIZE, SIZE, 3)
+    config = make_config(**{"data.tasks": ("flip", "frame_prediction"), "data.video_frames": 3})
+    frames = set()
+    for batch in take(pipeline.make_iterator(config), 8):
+        t = batch["target"].shape[1]
+        frames.add(t)
+        k = (batch["cond"].shape[1] // t - 1) // 2
+        assert batch["cond"].shape == (GLOBAL_BATCH, (2 * k + 1 if k else 2) * t, SIZE, SIZE, 3)
+        assert batch["target"].shape == (GLOBAL_BATCH, t, SIZE, SIZE, 3)
         assert batch["cond"].dtype == batch["target"].dtype == np.float32
-        assert batch["task"].shape == (GLOBAL_BATCH,) and batch["task"].dtype == np.int32
+        for name in ("task", "skipped"):
+            assert batch[name].shape == (GLOBAL_BATCH,) and batch[name].dtype == np.int32
+    assert frames == {1, 3}
 
 
 def test_batch_s_is_global_examples_s_times_g_onwards():
     config = make_config()
-    episodes = SyntheticEpisodes(config.data, config.seed, GLOBAL_BATCH)
+    episodes = Episodes(config.data, config.seed, GLOBAL_BATCH)
     for step, batch in enumerate(take(pipeline.make_iterator(config), 3)):
         for row in range(GLOBAL_BATCH):
             example = episodes[step * GLOBAL_BATCH + row]
@@ -88,6 +94,18 @@ def test_iterator_state_round_trip():
     resumed.set_state(state)
     assert_batches_equal(take(resumed, 2), expected)
     assert_batches_equal(take(pipeline.make_iterator(config, 1, 2), 5)[3:], expected)
+
+
+def test_worker_processes_deliver_the_same_batches_and_resume():
+    config = make_config(**{"data.num_threads": 1})
+    expected = take(pipeline.make_iterator(config), 4)
+    with_workers = make_config(**{"data.num_threads": 1, "data.num_workers": 2})
+    iterator = pipeline.make_iterator(with_workers)
+    assert_batches_equal(take(iterator, 2), expected[:2])
+    state = json.loads(json.dumps(iterator.get_state()))
+    resumed = pipeline.make_iterator(with_workers)
+    resumed.set_state(state)
+    assert_batches_equal(take(resumed, 2), expected[2:])
 
 
 def test_seed_changes_the_data():

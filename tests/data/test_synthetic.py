@@ -1,21 +1,10 @@
 import numpy as np
 import pytest
 
-from lavin_jax import config as config_lib
-from lavin_jax.data import synthetic
+from lavin_jax.data import scoring, synthetic
+from conftest import data_config
 
 SIZE = 16
-
-
-def make_data_config(**fields):
-    c = config_lib.base()
-    c.data.image_size = SIZE
-    c.data.max_pairs = 3
-    c.data.cond_drop_prob = 0.25
-    c.data.tasks = tuple(synthetic.TASKS)
-    for key, value in fields.items():
-        c.data[key] = value
-    return c.data
 
 
 def make_image(seed=0):
@@ -36,167 +25,358 @@ def test_base_image_works_at_any_size(size):
     assert image.shape == (size, size, 3) and image.dtype == np.float32
 
 
+# ---------------------------------------------------------------------------------------------
+# Tasks
+
+TASK_SIZE = 32
+VIDEO_FRAMES = 3
+IMAGE_TASKS = (
+    "semantic_segmentation", "panoptic_segmentation", "foreground_segmentation", "depth",
+    "surface_normals", "edges", "keypoints", "detection", "colorization", "inpainting", "denoising",
+    "deblurring", "deraining", "super_resolution", "low_light", "depth_to_image",
+    "segmentation_to_image", "flip", "vflip", "invert",
+)
+VIDEO_TASKS = (
+    "frame_prediction", "frame_prediction_backward", "frame_interpolation", "video_segmentation",
+    "video_depth", "optical_flow", "video_inpainting",
+)
+# Each metric's values on a perfect prediction, and +1 where higher is better, -1 where lower is.
+PERFECT = {
+    "image": {"psnr": (100.0, 1), "ssim": (1.0, 1)},
+    "segmentation": {"miou": (1.0, 1)},
+    "panoptic": {"pq": (1.0, 1)},
+    "depth": {"absrel": (0.0, -1), "delta1": (1.0, 1)},
+    "normals": {"mean_angle": (0.0, -1), "within_11_25": (1.0, 1)},
+    "edges": {"f1": (1.0, 1)},
+    "keypoints": {"pck": (1.0, 1)},
+    "boxes": {"box_iou": (1.0, 1)},
+    "flow": {"epe": (0.0, -1)},
+}
+
+
+def make_pair(name, seed=0, size=TASK_SIZE, frames=VIDEO_FRAMES):
+    task = synthetic.TASKS[name]
+    return task.make(np.random.default_rng(seed), size, frames if task.video else 1)
+
+
+def test_the_suite_has_its_tasks_in_a_stable_order():
+    assert tuple(synthetic.TASKS) == IMAGE_TASKS + VIDEO_TASKS
+    for name, task in synthetic.TASKS.items():
+        assert task.name == name and task.video == (name in VIDEO_TASKS)
+        assert task.metric in scoring.METRICS and set(PERFECT) == set(scoring.METRICS)
+
+
 @pytest.mark.parametrize("name", list(synthetic.TASKS))
-def test_every_task_returns_valid_images(name):
-    for seed in range(4):
-        task_input, target = synthetic.TASKS[name](make_image(seed), np.random.default_rng(seed))
-        for frame in (task_input, target):
-            assert frame.shape == (SIZE, SIZE, 3) and frame.dtype == np.float32
+def test_every_task_makes_deterministic_pairs_in_range(name):
+    frames = VIDEO_FRAMES if synthetic.TASKS[name].video else 1
+    for seed in range(3):
+        pair = make_pair(name, seed)
+        for frame in pair:
+            assert frame.shape == (frames, TASK_SIZE, TASK_SIZE, 3) and frame.dtype == np.float32
             assert frame.min() >= -1.0 and frame.max() <= 1.0
-        assert not np.array_equal(task_input, target)
+        assert not np.array_equal(*pair)
+        for frame, again in zip(pair, make_pair(name, seed)):
+            np.testing.assert_array_equal(frame, again)
+    # One generator, two calls (as an episode makes its pairs): two different pairs.
+    rng = np.random.default_rng(0)
+    first, second = (synthetic.TASKS[name].make(rng, TASK_SIZE, frames) for _ in range(2))
+    assert not np.array_equal(first[1], second[1])
 
 
-def test_colorize_input_is_gray_and_target_is_the_image():
-    image = make_image()
-    task_input, target = synthetic.colorize(image, np.random.default_rng(0))
-    np.testing.assert_array_equal(task_input[..., 0], task_input[..., 1])
-    np.testing.assert_array_equal(task_input[..., 0], task_input[..., 2])
-    np.testing.assert_array_equal(target, image)
+@pytest.mark.parametrize("name", list(synthetic.TASKS))
+def test_a_perfect_prediction_scores_perfectly_and_baselines_clearly_worse(name):
+    task = synthetic.TASKS[name]
+    inputs, targets = map(np.stack, zip(*(make_pair(name, seed) for seed in range(3))))
+    score = scoring.METRICS[task.metric]
+    perfect = score(targets, targets)
+    assert set(perfect) == set(PERFECT[task.metric])
+    for key, (value, _) in PERFECT[task.metric].items():
+        assert perfect[key] == pytest.approx(value, abs=1e-4), key
+    # The primary (first) value, with a margin: 10 dB of PSNR, 0.05 of a share, 5 degrees, ...
+    key, (value, better) = next(iter(PERFECT[task.metric].items()))
+    margin = {"psnr": 10.0, "mean_angle": 5.0}.get(key, 0.05)
+    for baseline in (inputs, np.zeros_like(targets)):
+        assert better * (value - score(baseline, targets)[key]) > margin
+
+
+@pytest.mark.parametrize("name, frames", [("depth", 2), ("optical_flow", 1), ("frame_prediction", 0)])
+def test_tasks_refuse_a_wrong_frame_count(name, frames):
+    with pytest.raises(ValueError, match=rf"frames={frames} .*task '{name}'"):
+        synthetic.TASKS[name].make(np.random.default_rng(0), TASK_SIZE, frames)
+
+
+@pytest.mark.parametrize("size", [8, 18])
+def test_tasks_refuse_a_size_that_is_not_a_multiple_of_4_from_16(size):
+    message = rf"size={size} must be a multiple of 4 of at least 16 \(task 'edges'\)"
+    with pytest.raises(ValueError, match=message):
+        synthetic.TASKS["edges"].make(np.random.default_rng(0), size, 1)
+
+
+def visible(scene, size, t):
+    """The ground truth of a layered scene, from each shape's mask alone: per pixel, the index in
+    scene.shapes of the nearest shape covering it (-1: none) and its depth, nearer meaning lower
+    in the image (its centre of mass), the background at the maximum depth."""
+    y, x = synthetic._grid(size)
+    masks = np.stack([synthetic._shape_mask(shape, y, x, float(t)) for shape in scene.shapes])
+    centres = [y[mask].mean() if mask.any() else 0.0 for mask in masks]
+    depths = np.array([synthetic._FAR - (synthetic._FAR - synthetic._NEAR) * c for c in centres])
+    masked = np.where(masks, depths[:, None, None], np.inf)
+    shape = np.where(masks.any(0), masked.argmin(0), -1)
+    depth = np.where(shape >= 0, masked.min(0), synthetic._MAX_DEPTH)
+    return shape, depth
+
+
+def video_scene(name, seed):
+    return synthetic.draw_scene(np.random.default_rng(seed), moving=synthetic.TASKS[name].video)
+
+
+@pytest.mark.parametrize("name", ["depth", "video_depth"])
+def test_depth_shows_the_nearest_shape_at_every_pixel(name):
+    for seed in range(4):
+        scene = video_scene(name, seed)
+        task_input, target = make_pair(name, seed)
+        for t, (image, depth_image) in enumerate(zip(task_input, target)):
+            shape, depth = visible(scene, TASK_SIZE, t)
+            colours = np.array([s.colour for s in scene.shapes], np.float32)
+            covered = shape >= 0
+            np.testing.assert_array_equal(image[covered], np.clip(colours[shape[covered]], -1, 1))
+            decoded = scoring.image_to_depth(depth_image, synthetic._MAX_DEPTH)
+            np.testing.assert_allclose(decoded, depth, rtol=1e-5)
+            assert (depth[covered] < synthetic._MAX_DEPTH).all()  # the background is farthest
+
+
+def test_segmentations_decode_to_the_visible_shapes_kinds_and_instances():
+    for seed in range(4):
+        scene = video_scene("semantic_segmentation", seed)
+        shape, _ = visible(scene, TASK_SIZE, 0)
+        kinds = np.array([0] + [s.kind + 1 for s in scene.shapes])[shape + 1]
+        semantic = scoring.image_to_labels(make_pair("semantic_segmentation", seed)[1][0])
+        np.testing.assert_array_equal(semantic, kinds)
+        foreground = scoring.image_to_labels(make_pair("foreground_segmentation", seed)[1][0])
+        np.testing.assert_array_equal(foreground, shape >= 0)
+        panoptic = scoring.image_to_labels(make_pair("panoptic_segmentation", seed)[1][0])
+        np.testing.assert_array_equal(panoptic % scoring.PANOPTIC_CLASSES, kinds)
+        # One segment per visible shape: the same label over it, and a label no other shape has.
+        segment_of = {i: np.unique(panoptic[shape == i]) for i in np.unique(shape[shape >= 0])}
+        assert all(len(labels) == 1 for labels in segment_of.values())
+        assert len({int(labels[0]) for labels in segment_of.values()}) == len(segment_of)
+
+
+def test_video_variants_of_dense_tasks_start_with_their_image_task():
+    for image_name, video_name in [("semantic_segmentation", "video_segmentation"), ("depth", "video_depth")]:
+        for still, moving in zip(make_pair(image_name, 5), make_pair(video_name, 5)):
+            np.testing.assert_array_equal(still[0], moving[0])
+
+
+def test_edges_are_exactly_the_boundaries_of_the_visible_shapes():
+    for seed in range(4):
+        shape, _ = visible(video_scene("edges", seed), TASK_SIZE, 0)
+        padded = np.pad(shape, 1, mode="edge")
+        neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        boundary = np.any([neighbour != shape for neighbour in neighbours], axis=0)
+        target = make_pair("edges", seed)[1][0]
+        assert set(np.unique(target)) == {-1.0, 1.0}
+        np.testing.assert_array_equal(target[..., 0] > 0, boundary)
+        np.testing.assert_array_equal(target[..., 0], target[..., 2])
+
+
+def test_surface_normals_are_the_unit_normals_of_the_height_field():
+    eps = 1e-4
+    for seed in range(4):
+        bumps = synthetic._draw_bumps(np.random.default_rng(seed))
+
+        def height(y, x):
+            return sum(a * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * s**2)) for cy, cx, s, a in bumps)
+
+        y, x = (c.astype(np.float64) for c in synthetic._grid(TASK_SIZE))
+        dh_dx = (height(y, x + eps) - height(y, x - eps)) / (2 * eps)
+        dh_dy = (height(y + eps, x) - height(y - eps, x)) / (2 * eps)
+        expected = np.stack([-dh_dx, -dh_dy, np.ones_like(dh_dx)], axis=-1)
+        expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
+        shading, normals = (frame[0] for frame in make_pair("surface_normals", seed))
+        np.testing.assert_allclose(np.linalg.norm(normals, axis=-1), 1.0, atol=1e-5)
+        np.testing.assert_allclose(normals, expected, atol=1e-4)
+        # The input is a Lambertian shading of these normals: per channel, a constant albedo times
+        # ambient plus diffuse light.
+        lit = 0.25 + 0.75 * np.clip(normals @ np.array(synthetic._LIGHT), 0.0, 1.0)
+        albedo = (shading + 1.0) / lit[..., None]
+        np.testing.assert_allclose(albedo, np.broadcast_to(albedo[:1, :1], albedo.shape), rtol=1e-4)
+
+
+def window(shape, y, x, t):
+    """Where a shape's pattern can show: a stripes shape's moving window (its stripes scroll
+    through it), everywhere for the other kinds."""
+    if shape.kind != synthetic._STRIPES:
+        return np.ones(y.shape, bool)
+    dy, dx = shape.velocity[0] * t, shape.velocity[1] * t
+    return synthetic._rectangle_mask(shape.geometry[2:], y, x, dy, dx, 0.0)
+
+
+def test_optical_flow_moves_each_shape_onto_itself_in_the_next_frame():
+    size, frames = 64, 3
+    y, x = (c.astype(np.float64) for c in synthetic._grid(size))
+    missed_standing_still = 0
+    for seed in range(4):
+        scene = video_scene("optical_flow", seed)
+        flow = scoring.image_to_flow(make_pair("optical_flow", seed, size, frames)[1])
+        for t in range(frames):  # the last frame's flow too: towards the frame after the clip
+            shape, _ = visible(scene, size, t)
+            np.testing.assert_allclose(flow[t][shape < 0], 0.0, atol=1e-5)
+            for i in np.unique(shape[shape >= 0]):
+                shown = flow[t][shape == i]
+                np.testing.assert_allclose(shown, np.broadcast_to(shown[0], shown.shape), atol=1e-5)
+                u, v = shown[0]
+                s = scene.shapes[i]
+                before = synthetic._shape_mask(s, y, x, float(t))
+                after = synthetic._shape_mask(s, y + v / size, x + u / size, float(t + 1))
+                staying = synthetic._shape_mask(s, y, x, float(t + 1))
+                # Stripes pass in and out of their window's edges; away from them, and for the
+                # other kinds everywhere, the shape lands exactly on itself (up to a pixel on a
+                # rounding boundary), where standing still is far off.
+                kept = window(s, y, x, t) & window(s, y + v / size, x + u / size, t + 1)
+                assert (after != before)[kept].sum() <= 1
+                missed_standing_still += (staying != before).sum()
+    assert missed_standing_still > 100
 
 
 @pytest.mark.parametrize(
-    "name, expected",
-    [("flip", lambda x: x[:, ::-1]), ("vflip", lambda x: x[::-1]), ("invert", np.negative)],
+    "name, input_times, target_times",
+    [
+        ("frame_prediction", [0, 1, 2], [3, 4, 5]),
+        ("frame_prediction_backward", [5, 4, 3], [2, 1, 0]),
+        ("frame_interpolation", [0, 2, 4], [1, 3, 5]),
+    ],
+)
+def test_video_timing_tasks_render_the_scene_at_their_times(name, input_times, target_times):
+    for seed in range(3):
+        scene = video_scene(name, seed)
+        for frames, times in zip(make_pair(name, seed), (input_times, target_times)):
+            for frame, t in zip(frames, times, strict=True):
+                np.testing.assert_array_equal(frame, synthetic.render_scene(scene, TASK_SIZE, t))
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("flip", lambda x: x[:, ::-1]), ("vflip", lambda x: x[::-1]), ("invert", np.negative)]
 )
 def test_geometric_and_invert_targets(name, expected):
-    image = np.random.default_rng(0).uniform(-1, 1, (SIZE, SIZE, 3)).astype(np.float32)
-    task_input, target = synthetic.TASKS[name](image, np.random.default_rng(0))
-    np.testing.assert_array_equal(task_input, image)
-    np.testing.assert_array_equal(target, expected(image))
+    task_input, target = make_pair(name)
+    np.testing.assert_array_equal(task_input[0], synthetic.base_image(np.random.default_rng(0), TASK_SIZE))
+    np.testing.assert_array_equal(target[0], expected(task_input[0]))
 
 
-def test_edges_marks_only_the_boundary_of_a_two_colour_image():
-    image = np.full((SIZE, SIZE, 3), -1.0, np.float32)
-    image[:, SIZE // 2 :] = 1.0
-    _, target = synthetic.edges(image, np.random.default_rng(0))
-    bright = target[..., 0] > 0
-    np.testing.assert_array_equal(target[..., 0], target[..., 1])
-    assert set(np.unique(target)) == {-1.0, 1.0}
-    assert bright[:, SIZE // 2 - 1 : SIZE // 2 + 1].all()
-    assert bright.sum() == 2 * SIZE  # the two columns either side of the step, nothing else
+RESTORATIONS = [
+    "colorization", "inpainting", "denoising", "deblurring", "deraining", "super_resolution", "low_light",
+    "video_inpainting",
+]
 
 
-def test_edges_of_a_scene_are_sparse_but_present():
-    for seed in range(4):
-        _, target = synthetic.edges(make_image(seed), np.random.default_rng(0))
-        bright_share = (target[..., 0] > 0).mean()
-        assert 0.0 < bright_share < 0.6
+@pytest.mark.parametrize("name", RESTORATIONS)
+def test_restorations_restore_the_rendered_scene(name):
+    times = range(VIDEO_FRAMES if synthetic.TASKS[name].video else 1)
+    for seed in range(3):
+        clean = synthetic._render_times(video_scene(name, seed), TASK_SIZE, times)
+        np.testing.assert_array_equal(make_pair(name, seed)[1], clean)
 
 
-def test_inpaint_changes_only_a_constant_box():
-    image = np.random.default_rng(0).uniform(0.1, 1.0, (SIZE, SIZE, 3)).astype(np.float32)
+def test_colorization_input_is_the_gray_luma_of_the_target():
+    task_input, target = make_pair("colorization")
+    for channel in range(3):
+        np.testing.assert_allclose(task_input[..., channel], target @ synthetic._LUMA, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["inpainting", "video_inpainting"])
+def test_inpainting_fills_one_box_with_a_constant_in_every_frame(name):
     for seed in range(5):
-        task_input, target = synthetic.inpaint(image, np.random.default_rng(seed))
-        np.testing.assert_array_equal(target, image)
-        changed = (task_input != image).any(axis=-1)
-        rows, cols = changed.any(axis=1), changed.any(axis=0)
-        assert changed.any()
-        np.testing.assert_array_equal(changed, np.outer(rows, cols))
-        assert len(np.unique(task_input[changed])) == 1
+        task_input, target = make_pair(name, seed)
+        changed = task_input != target
+        hole = (task_input == 0.0).all(axis=(0, -1))
+        rows, cols = hole.any(axis=1), hole.any(axis=0)
+        np.testing.assert_array_equal(hole, np.outer(rows, cols))
+        for extent in (rows.sum(), cols.sum()):
+            assert TASK_SIZE // 4 <= extent <= TASK_SIZE // 2
+        assert not changed[:, ~hole].any()
 
 
-def test_denoise_input_is_noisy_target_is_clean():
-    image = make_image()
-    task_input, target = synthetic.denoise(image, np.random.default_rng(0))
-    np.testing.assert_array_equal(target, image)
-    assert np.abs(task_input - image).mean() > 0.05
+def test_denoising_and_low_light_inputs_are_noisy_and_dark():
+    noisy, clean = make_pair("denoising")
+    assert 0.05 < np.abs(noisy - clean).mean() < 0.4
+    dark, clean = make_pair("low_light")
+    assert (dark + 1).mean() < 0.4 * (clean + 1).mean()
 
 
-def test_episodes_are_deterministic():
-    episodes = synthetic.SyntheticEpisodes(make_data_config(), seed=3, global_batch_size=4)
-    same = synthetic.SyntheticEpisodes(make_data_config(), seed=3, global_batch_size=4)
-    other_seed = synthetic.SyntheticEpisodes(make_data_config(), seed=4, global_batch_size=4)
-    first, again = episodes.episode(10, 2), same.episode(10, 2)
-    for key in first:
-        np.testing.assert_array_equal(first[key], again[key])
-    assert not np.array_equal(first["cond"], episodes.episode(11, 2)["cond"])
-    assert not np.array_equal(first["cond"], other_seed.episode(10, 2)["cond"])
+def gradient_energy(frames):
+    return (np.diff(frames, axis=1) ** 2).sum() + (np.diff(frames, axis=2) ** 2).sum()
 
 
-@pytest.mark.parametrize("k", [0, 1, 3])
-def test_episode_layout(k):
-    episodes = synthetic.SyntheticEpisodes(make_data_config(), seed=0, global_batch_size=4)
-    example = episodes.episode(5, k)
-    assert example["cond"].shape == (2 * k + 1 if k else 2, SIZE, SIZE, 3)
-    if not k:  # dropped context: a zero frame where the pairs were, as guidance samples it.
-        np.testing.assert_array_equal(example["cond"][0], 0.0)
-    assert example["target"].shape == (1, SIZE, SIZE, 3)
-    assert example["cond"].dtype == example["target"].dtype == np.float32
-    assert example["task"].shape == () and example["task"].dtype == np.int32
-    assert 0 <= example["task"] < len(synthetic.TASKS)
-    for frames in (example["cond"], example["target"]):
-        assert frames.min() >= -1.0 and frames.max() <= 1.0
+def test_deblurring_input_is_a_smoothed_target():
+    for seed in range(3):
+        blurred, sharp = make_pair("deblurring", seed, size=64)
+        assert gradient_energy(blurred) < 0.7 * gradient_energy(sharp)
+        np.testing.assert_allclose(blurred.mean(), sharp.mean(), atol=0.02)
 
 
-def test_task_and_query_do_not_depend_on_num_pairs():
-    episodes = synthetic.SyntheticEpisodes(make_data_config(), seed=0, global_batch_size=4)
-    without, with_pairs = episodes.episode(7, 0), episodes.episode(7, 3)
-    assert without["task"] == with_pairs["task"]
-    np.testing.assert_array_equal(without["cond"][-1], with_pairs["cond"][-1])
-    np.testing.assert_array_equal(without["target"], with_pairs["target"])
+def test_rain_only_brightens_along_sparse_streaks():
+    for seed in range(3):
+        rainy, clean = make_pair("deraining", seed, size=64)
+        assert (rainy >= clean).all()
+        assert 0.0 < (rainy != clean).any(-1).mean() < 0.3
 
 
-def test_all_pairs_of_an_episode_share_its_task():
-    relations = {"flip": lambda x: x[:, ::-1], "invert": np.negative}
-    episodes = synthetic.SyntheticEpisodes(
-        make_data_config(tasks=tuple(relations)), seed=0, global_batch_size=4
-    )
-    seen = set()
-    for index in range(12):
-        example = episodes.episode(index, 3)
-        name = episodes.task_names[example["task"]]
-        seen.add(name)
-        inputs = example["cond"][0::2]
-        targets = np.concatenate([example["cond"][1::2], example["target"]])
-        for task_input, target in zip(inputs, targets):
-            np.testing.assert_array_equal(target, relations[name](task_input))
-    assert seen == set(relations)
+def test_super_resolution_input_holds_the_target_block_means():
+    factors = set()
+    for seed in range(6):
+        low, high = make_pair("super_resolution", seed)
+        for factor in (4, 2):
+            side = TASK_SIZE // factor
+            blocks = lambda frames: frames.reshape(1, side, factor, side, factor, 3)
+            if np.allclose(blocks(low), blocks(high).mean((2, 4), keepdims=True), atol=1e-6):
+                factors.add(factor)
+                break
+        else:
+            pytest.fail(f"seed {seed}: the input is not the target's 2x2 or 4x4 block means")
+    assert factors == {2, 4}
 
 
-def test_every_configured_task_is_drawn():
-    episodes = synthetic.SyntheticEpisodes(make_data_config(), seed=0, global_batch_size=4)
-    tasks = {int(episodes.episode(index, 0)["task"]) for index in range(100)}
-    assert tasks == set(range(len(synthetic.TASKS)))
+def test_inverse_tasks_swap_their_forward_pair():
+    for inverse, forward in [("depth_to_image", "depth"), ("segmentation_to_image", "semantic_segmentation")]:
+        swapped = make_pair(inverse, 4)
+        for a, b in zip(swapped, make_pair(forward, 4)[::-1]):
+            np.testing.assert_array_equal(a, b)
 
 
-def test_num_pairs_is_shared_by_a_global_batch():
-    batch_size = 4
-    episodes = synthetic.SyntheticEpisodes(make_data_config(), seed=0, global_batch_size=batch_size)
-    counts = set()
-    for batch_index in range(12):
-        k = synthetic.num_pairs(0, batch_index, 3, 0.25)
-        counts.add(k)
-        for index in range(batch_index * batch_size, (batch_index + 1) * batch_size):
-            example = episodes[index]
-            assert example["cond"].shape[0] == (2 * k + 1 if k else 2)
-            np.testing.assert_array_equal(example["cond"], episodes.episode(index, k)["cond"])
-    assert len(counts) >= 3
+def test_keypoints_mark_the_figures_joints():
+    size = 64
+    for seed in range(4):
+        figure, target = (frame[0] for frame in make_pair("keypoints", seed, size))
+        labels = scoring.image_to_labels(target)
+        np.testing.assert_array_equal(np.unique(labels), np.arange(len(synthetic._JOINTS) + 1))
+        joints = range(1, len(synthetic._JOINTS) + 1)
+        centres = np.array([np.argwhere(labels == joint).mean(0) for joint in joints])
+        # Every joint lies on a (white) limb of the figure drawn into the input ...
+        for row, col in np.round(centres).astype(int):
+            np.testing.assert_array_equal(figure[row, col], 1.0)
+        # ... which covers only a part of the scene, and left is the image's left.
+        scene = synthetic.base_image(np.random.default_rng(seed), size)
+        assert 0.0 < (figure != scene).any(-1).mean() < 0.3
+        left_hand, right_hand, left_foot, right_foot = centres[3:, 1]
+        assert left_hand <= right_hand and left_foot <= right_foot
 
 
-def test_num_pairs_distribution():
-    draws = np.array([synthetic.num_pairs(1, b, 4, 0.25) for b in range(4000)])
-    assert set(draws) == {0, 1, 2, 3, 4}
-    assert abs((draws == 0).mean() - 0.25) < 0.04
-    nonzero_shares = np.bincount(draws[draws > 0])[1:] / (draws > 0).sum()
-    np.testing.assert_allclose(nonzero_shares, 0.25, atol=0.04)
-    assert synthetic.num_pairs(1, 0, 4, 0.25) == draws[0]
-    assert min(synthetic.num_pairs(1, b, 4, 0.0) for b in range(500)) >= 1
-
-
-def test_unknown_task_is_rejected_at_construction():
-    with pytest.raises(ValueError, match=r"config\.data\.tasks.*'sharpen'.*colorize"):
-        synthetic.SyntheticEpisodes(
-            make_data_config(tasks=("flip", "sharpen")), seed=0, global_batch_size=4
-        )
-
-
-def test_empty_task_list_is_rejected():
-    with pytest.raises(ValueError, match=r"config\.data\.tasks is empty"):
-        synthetic.SyntheticEpisodes(make_data_config(tasks=()), seed=0, global_batch_size=4)
+def test_detection_boxes_the_one_circle_on_top():
+    for seed in range(6):
+        scene_image, target = (frame[0] for frame in make_pair("detection", seed))
+        top, left, bottom, right = scoring.image_to_box(target)
+        colour = scene_image[(top + bottom) // 2, (left + right) // 2]
+        disc = (scene_image == colour).all(-1)
+        rows, cols = np.flatnonzero(disc.any(1)), np.flatnonzero(disc.any(0))
+        assert (rows[0], cols[0], rows[-1], cols[-1]) == (top, left, bottom, right)
+        off_the_box = np.ones((TASK_SIZE, TASK_SIZE), bool)
+        off_the_box[top : bottom + 1, left : right + 1] = False
+        np.testing.assert_array_equal(target[off_the_box], scoring.BOX_CONTRAST * scene_image[off_the_box])
 
 
 def make_clips(seed=0, frames=5):
-    return synthetic.SyntheticClips(make_data_config(), seed, frames=frames)
+    return synthetic.SyntheticClips(data_config(image_size=SIZE), seed, frames=frames)
 
 
 @pytest.mark.parametrize("frames", [1, 5, 9])
