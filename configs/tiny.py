@@ -16,7 +16,9 @@ def get_config():
     c.model.in_channels = 3
     c.data.image_size = 16
     c.data.max_pairs = 2
-    c.data.tasks = ("colorization", "edges", "flip", "inpainting")
+    # Four image tasks and one video task (3-frame clips), from the built-in suite.
+    c.data.tasks = ("colorization", "edges", "flip", "inpainting", "frame_prediction")
+    c.data.video_frames = 3
 
     c.model.hidden = 96
     c.model.depth = 4

@@ -20,4 +20,5 @@ def get_config():
     c.model.in_channels = 16
     c.model.patch_size = 1  # 4x4 latents: one token per latent pixel, 16 a frame as in pixel space.
     c.data.image_size = 32
+    c.data.video_frames = 5  # the ST-VAE encodes 1+4k-frame clips: 5 frames make 2 latent frames.
     return c

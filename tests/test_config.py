@@ -69,7 +69,10 @@ def test_shipped_configs_cannot_grow_new_fields():
         ({"global_batch_size": 6}, "config.global_batch_size=6"),
         ({"data.tasks": ("colorization", "sharpen")}, "config.data.tasks"),
         ({"data.source": "imagenet"}, "config.data.source='imagenet'"),
-        ({"vae.name": "stvae", "vae.checkpoint": "", "model.in_channels": 16, "data.image_size": 64}, "config.vae.name='stvae' needs config.vae.checkpoint"),
+        ({"vae.name": "stvae", "vae.checkpoint": "", "model.in_channels": 16, "data.image_size": 64, "data.video_frames": 5},
+         "config.vae.name='stvae' needs config.vae.checkpoint"),
+        ({"vae.name": "stvae", "vae.checkpoint": "runs/x", "model.in_channels": 16, "data.image_size": 64},
+         r"config.data.video_frames=3 must be 1 \+ 4k"),
     ],
 )
 def test_train_rejects_bad_input_before_touching_the_workdir(tmp_path, overrides, message):

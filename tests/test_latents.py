@@ -11,6 +11,10 @@ from lavin_jax.data import pipeline, synthetic
 from conftest import ROOT, small_config
 
 
+def take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     """A tiny ST-VAE trained for 2 steps on 16 px frames (2x2x16 latents)."""
@@ -24,7 +28,7 @@ def vae_run(tmp_path_factory):
 
 
 def latent_config(vae_run, **overrides):
-    fields = {"vae.name": "stvae", "vae.checkpoint": vae_run, "model.in_channels": 16, "model.patch_size": 1,
+    fields = {"vae.name": "stvae", "vae.checkpoint": vae_run, "model.in_channels": 16, "model.patch_size": 1, "data.video_frames": 5,
               "total_steps": 2, "checkpoint_every": 2, "eval_every": 2}
     fields.update(overrides)
     return small_config(**fields)
@@ -47,20 +51,27 @@ def test_statistics_normalise_the_latents(vae_run):
 
 
 def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
+    """For image and video episodes alike (a video item is one 5-frame clip: 2 latent frames)."""
     latents.compute_stats(vae_run, examples=8)
-    config = latent_config(vae_run, **{"global_batch_size": 8})
-    written = latents.write_cache(config, str(tmp_path / "cache"), examples=16)
-    assert written["examples"] == 16 and written["video"] == []
-    cached = latent_config(vae_run, **{"global_batch_size": 8, "data.source": "latents", "data.latent_dir": str(tmp_path / "cache")})
-    from_cache = next(pipeline.make_iterator(cached))
-    pixels = next(pipeline.make_iterator(config))
+    fields = {"global_batch_size": 8, "data.tasks": ("flip", "frame_prediction")}
+    config = latent_config(vae_run, **fields)
+    written = latents.write_cache(config, str(tmp_path / "cache"), examples=32)
+    assert written["examples"] == 32 and 0 < len(written["video"]) < 32
+    cached = latent_config(vae_run, **fields, **{"data.source": "latents", "data.latent_dir": str(tmp_path / "cache")})
     vae = latents.load(vae_run)
-    for name in ("cond", "target"):
-        encoded = np.asarray(jax.jit(vae.encode_frames)(vae.params, pixels[name]))
-        if name == "cond" and pixels["cond"].shape[1] == 2 and not pixels["cond"][:, 0].any():
-            encoded[:, 0] = 0.0  # no pairs: the zero frame stays zero in latent space.
-        np.testing.assert_allclose(from_cache[name], encoded, atol=1e-4)
-    np.testing.assert_array_equal(from_cache["task"], pixels["task"])
+    encode = jax.jit(vae.encode_frames, static_argnums=2)
+    kinds = set()
+    for from_cache, pixels in zip(take(pipeline.make_iterator(cached), 4), take(pipeline.make_iterator(config), 4)):
+        frames = pixels["target"].shape[1]
+        kinds.add(frames)
+        assert from_cache["target"].shape[1] == (frames - 1) // 4 + 1
+        for name in ("cond", "target"):
+            encoded = np.asarray(encode(vae.params, pixels[name], frames))
+            if name == "cond" and pixels["cond"].shape[1] == 2 * frames and not pixels["cond"][:, :frames].any():
+                encoded[:, : encoded.shape[1] // 2] = 0.0  # no pairs: the zero item stays zero in latent space.
+            np.testing.assert_allclose(from_cache[name], encoded, atol=1e-4)
+        np.testing.assert_array_equal(from_cache["task"], pixels["task"])
+    assert kinds == {1, 5}
 
     other = latent_config(vae_run, **{"data.source": "latents", "data.latent_dir": str(tmp_path / "cache"), "seed": 5})
     with pytest.raises(ValueError, match=r"was written with seed=0 but the config has 5"):
@@ -89,7 +100,7 @@ def test_a_run_that_is_not_an_stvae_is_refused(tmp_path):
 
 
 def test_a_missing_stvae_run_is_named_before_the_workdir_is_touched(tmp_path):
-    config = small_config(**{"vae.name": "stvae", "vae.checkpoint": str(tmp_path / "nowhere"), "model.in_channels": 16, "model.patch_size": 1})
+    config = small_config(**{"vae.name": "stvae", "vae.checkpoint": str(tmp_path / "nowhere"), "model.in_channels": 16, "model.patch_size": 1, "data.video_frames": 5})
     with pytest.raises(FileNotFoundError, match=r"config.vae.checkpoint=.*nowhere.* has no checkpoints directory"):
         train.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

@@ -119,12 +119,17 @@ def test_restoring_a_checkpoint_of_another_model_is_refused(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # saved work untouched.
 
 
-def test_bad_records_are_counted_in_the_metrics_and_training_goes_on(tmp_path):
+def test_real_and_video_tasks_train_and_bad_records_are_counted(tmp_path):
+    """Real pairs (3 of 4 records corrupt) beside a synthetic video task: image and video batches
+    train, the bad records are logged as skipped, and both sample grids are written."""
     real = write_inverted_pairs(tmp_path / "real", count=4, bad=(0, 1, 2))
-    config = small_config(**{"data.tasks": (), "data.records": (real,), "total_steps": 2, "log_every": 2,
-                             "checkpoint_every": 2, "eval_every": 2})
+    config = small_config(**{"data.tasks": ("frame_prediction",), "data.records": (real,), "data.video_frames": 2, "data.max_pairs": 1,
+                             "total_steps": 6, "log_every": 6, "checkpoint_every": 6, "eval_every": 6})
+    frames = {batch["target"].shape[1] for batch in batches(config, 6)}
+    assert frames == {1, 2}
     train.train(config, str(tmp_path / "run"))
     logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     last = [record for record in logged if "loss" in record][-1]
     assert last["skipped_records"] > 0 and np.isfinite(last["loss"])
+    assert sorted(os.listdir(tmp_path / "run" / "samples")) == ["samples_0000006.png", "samples_video_0000006.png"]
 

@@ -206,14 +206,15 @@ def test_command_line(template, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "lavin_jax.data.ingest", "--config=configs/tiny.py", f"--source=folder:{root}",
                f"--out={out}", f"--config.data.ingest.size={SIZE}", "--config.data.ingest.resize=pad",
-               "--config.data.ingest.encoding=raw", "--metric=colors=segmentation", "--no_flip=colors"]
+               "--config.data.ingest.encoding=raw", "--config.data.video_frames=5", "--metric=colors=segmentation",
+               "--no_flip=colors"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "colors" in done.stdout and f"Wrote 7 pairs to {out}" in done.stdout
     manifest = json.loads((out / records.MANIFEST).read_text())
     assert manifest["tasks"]["colors"]["metric"] == "segmentation" and manifest["tasks"]["colors"]["flip"] is False
-    # configs/tiny.py's 5-frame clips: one from v, one from uneven before its target ends.
+    # 5-frame clips: one from v, one from uneven before its target ends.
     assert manifest["tasks"]["clips"]["frames"] == 5 and manifest["tasks"]["clips"]["count"] == 2
     inputs, _ = records.RecordSource(str(out)).read("colors", 0)
     assert (inputs[:, :1] == 0).all() and (inputs[:, -1:] == 0).all()  # pad: 12x16 -> 6x8 on black.
