@@ -42,7 +42,7 @@ def test_sharded_step_matches_the_single_device_step():
     overrides = {"model.num_heads": 4, "model.num_kv_heads": 2, "optim.warmup_steps": 1}
     single = small_config(**overrides, **{"mesh.data": 1})
     sharded = small_config(**overrides, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-    data = batches(single, 3)
+    data = batches(single, 1) * 3  # one batch shape: one compilation per mesh.
     one_losses, one_state = run_steps(single, parallel.make_mesh(single, jax.devices()[:1]), data)
     mesh = parallel.make_mesh(sharded)
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
@@ -75,7 +75,9 @@ def read_metrics(workdir):
 
 
 def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatch):
-    config = small_config(**{"total_steps": 6, "log_every": 1, "checkpoint_every": 4, "eval_every": 6})
+    # One number of pairs and no dropped batches: one step shape, compiled once per run.
+    config = small_config(**{"total_steps": 6, "log_every": 1, "checkpoint_every": 4, "eval_every": 6,
+                             "data.max_pairs": 1, "data.cond_drop_prob": 0.0})
     straight = tmp_path / "straight"
     train.train(config, str(straight))
 
