@@ -29,7 +29,7 @@ from flax import nnx
 
 from lavin_jax import checkpoint, parallel
 from lavin_jax import config as config_lib
-from lavin_jax.data import episodes, synthetic
+from lavin_jax.data import episodes, records, synthetic
 
 OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
@@ -66,10 +66,10 @@ class Autoencoder:
     def decode(self, params, latents: jax.Array) -> jax.Array:
         return self.model(params).decode(latents / self.scale + self.shift)
 
-    @property
-    def time_factor(self) -> int:
-        """Pixel frames per latent frame after the first (the first frame is encoded alone)."""
-        return 2 ** int(self.config.model.temporal_downsamples)
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a clip of `frames` (1+4k) pixel frames: the first frame is encoded
+        alone, every 2**temporal_downsamples after it make one."""
+        return (frames - 1) // 2 ** int(self.config.model.temporal_downsamples) + 1
 
     def encode_frames(self, params, frames: jax.Array, item_frames: int = 1) -> jax.Array:
         """Frames (B, N*T, H, W, 3), N items of T = `item_frames` frames, each item encoded as one
@@ -80,7 +80,7 @@ class Autoencoder:
 
     def decode_frames(self, params, latents: jax.Array, item_frames: int = 1) -> jax.Array:
         """The inverse of `encode_frames`: latents of N items back to (B, N*T, H, W, 3)."""
-        b, per_item = latents.shape[0], (item_frames - 1) // self.time_factor + 1
+        b, per_item = latents.shape[0], self.latent_frames(item_frames)
         n = latents.shape[1] // per_item
         frames = self.decode(params, latents.reshape(b * n, per_item, *latents.shape[2:]))
         return frames.reshape(b, -1, *frames.shape[2:])
@@ -175,8 +175,6 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
     """Encodes episodes 0 .. examples-1 of `config`'s episode source, each with data.max_pairs
     pairs (fewer are a prefix: `LatentEpisodes` cuts them) and of the kind (image or video task)
     its global batch draws, into ArrayRecord shards."""
-    from array_record.python import array_record_module
-
     if examples < 1:
         raise ValueError(f"examples={examples}: the latent cache needs at least one episode.")
     vae = load(config.vae.checkpoint)
@@ -184,27 +182,22 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
     source = episodes.Episodes(config.data, config.seed, config.global_batch_size)
     video = [source.batch_kind(i // config.global_batch_size)[1] for i in range(examples)]
     encode = jax.jit(vae.encode_frames, static_argnums=2)
-    shards = []
-    for shard_start in range(0, examples, shard_size):
-        name = f"latents-{len(shards):05d}.array_record"
-        writer = array_record_module.ArrayRecordWriter(os.path.join(out_dir, name), "group_size:1")
-        for start in range(shard_start, min(shard_start + shard_size, examples), batch):
-            indices = range(start, min(start + batch, shard_start + shard_size, examples))
-            drawn = [source.episode(i, config.data.max_pairs, video[i]) for i in indices]
-            latent = {}  # encoded by kind: image and video items have different shapes.
-            for kind in {video[i] for i in indices}:
-                group = [i for i in indices if video[i] == kind]
-                frames = np.stack([np.concatenate([drawn[i - start]["cond"], drawn[i - start]["target"]]) for i in group])
-                item_frames = int(config.data.video_frames) if kind else 1
-                z = np.asarray(jax.device_get(encode(vae.params, frames, item_frames)), np.float32)
-                latent.update(zip(group, z))
-            for i, episode in zip(indices, drawn):
-                z = latent[i]
-                per_item = z.shape[0] // (2 * config.data.max_pairs + 2)  # items: K pairs, query, answer.
-                writer.write(_to_bytes({"cond": z[:-per_item], "target": z[-per_item:], "task": episode["task"]}))
-        writer.close()
-        shards.append(name)
-    description = {**_cache_description(config), "examples": examples, "shards": shards,
+    writer = records.ShardWriter(out_dir, "latents", shard_size)
+    for start in range(0, examples, batch):
+        indices = range(start, min(start + batch, examples))
+        drawn = [source.episode(i, config.data.max_pairs, video[i]) for i in indices]
+        latent = {}  # encoded by kind: image and video items have different shapes.
+        for kind in {video[i] for i in indices}:
+            group = [i for i in indices if video[i] == kind]
+            frames = np.stack([np.concatenate([drawn[i - start]["cond"], drawn[i - start]["target"]]) for i in group])
+            item_frames = int(config.data.video_frames) if kind else 1
+            z = np.asarray(jax.device_get(encode(vae.params, frames, item_frames)), np.float32)
+            latent.update(zip(group, z))
+        for i, episode in zip(indices, drawn):
+            z = latent[i]
+            per_item = z.shape[0] // (2 * config.data.max_pairs + 2)  # items: K pairs, query, answer.
+            writer.write(_to_bytes({"cond": z[:-per_item], "target": z[-per_item:], "task": episode["task"]}))
+    description = {**_cache_description(config), "examples": examples, "shards": writer.close(),
                    "video": [i for i in range(examples) if video[i]], "video_share": source.video_share,
                    "shift": vae.shift, "scale": vae.scale}
     with open(os.path.join(out_dir, CACHE_FILE), "w") as f:

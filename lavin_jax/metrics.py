@@ -9,6 +9,8 @@ import numpy as np
 import tensorboardX
 from PIL import Image
 
+from lavin_jax.data import scoring
+
 # Pixels between neighbouring frames of an episode grid, and between an episode's condition
 # frames and its prediction/target pair.
 BORDER = 2
@@ -79,12 +81,11 @@ def episode_grid(
     pixels before the prediction.
     """
     n, num_cond, h, w, _ = cond.shape
-    for name, frames in (("prediction", prediction), ("target", target)):
-        if frames.ndim != 5 or frames.shape[0] != n or frames.shape[2:] != (h, w, 3) or frames.shape != target.shape:
-            raise ValueError(
-                f"episode_grid: {name} has shape {frames.shape}, expected (N={n}, T, {h}, {w}, 3) like "
-                f"the target {target.shape}, to match cond {cond.shape}."
-            )
+    if prediction.shape != target.shape or target.ndim != 5 or target.shape[0] != n or target.shape[2:] != (h, w, 3):
+        raise ValueError(
+            f"episode_grid: prediction {prediction.shape} and target {target.shape} must both be "
+            f"(N={n}, T, {h}, {w}, 3) to match cond {cond.shape}."
+        )
     return frame_grid(np.concatenate([cond, prediction, target], axis=1), scale=scale, gap_before=num_cond)
 
 
@@ -92,7 +93,7 @@ def frame_grid(frames: np.ndarray, *, scale: int = 1, gap_before: int | None = N
     """Frames [N, T, H, W, 3] in [-1, 1] as N rows of T frames, upscaled `scale` times and
     framed by BORDER-pixel lines; column `gap_before` (if any) starts GAP - BORDER pixels later."""
     n, num_frames, h, w, _ = frames.shape
-    frames = _to_uint8(frames).repeat(scale, axis=2).repeat(scale, axis=3)
+    frames = scoring.to_uint8(frames).repeat(scale, axis=2).repeat(scale, axis=3)
     fh, fw = h * scale, w * scale
     extra = 0 if gap_before is None else GAP - BORDER
     grid = np.full((BORDER + n * (fh + BORDER), BORDER + num_frames * (fw + BORDER) + extra, 3), _BACKGROUND, np.uint8)
@@ -102,7 +103,3 @@ def frame_grid(frames: np.ndarray, *, scale: int = 1, gap_before: int | None = N
             x = BORDER + col * (fw + BORDER) + extra * (gap_before is not None and col >= gap_before)
             grid[y : y + fh, x : x + fw] = frames[row, col]
     return grid
-
-
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.rint((np.clip(images, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)

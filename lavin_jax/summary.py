@@ -55,16 +55,15 @@ def jaxpr_flops(jaxpr) -> int:
     return total
 
 
-def forward_flops(config) -> int:
-    """Forward FLOPs per example at the objective's example shapes, with the XLA attention
-    (countable)."""
+def forward_flops(config, inputs: tuple) -> int:
+    """Forward FLOPs of one call on `inputs` (the objective's `example_inputs()`), with the XLA
+    attention (countable)."""
     model_cfg = config.model.copy_and_resolve_references()
     if "attention" in model_cfg:
         model_cfg.attention = "xla"
     abstract_model = nnx.eval_shape(lambda: models.build(model_cfg, nnx.Rngs(0)))
     graphdef, params = nnx.split(abstract_model)
     forward = lambda params, *inputs: nnx.merge(graphdef, params)(*inputs)
-    inputs = objectives.get(config).example_inputs()
     return jaxpr_flops(jax.make_jaxpr(forward)(params, *inputs).jaxpr)
 
 
@@ -88,7 +87,7 @@ def summarize(config, abstract_params=None) -> tuple[dict, str]:
     result = {
         "model": config.model.name,
         "params": params,
-        "flops_per_example": forward_flops(config),
+        "flops_per_example": forward_flops(config, inputs),
         # The shapes FLOPs were counted at (batch 1).
         "flops_inputs": [list(x.shape) for x in jax.tree.leaves(inputs)],
     }

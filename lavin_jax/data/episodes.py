@@ -29,14 +29,9 @@ import os
 import numpy as np
 from absl import logging
 
-from lavin_jax.data import records, synthetic
+from lavin_jax.data import records, scoring, synthetic
 
 NUM_EXAMPLES = synthetic.NUM_EXAMPLES
-# Seed streams of their own (the synthetic module owns 0-3), so the per-batch draws never coincide
-# with an episode's.
-_EPISODE_STREAM = synthetic._EPISODE_STREAM
-_NUM_PAIRS_STREAM = synthetic._NUM_PAIRS_STREAM
-_VIDEO_STREAM = 4
 # A component that yields this many bad records in a row is broken, not unlucky: stop and say so
 # rather than spin or train on whatever is left.
 _MAX_BAD_IN_A_ROW = 32
@@ -45,7 +40,7 @@ _MAX_BAD_IN_A_ROW = 32
 def num_pairs(seed: int, batch_index: int, max_pairs: int, cond_drop_prob: float) -> int:
     """K for every episode of one global batch: 0 with probability cond_drop_prob (the
     unconditional branch of classifier-free guidance), else uniform in [1, max_pairs]."""
-    rng = np.random.default_rng((seed, _NUM_PAIRS_STREAM, batch_index))
+    rng = np.random.default_rng((seed, synthetic.NUM_PAIRS_STREAM, batch_index))
     if rng.random() < cond_drop_prob:
         return 0
     return int(rng.integers(1, max_pairs + 1))
@@ -55,7 +50,7 @@ def batch_kind(seed: int, batch_index: int, data_config, video_share: float) -> 
     """(K, video) shared by every episode of global batch `batch_index`: video with probability
     `video_share` (the video tasks' share of the mixture's weight)."""
     k = num_pairs(seed, batch_index, int(data_config.max_pairs), float(data_config.cond_drop_prob))
-    video = np.random.default_rng((seed, _VIDEO_STREAM, batch_index)).random() < video_share
+    video = np.random.default_rng((seed, synthetic.VIDEO_STREAM, batch_index)).random() < video_share
     return k, bool(video)
 
 
@@ -78,7 +73,7 @@ class RecordTask:
         pair = []
         for item in self.source.read(self.task, index):
             item = records.resize(item[:frames], size, "stretch", nearest)
-            pair.append((item[:, :, ::-1] if flip else item).astype(np.float32) / 127.5 - 1.0)
+            pair.append(scoring.from_uint8(item[:, :, ::-1] if flip else item))
         return pair[0], pair[1]
 
 
@@ -178,7 +173,7 @@ class Episodes:
             raise ValueError(f"num_pairs={num_pairs} must be non-negative.")
         if video not in self._pools:
             raise ValueError(f"The mixture has no {'video' if video else 'image'} task with weight > 0.")
-        rng = np.random.default_rng((self._seed, _EPISODE_STREAM, int(index)))
+        rng = np.random.default_rng((self._seed, synthetic.EPISODE_STREAM, int(index)))
         members, probs = self._pools[video]
         task_index = int(members[rng.choice(len(members), p=probs)])
         component = self.components[task_index]

@@ -9,8 +9,9 @@ Sources (`--source` may repeat; all go into DIR):
 - `folder:PATH`: LaVin-DiT's template layout, PATH/<task>/<id>_input.<ext> beside
   PATH/<task>/<id>_target.<ext>. Images (png, jpg, jpeg) make 1-frame pairs. Videos (mp4, avi,
   mkv, webm, mov) make pairs of aligned clips: input and target are cut at the same frames into
-  clips of data.video_frames, and must have the same number of frames. A task's metric is
-  `image` unless `--metric=TASK=METRIC` says otherwise.
+  clips of data.video_frames. If one video ends before the other, the clips before its end are
+  kept and the rest of the pair is logged as skipped. A task's metric is `image` unless
+  `--metric=TASK=METRIC` says otherwise.
 - `videos:PATH`: every video file below PATH becomes forward frame-prediction pairs, task
   `frame_prediction`: input frames [s, s+T), target [s+T, s+2T), T = data.video_frames.
 - `tfds:NAME[:SPLIT]` (split `train` by default): a dataset of `tfds_sources.ADAPTERS`, its
@@ -20,10 +21,12 @@ Video frames are taken as decoded, whatever the frame rate. Clips start every
 data.ingest.video_stride frames (0: one after the other, no frame in two clips).
 Frames are resized to data.ingest.size square by data.ingest.resize and stored with
 data.ingest.encoding. Only 8-bit images are read: RGB, gray and palette images become RGB, RGBA
-only if every pixel is opaque.
+only if every pixel is opaque. Training mirrors a task's pairs (input and target alike) when its
+metric allows it (`records.MIRROR_SAFE`: not flow, normals or keypoints) and no --no_flip=TASK
+forbids it.
 
 Bad data is skipped, never fatal: an unreadable image or video, another mode, an input and a
-target of different sizes, a half of a pair missing, a video too short for one clip. Each skip
+target of different sizes, a half of a pair missing, a video too short for one pair. Each skip
 is logged with its file and reason and listed in DIR/report.json with the per-task counts and the
 task folders found empty. Only a run that writes nothing at all fails. A bad config, source,
 --metric or --no_flip, or an --out directory that is not new and empty, is refused before any
@@ -32,6 +35,7 @@ data is read.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
@@ -75,6 +79,7 @@ class Item:
 @dataclasses.dataclass(frozen=True)
 class Source:
     spec: str
+    kind: str  # "folder", "videos" or "tfds", as the spec begins.
     tasks: dict[str, str]  # task -> metric.
     items: Callable[[], Iterable[Item]]
     empty: tuple[str, ...] = ()  # task folders with no files.
@@ -150,7 +155,7 @@ def _windows(frames: Iterable, length: int, step: int) -> Iterator[tuple[int, li
             start += step
             window = window[step:]
     if count < length:
-        raise Skip(f"has {count} frames, fewer than the {length} of one clip")
+        raise Skip(f"has {count} frames, fewer than the {length} that one pair needs")
 
 
 def _frame_prediction(frames: Iterable[np.ndarray], clips: Clips) -> Iterator[Pair]:
@@ -186,7 +191,7 @@ def _tfds_example(data, index: int, adapter: tfds_sources.Adapter, clips: Clips)
     except (OSError, ValueError) as error:
         raise Skip(f"cannot be converted ({error})") from None
     if adapter.video:
-        yield from _frame_prediction(iter(converted), clips)
+        yield from _frame_prediction(converted, clips)
     else:
         yield "", converted[0][None], converted[1][None]
 
@@ -249,6 +254,7 @@ def _folder(spec: str, path: str, clips: Clips, metrics: dict[str, str]) -> Sour
     scanned = {task: _folder_task(task, os.path.join(path, task), clips) for task in tasks}
     return Source(
         spec,
+        "folder",
         {task: metrics.get(task, "image") for task in tasks},
         lambda: itertools.chain.from_iterable(scanned.values()),
         tuple(task for task, items in scanned.items() if not items),
@@ -265,7 +271,7 @@ def _videos(spec: str, path: str, clips: Clips) -> Source:
     if not files:
         raise ValueError(f"--source={spec} holds no video files ({', '.join(VIDEO_EXTENSIONS)}).")
     items = [Item(FRAME_PREDICTION, f, functools.partial(_video_file, f, clips)) for f in files]
-    return Source(spec, {FRAME_PREDICTION: "image"}, lambda: items)
+    return Source(spec, "videos", {FRAME_PREDICTION: "image"}, lambda: items)
 
 
 def _tfds(spec: str, name: str, split: str, clips: Clips, data_dir: str | None, max_examples: int) -> Source:
@@ -279,7 +285,7 @@ def _tfds(spec: str, name: str, split: str, clips: Clips, data_dir: str | None, 
         Item(adapter.task, f"tfds:{name}:{split}[{i}]", functools.partial(_tfds_example, data, i, adapter, clips))
         for i in range(count)
     ]
-    return Source(spec, {adapter.task: adapter.metric}, lambda: items)
+    return Source(spec, "tfds", {adapter.task: adapter.metric}, lambda: items)
 
 
 def open_source(spec: str, clips: Clips, *, metrics: dict[str, str], tfds_data_dir: str | None,
@@ -315,9 +321,10 @@ def _shape(frames: np.ndarray) -> str:
     return f"{h}x{w}" if t == 1 else f"{t} frames of {h}x{w}"
 
 
-def _write_item(item: Item, writer: records.RecordWriter, metric: str, flip: bool, size: int,
+def _write_item(item: Item, writer: records.RecordWriter, metric: str, flip: bool | None, size: int,
                 rule: str) -> tuple[int, str | None]:
-    """Writes the item's pairs; (pairs written, why the rest was skipped or None)."""
+    """Writes the item's pairs, metric and flip as `RecordWriter.add` takes them; (pairs written,
+    why the rest was skipped or None)."""
     written = 0
     try:
         for label, inputs, targets in item.pairs():
@@ -362,7 +369,7 @@ def ingest(config, specs: list[str], out: str, *, metrics: dict[str, str] | None
                     f"by --source={source.spec}; rename a task folder or set --metric={task}=METRIC."
                 )
             owner.setdefault(task, source.spec)
-    folder_tasks = {t for s in sources if s.spec.startswith("folder:") for t in s.tasks}
+    folder_tasks = {t for s in sources if s.kind == "folder" for t in s.tasks}
     for task, metric in metrics.items():
         if task not in folder_tasks:
             known = ", ".join(sorted(folder_tasks)) or "none"
@@ -372,31 +379,34 @@ def ingest(config, specs: list[str], out: str, *, metrics: dict[str, str] | None
         raise ValueError(f"--no_flip={unknown[0]} names no task of the sources ({', '.join(sorted(task_metric))}).")
 
     ingest_config = config.data.ingest
-    report = {
-        "out": out,
-        "sources": list(specs),
-        "ingest": {**ingest_config.to_dict(), "video_frames": clips.frames},
-        "written": {task: 0 for task in task_metric},
-        "skipped": {task: 0 for task in task_metric},
-        "skipped_items": [],
-        "empty_tasks": [{"task": task, "source": s.spec} for s in sources for task in s.empty],
-    }
     if "flow" in task_metric.values() and ingest_config.resize != "stretch":
         logging.warning("Flow targets are encoded relative to the frame's sides; resize=%r changes their scale on "
                         "non-square frames, which resize='stretch' does not.", ingest_config.resize)
-    for empty in report["empty_tasks"]:
+    empty_tasks = [{"task": task, "source": s.spec} for s in sources for task in s.empty]
+    for empty in empty_tasks:
         logging.warning("Task folder %r of --source=%s is empty.", empty["task"], empty["source"])
+    written, skipped_items = dict.fromkeys(task_metric, 0), []
     with records.RecordWriter(out, encoding=ingest_config.encoding) as writer:
         for source in sources:
             logging.info("Reading --source=%s.", source.spec)
             for item in source.items():
-                written, reason = _write_item(item, writer, task_metric[item.task], item.task not in no_flip,
-                                              int(ingest_config.size), ingest_config.resize)
-                report["written"][item.task] += written
+                flip = False if item.task in no_flip else None  # None: as the metric allows.
+                count, reason = _write_item(item, writer, task_metric[item.task], flip, int(ingest_config.size),
+                                            ingest_config.resize)
+                written[item.task] += count
                 if reason is not None:
                     logging.warning("Skipped %s: %s.", item.id, reason)
-                    report["skipped"][item.task] += 1
-                    report["skipped_items"].append({"task": item.task, "id": item.id, "reason": reason})
+                    skipped_items.append({"task": item.task, "id": item.id, "reason": reason})
+        skipped = collections.Counter(skip["task"] for skip in skipped_items)
+        report = {
+            "out": out,
+            "sources": list(specs),
+            "ingest": {**ingest_config.to_dict(), "video_frames": clips.frames},
+            "written": written,
+            "skipped": {task: skipped[task] for task in task_metric},
+            "skipped_items": skipped_items,
+            "empty_tasks": empty_tasks,
+        }
         with open(os.path.join(out, REPORT), "w") as f:
             json.dump(report, f, indent=2)
         if not sum(report["written"].values()):
@@ -436,7 +446,9 @@ def run():
     sources = flags.DEFINE_multi_string("source", None, "folder:PATH, videos:PATH or tfds:NAME[:SPLIT]; may repeat.")
     out = flags.DEFINE_string("out", None, "The new record directory.")
     metric = flags.DEFINE_multi_string("metric", [], "TASK=METRIC: how a folder task is scored (default image).")
-    no_flip = flags.DEFINE_multi_string("no_flip", [], "A task whose pairs must not be mirrored.")
+    no_flip = flags.DEFINE_multi_string(
+        "no_flip", [], "A task whose pairs must not be mirrored (flow, normals and keypoints tasks never are)."
+    )
     tfds_data_dir = flags.DEFINE_string("tfds_data_dir", None, "Where tfds datasets are prepared (unset: tfds's).")
     max_examples = flags.DEFINE_integer("max_examples", 0, "Examples read from each tfds source; 0: all.")
     flags.mark_flags_as_required(["config", "source", "out"])

@@ -32,10 +32,16 @@ encoding is JPEG, whose blocks would smear the colours). Images, depth, normals 
 continuous and resized smoothly. Flow is encoded as a share of the image side (`scoring`), which
 only `stretch` preserves on a non-square frame.
 
+A task's `flip` is by default whether its metric is in MIRROR_SAFE: whether a pair mirrored
+input and target alike is still a true pair. Flow's is not (R = u would have to become -u), nor
+normals' (R = x would have to change sign), nor keypoints' (left and right joints are different
+classes and would have to swap), so those tasks are written with flip false unless
+`RecordWriter.add` is told otherwise.
+
 `RecordWriter` writes a new directory (it refuses one that holds anything: saved data is never
 overwritten) and `RecordSource` reads one: `read(task, i)` decodes and checks record i of a task,
-raising `BadRecord` (naming the shard, index, id and reason) for one that cannot be used. A
-`RecordSource` pickles without its open readers, so grain's worker processes each open their own.
+raising `BadRecord` (naming the shard, index, id and reason) for one that cannot be used.
+`ShardWriter` writes the numbered shards of one ArrayRecord source (also the latent cache's).
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ METRICS = tuple(scoring.METRICS)  # the ways a task's predictions are scored.
 # Targets whose scoring reads classes from exact colours (palette classes, instances, keypoints,
 # the box outline's colour, edge or no edge): interpolation would invent colours between them.
 NEAREST_METRICS = frozenset({"segmentation", "panoptic", "keypoints", "boxes", "edges"})
+# Metrics whose pairs stay true pairs when input and target are mirrored together (see above).
+MIRROR_SAFE = frozenset(METRICS) - {"flow", "normals", "keypoints"}
 _TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _JPEG_QUALITY = 95
 
@@ -94,12 +102,16 @@ def _check_frames(frames: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} must be uint8 [T, H, W, 3], T, H, W > 0, not {frames.dtype} {list(frames.shape)}.")
 
 
+def _check_encoding(encoding: str, what: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"{what} {encoding!r} is not one of {', '.join(ENCODINGS)}")
+
+
 def encode_frames(frames: np.ndarray, encoding: str) -> dict:
     """uint8 [T, H, W, 3] -> the record's frames dict."""
     frames = np.asarray(frames)
     _check_frames(frames, "Frames")
-    if encoding not in ENCODINGS:
-        raise ValueError(f"Encoding {encoding!r} must be one of {', '.join(ENCODINGS)}.")
+    _check_encoding(encoding, "Encoding")
     if encoding == "raw":
         data = [np.ascontiguousarray(frame).tobytes() for frame in frames]
     else:
@@ -137,8 +149,7 @@ def decode_frames(frames: dict) -> np.ndarray:
     if not isinstance(frames, dict) or not {"encoding", "shape", "data"} <= frames.keys():
         raise ValueError("frames are not a dict with 'encoding', 'shape' and 'data'")
     encoding, shape, data = frames["encoding"], frames["shape"], frames["data"]
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding {encoding!r} is not one of {', '.join(ENCODINGS)}")
+    _check_encoding(encoding, "encoding")
     if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(n, int) and n > 0 for n in shape)):
         raise ValueError(f"shape {shape!r} is not [T, H, W, 3]")
     if shape[3] != 3:
@@ -180,6 +191,39 @@ def resize(frames: np.ndarray, size: int, rule: str, nearest: bool) -> np.ndarra
     return out
 
 
+class ShardWriter:
+    """Writes records (bytes), in index order, into the ArrayRecord shards of one random-access
+    source: directory/<prefix>-00000.array_record, <prefix>-00001.array_record, ..., `shard_size`
+    records each. `close` returns their names, relative to `directory`."""
+
+    def __init__(self, directory: str, prefix: str, shard_size: int):
+        if shard_size < 1:
+            raise ValueError(f"shard_size={shard_size} must be positive.")
+        self._directory, self._prefix, self._shard_size = directory, prefix, shard_size
+        self._files: list[str] = []
+        self._writer = None  # the open shard, from the first write until close.
+        self._count = 0
+
+    def write(self, record: bytes) -> None:
+        if self._count % self._shard_size == 0:  # the first record, or the open shard is full.
+            from array_record.python import array_record_module
+
+            self.close()
+            name = f"{self._prefix}-{len(self._files):05d}.array_record"
+            # group_size:1: each record is its own chunk, so reading one decompresses only it.
+            self._writer = array_record_module.ArrayRecordWriter(os.path.join(self._directory, name), "group_size:1")
+            self._files.append(name)
+        self._writer.write(record)
+        self._count += 1
+
+    def close(self) -> list[str]:
+        """Closes the open shard; the names of all shards written."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        return list(self._files)
+
+
 class RecordWriter:
     """Writes one new record directory: `add` pairs, then `close` (or leave the `with` block) to
     write the manifest. A block left by an exception writes no manifest, so a half-written
@@ -187,9 +231,8 @@ class RecordWriter:
     is never overwritten."""
 
     def __init__(self, directory: str, *, encoding: str = "png", shard_size: int = 2048):
-        if encoding not in ENCODINGS:
-            raise ValueError(f"Encoding {encoding!r} must be one of {', '.join(ENCODINGS)}.")
-        if shard_size < 1:
+        _check_encoding(encoding, "Encoding")
+        if shard_size < 1:  # ShardWriter would refuse it too, but only after the directory is made.
             raise ValueError(f"shard_size={shard_size} must be positive.")
         if os.path.exists(directory) and (not os.path.isdir(directory) or os.listdir(directory)):
             raise ValueError(
@@ -200,7 +243,8 @@ class RecordWriter:
         self.directory = directory
         self._encoding = encoding
         self._shard_size = shard_size
-        self._tasks: dict[str, dict] = {}  # name -> manifest entry being built, with its open shard.
+        self._tasks: dict[str, dict] = {}  # name -> its manifest entry, being built.
+        self._shards: dict[str, ShardWriter] = {}  # name -> the writer of its shards.
 
     @property
     def tasks(self) -> dict[str, TaskInfo]:
@@ -208,9 +252,10 @@ class RecordWriter:
         return {name: _task_info(name, entry) for name, entry in self._tasks.items()}
 
     def add(self, task: str, input_frames: np.ndarray, target_frames: np.ndarray, id: str,
-            *, metric: str = "image", flip: bool = True) -> None:
+            *, metric: str = "image", flip: bool | None = None) -> None:
         """Appends one pair (uint8 [T, H, W, 3] each, same shape) to `task`'s shards. A task's
-        frames, metric and flip are fixed by its first pair."""
+        frames, metric and flip are fixed by its first pair; flip None: whether the metric is in
+        MIRROR_SAFE."""
         input_frames, target_frames = np.asarray(input_frames), np.asarray(target_frames)
         _check_frames(input_frames, f"Input of {id!r}")
         _check_frames(target_frames, f"Target of {id!r}")
@@ -220,14 +265,15 @@ class RecordWriter:
             )
         if metric not in METRICS:
             raise ValueError(f"Task {task!r}: metric {metric!r} must be one of {', '.join(METRICS)}.")
+        flip = metric in MIRROR_SAFE if flip is None else bool(flip)
         entry = self._tasks.get(task)
         if entry is None:
             check_task_name(task)
             os.makedirs(os.path.join(self.directory, task))
-            entry = self._tasks[task] = {"files": [], "count": 0, "frames": len(input_frames),
-                                         "size": list(input_frames.shape[1:3]), "metric": metric,
-                                         "flip": bool(flip), "writer": None}
-        fixed = {"frames": len(input_frames), "metric": metric, "flip": bool(flip)}
+            entry = self._tasks[task] = {"files": [], "count": 0, "frames": len(input_frames),  # files: on close.
+                                         "size": list(input_frames.shape[1:3]), "metric": metric, "flip": flip}
+            self._shards[task] = ShardWriter(os.path.join(self.directory, task), task, self._shard_size)
+        fixed = {"frames": len(input_frames), "metric": metric, "flip": flip}
         for field, value in fixed.items():
             if entry[field] != value:
                 raise ValueError(
@@ -239,33 +285,18 @@ class RecordWriter:
         target_encoding = "png" if self._encoding == "jpeg" and metric in NEAREST_METRICS else self._encoding
         record = {"task": task, "id": str(id), "input": encode_frames(input_frames, self._encoding),
                   "target": encode_frames(target_frames, target_encoding)}
-        if entry["count"] % self._shard_size == 0:
-            self._next_shard(task, entry)
-        entry["writer"].write(msgpack.packb(record, use_bin_type=True))
+        self._shards[task].write(msgpack.packb(record, use_bin_type=True))
         entry["count"] += 1
 
-    def _next_shard(self, task: str, entry: dict) -> None:
-        from array_record.python import array_record_module
-
-        if entry["writer"] is not None:
-            entry["writer"].close()
-        name = f"{task}/{task}-{len(entry['files']):05d}.array_record"
-        # group_size:1: each record is its own chunk, so reading one decompresses only it.
-        entry["writer"] = array_record_module.ArrayRecordWriter(os.path.join(self.directory, name), "group_size:1")
-        entry["files"].append(name)
-
     def _close_shards(self) -> None:
-        for entry in self._tasks.values():
-            if entry["writer"] is not None:
-                entry["writer"].close()
-                entry["writer"] = None
+        for task, shards in self._shards.items():
+            self._tasks[task]["files"] = [f"{task}/{name}" for name in shards.close()]
 
     def close(self) -> None:
         """Closes the shards and writes the manifest."""
         self._close_shards()
-        tasks = {name: {k: v for k, v in entry.items() if k != "writer"} for name, entry in self._tasks.items()}
         with open(os.path.join(self.directory, MANIFEST), "w") as f:
-            json.dump({"version": VERSION, "tasks": tasks}, f, indent=2)
+            json.dump({"version": VERSION, "tasks": self._tasks}, f, indent=2)
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -321,23 +352,21 @@ def _read_manifest(directory: str) -> dict[str, dict]:
 
 class RecordSource:
     """The tasks of one record directory, each readable by index: `read(task, i)` for
-    i in [0, tasks[task].count). Picklable: the shard readers open on first use in each process."""
+    i in [0, tasks[task].count). The shard readers open on a task's first read."""
 
     def __init__(self, directory: str):
         self.directory = directory
-        self._entries = _read_manifest(directory)
-        self.tasks = {name: _task_info(name, entry) for name, entry in self._entries.items()}
+        entries = _read_manifest(directory)
+        self.tasks = {name: _task_info(name, entry) for name, entry in entries.items()}
+        self._files = {name: entry["files"] for name, entry in entries.items()}
         self._shards: dict[str, tuple[list, list[int]]] = {}  # task -> (readers, first index of each).
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_shards": {}}
 
     def _open(self, task: str) -> tuple[list, list[int]]:
         if task not in self._shards:
             import grain
 
             readers, starts, total = [], [], 0
-            for file in self._entries[task]["files"]:
+            for file in self._files[task]:
                 readers.append(grain.sources.ArrayRecordDataSource([os.path.join(self.directory, file)]))
                 starts.append(total)
                 total += len(readers[-1])
@@ -364,7 +393,7 @@ class RecordSource:
         record_id = "unknown"
 
         def bad(reason: str) -> BadRecord:
-            file = os.path.join(self.directory, self._entries[task]["files"][shard])
+            file = os.path.join(self.directory, self._files[task][shard])
             return BadRecord(f"Record {local} of shard {file!r} (id {record_id!r}) is bad: {reason}.")
 
         try:
@@ -374,13 +403,12 @@ class RecordSource:
         if not isinstance(record, dict):
             raise bad("it is not a dict")
         record_id = str(record.get("id", "unknown"))
-        for field in ("input", "target"):
-            if field not in record:
-                raise bad(f"it has no {field!r} field")
         if record.get("task") != task:
             raise bad(f"it belongs to task {record.get('task')!r}, not {task!r}")
         pair = []
         for field in ("input", "target"):
+            if field not in record:
+                raise bad(f"it has no {field!r} field")
             try:
                 pair.append(decode_frames(record[field]))
             except ValueError as error:

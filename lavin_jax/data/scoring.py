@@ -23,6 +23,17 @@ import numpy as np
 # Encodings
 
 
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Frames in [-1, 1] (clipped) as uint8 RGB, how images and every encoding below are stored
+    and shown; palette colours come back exact through `from_uint8`."""
+    return np.rint((np.clip(np.asarray(frames, np.float32), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def from_uint8(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB as float32 frames in [-1, 1]."""
+    return np.asarray(frames, np.float32) / 127.5 - 1.0
+
+
 def _palette(num_classes: int = 256) -> np.ndarray:
     palette = np.zeros((num_classes, 3), np.int64)
     for c in range(num_classes):
@@ -43,22 +54,26 @@ PALETTE = _palette()
 
 def labels_to_image(labels: np.ndarray) -> np.ndarray:
     """Integer classes [...] in [0, 256) -> float32 [..., 3] palette colours."""
-    return PALETTE[np.asarray(labels)]
+    # np.take, not PALETTE[labels]: fancy indexing with a trailing axis of 3 is several times slower.
+    return np.take(PALETTE, np.asarray(labels), axis=0)
 
 
-def image_to_labels(image: np.ndarray, num_classes: int = 256) -> np.ndarray:
-    """The class of each pixel's nearest palette colour among the first `num_classes`."""
-    palette = PALETTE[:num_classes]
+def image_to_labels(image: np.ndarray) -> np.ndarray:
+    """The class of each pixel's nearest palette colour."""
     # |x - p|^2 less |x|^2, which every p shares: a [..., classes] matrix product, not [..., classes, 3].
-    distance = (palette * palette).sum(-1) - 2.0 * (np.asarray(image, np.float32) @ palette.T)
+    distance = (PALETTE * PALETTE).sum(-1) - 2.0 * (np.asarray(image, np.float32) @ PALETTE.T)
     return distance.argmin(-1)
+
+
+def gray_to_image(plane: np.ndarray) -> np.ndarray:
+    """A plane [...] as a gray image [..., 3]: the plane in each of R, G and B."""
+    return np.repeat(plane[..., None], 3, axis=-1)
 
 
 def depth_to_image(depth: np.ndarray, max_depth: float) -> np.ndarray:
     """Depth [...] in [0, max_depth] -> gray float32 [..., 3]: brightness grows linearly with
     depth, black (-1) is depth 0, which marks pixels without a measurement."""
-    gray = np.clip(np.asarray(depth, np.float32) / max_depth, 0.0, 1.0) * 2.0 - 1.0
-    return np.repeat(gray[..., None], 3, axis=-1)
+    return gray_to_image(np.clip(np.asarray(depth, np.float32) / max_depth, 0.0, 1.0) * 2.0 - 1.0)
 
 
 def image_to_depth(image: np.ndarray, max_depth: float) -> np.ndarray:
@@ -89,16 +104,17 @@ def panoptic_labels(classes, instances) -> np.ndarray:
 MAX_FLOW = 0.1
 
 
-def flow_to_image(flow: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def flow_to_image(flow: np.ndarray) -> np.ndarray:
     """Optical flow (u, v) in pixels, float [..., H, W, 2] (u along x, to the right; v along y,
     down) -> float32 [..., H, W, 3]: R = u / (MAX_FLOW * W), G = v / (MAX_FLOW * H), clipped to
-    [-1, 1], and B = 1 where the flow is known, -1 where `valid` (default: everywhere) says not."""
+    [-1, 1], and B = 1, which marks the flow known (the flow metric skips target pixels with
+    B <= 0, where a target's flow is unknown)."""
     flow = np.asarray(flow, np.float32)
     height, width = flow.shape[-3:-1]
     image = np.empty((*flow.shape[:-1], 3), np.float32)
     image[..., 0] = flow[..., 0] / (MAX_FLOW * width)
     image[..., 1] = flow[..., 1] / (MAX_FLOW * height)
-    image[..., 2] = 1.0 if valid is None else np.where(valid, 1.0, -1.0)
+    image[..., 2] = 1.0
     return np.clip(image, -1.0, 1.0, out=image)
 
 
@@ -133,13 +149,19 @@ def draw_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return drawn
 
 
-def image_to_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The box (top, left, bottom, right) spanned by the pixels near BOX_COLOUR, None if none."""
-    near = ((np.asarray(image, np.float32) - np.float32(BOX_COLOUR)) ** 2).sum(-1) < _BOX_TOLERANCE**2
-    rows, cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
+def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box (top, left, bottom, right), inclusive pixel rows and columns, spanned by the True
+    pixels of a mask [H, W]; None if it has none."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if not rows.size:
         return None
     return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
+
+
+def image_to_box(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box (top, left, bottom, right) spanned by the pixels near BOX_COLOUR, None if none."""
+    near = ((np.asarray(image, np.float32) - np.float32(BOX_COLOUR)) ** 2).sum(-1) < _BOX_TOLERANCE**2
+    return mask_to_box(near)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ ST-VAE's clips (`base_clip`, `SyntheticClips`).
 
 A task (`TASKS`) makes its pair as a pure function of the generator it is given, so an episode that
 seeds the generator from (seed, index) (lavin_jax.data.episodes) can be rebuilt by any host alone.
-Frames are float32 [T, H, W, 3] in [-1, 1]. Targets that are not pictures (classes, depth, normals,
-flow, joints, boxes) are drawn with the encodings of lavin_jax.data.scoring, and every task names
-the metric of scoring.METRICS that scores predictions of it.
+Frames are float32 [T, H, W, 3] in [-1, 1]. Targets that are not pictures (classes, depth, flow,
+joints, boxes) are drawn with the encodings of lavin_jax.data.scoring, normals as raw RGB = n (the
+form scoring's normals metric reads), and every task names the metric of scoring.METRICS that
+scores predictions of it.
 """
 
 from __future__ import annotations
@@ -29,18 +30,20 @@ from lavin_jax.data import scoring
 # Far more examples than any run reads; grain's MapDataset wants a finite length.
 NUM_EXAMPLES = 2**40
 
-# Separate seed streams, so an episode's draws never coincide with a global batch's K draw, nor
-# with a clip's (_CLIP_STREAM below).
-_EPISODE_STREAM = 0  # used by lavin_jax.data.episodes
-_NUM_PAIRS_STREAM = 1  # used by lavin_jax.data.episodes
+# Seed streams, here and in lavin_jax.data.episodes: every data draw is
+# np.random.default_rng((seed, stream, index)) with its own stream, so no two kinds of draw replay
+# each other's randomness.
+EPISODE_STREAM = 0  # an episode's pairs, index: the example
+NUM_PAIRS_STREAM = 1  # a global batch's number of pairs K, index: the batch
+CLIP_STREAM = 2  # a SyntheticClips clip, index: the example
+CLIP_LENGTH_STREAM = 3  # a global batch's clip length (clip_length), index: the batch
+VIDEO_STREAM = 4  # whether a global batch of episodes is video, index: the batch
 
 # The background is a soft gradient: its colour changes by at most this much across the image.
 _MAX_BACKGROUND_CHANGE = 0.8
 
 # Scene videos (`base_clip`, `SyntheticClips`) have 1+4k frames, the ST-VAE's causal clip length.
 _CLIP_TIME_FACTOR = 4
-_CLIP_STREAM = 2
-_CLIP_LENGTH_STREAM = 3
 # Motion per frame, in unit coordinates (the image side is 1): shapes drift at a constant velocity
 # of this speed, the background gradient turns by this many radians, stripes scroll by this many
 # periods within their moving window. Slow enough that neighbouring frames differ only slightly.
@@ -156,7 +159,8 @@ def _grid(size):
 
 
 def _shape_mask(shape: Shape, y: np.ndarray, x: np.ndarray, t: float) -> np.ndarray:
-    """Where `shape` covers the points (y, x) at time t (a Python float)."""
+    """Where `shape` covers the points (y, x) at time t (in frames)."""
+    t = float(t)  # a numpy scalar time would promote the float32 coordinates to float64
     dy, dx = shape.velocity[0] * t, shape.velocity[1] * t
     return _SHAPES[shape.kind][1](shape.geometry, y, x, dy, dx, shape.scroll * t)
 
@@ -181,16 +185,10 @@ def _paint(scene: Scene, size: int, t: float, masks: Sequence[np.ndarray]):
     return np.clip(image, -1.0, 1.0, out=image), index
 
 
-def _render(scene: Scene, size: int, t: float = 0.0):
-    """The scene at time t (in frames): its image and index map (`_paint`)."""
-    t = float(t)
-    y, x = _grid(size)
-    return _paint(scene, size, t, [_shape_mask(shape, y, x, t) for shape in scene.shapes])
-
-
 def render_scene(scene: Scene, size: int, t: float = 0.0) -> np.ndarray:
     """The scene at time t (in frames) as float32 [size, size, 3] in [-1, 1]."""
-    return _render(scene, size, t)[0]
+    y, x = _grid(size)
+    return _paint(scene, size, t, [_shape_mask(shape, y, x, t) for shape in scene.shapes])[0]
 
 
 def _render_times(scene: Scene, size: int, times) -> np.ndarray:
@@ -234,7 +232,6 @@ class _Layers(NamedTuple):
 
 def _layers(scene: Scene, size: int, t: float) -> _Layers:
     """The scene at time t on the ground plane: its shapes repainted far to near."""
-    t = float(t)
     y, x = _grid(size)
     masks = [_shape_mask(shape, y, x, t) for shape in scene.shapes]
     # A shape wholly outside the image (a moving one can leave) is never seen; any depth will do.
@@ -275,11 +272,6 @@ def _task(name: str, metric: str, make, *, video: bool = False) -> Task:
     return Task(name, checked, video, metric)
 
 
-def _gray(plane: np.ndarray) -> np.ndarray:
-    """A [..., H, W] plane as a float32 gray [..., H, W, 3] image."""
-    return np.repeat(plane[..., None], 3, axis=-1).astype(np.float32, copy=False)
-
-
 # --- Tasks on the rendered scene: its frames go in and a transform of them comes out, or the other
 # way round (restoration). A pair's parameters (hole, noise level, ...) are drawn once, so a video's
 # frames share them.
@@ -309,7 +301,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _desaturate(_rng, clean):
-    return _gray(clean @ _LUMA)
+    return scoring.gray_to_image(clean @ _LUMA)
 
 
 def _cut_hole(rng, clean):
@@ -434,7 +426,7 @@ def _edges(layers):
     outline[:, :-1] |= across
     outline[1:] |= down
     outline[:-1] |= down
-    return _gray(np.where(outline, np.float32(1.0), np.float32(-1.0)))
+    return scoring.gray_to_image(np.where(outline, np.float32(1.0), np.float32(-1.0)))
 
 
 def _motion(shape: Shape) -> tuple[float, float]:
@@ -505,17 +497,26 @@ _LIMBS = ((0, 1), (1, 2), (1, 3), (1, 4), (2, 5), (2, 6))
 
 def _draw_figure(rng) -> np.ndarray:
     """Joint positions (y, x) in unit coordinates, [len(_JOINTS), 2]: an upright torso, tilted a
-    little, arms in any direction, legs downwards, all inside the image. "Left" is the image's
-    left: of the two hands (feet), the one with the smaller x, so every joint is identifiable."""
+    little, with one arm out to each side, at most 45 degrees off the torso's horizontal, and one
+    leg down to each side, 30 to 60 degrees below it; every joint lies within 0.3 of a centre in
+    [0.35, 0.65]^2, so inside the image. The left hand and foot lie left of the torso's axis, at
+    smaller x in the image than the right ones (the tilt turns no limb past the vertical), so every
+    joint is identifiable. No two joints lie closer than 0.099: the nearest possible pair is the
+    head and a hand raised 45 degrees, 0.2475 scale apart, at the smallest scale, 0.4."""
     centre = rng.uniform(0.35, 0.65, 2)
-    scale, tilt = rng.uniform(0.3, 0.5), rng.uniform(-0.3, 0.3)
+    scale, tilt = rng.uniform(0.4, 0.5), rng.uniform(-0.3, 0.3)
     up = scale * np.array([-math.cos(tilt), math.sin(tilt)])
+    right = scale * np.array([math.sin(tilt), math.cos(tilt)])  # the torso's right, normal to up
     neck, pelvis = centre + 0.2 * up, centre - 0.2 * up
-    arms, legs = rng.uniform(0.0, 2 * np.pi, 2), rng.uniform(np.pi / 6, 5 * np.pi / 6, 2)
-    hands = neck + 0.35 * scale * np.stack([np.sin(arms), np.cos(arms)], axis=-1)
-    feet = pelvis + 0.4 * scale * np.stack([np.sin(legs), np.cos(legs)], axis=-1)
-    by_x = lambda pair: pair[np.argsort(pair[:, 1], kind="stable")]
-    return np.concatenate([[neck + 0.2 * up, neck, pelvis], by_x(hands), by_x(feet)])
+    # Each limb's angle below the torso's horizontal, towards its own side: left limbs are mirrored.
+    arms, legs = rng.uniform(-np.pi / 4, np.pi / 4, 2), rng.uniform(np.pi / 6, np.pi / 3, 2)
+    sides = np.array([[-1.0], [1.0]])  # left, right
+
+    def reach(joint, length, angles):  # the left and right limbs' ends
+        return joint + length * (sides * np.cos(angles)[:, None] * right - np.sin(angles)[:, None] * up)
+
+    hands, feet = reach(neck, 0.35, arms), reach(pelvis, 0.4, legs)
+    return np.concatenate([[neck + 0.25 * up, neck, pelvis], hands, feet])
 
 
 def _distance_to_limbs(joints: np.ndarray, size: int) -> np.ndarray:
@@ -536,8 +537,12 @@ def _keypoints(rng, size, _frames):
     in; its joints out, each a disc in its palette colour on black (class 0)."""
     image = base_image(rng, size)
     joints = _draw_figure(rng)
-    # Widths in unit coordinates, but never under about a pixel, so small images show them too.
-    half_width, radius = max(0.012, 0.6 / size), max(0.025, 1.0 / size)
+    # Widths in unit coordinates, but never under about a pixel, so small images show them too. A
+    # radius of at least 0.75 px, over half a pixel's diagonal, covers the centre of the pixel a
+    # joint lies in, and twice the radius (at most 0.094, at 16 px) is under the 0.099 between the
+    # closest joints (`_draw_figure`), so no disc covers another: every joint shows, its pixels'
+    # centroid within a radius of it.
+    half_width, radius = max(0.012, 0.6 / size), max(0.025, 0.75 / size)
     distance = _distance_to_limbs(joints, size)
     outline, limb = distance < 2.0 * half_width, distance < half_width
     for channel in range(3):
@@ -556,12 +561,10 @@ def _detection(rng, size, _frames):
     scene = draw_scene(rng)
     circle = Shape(_CIRCLE, _draw_circle(rng), tuple(rng.uniform(-1.0, 1.0, 3).tolist()))
     others = tuple(shape for shape in scene.shapes if shape.kind != _CIRCLE)
-    image, index = _render(dataclasses.replace(scene, shapes=(*others, circle)), size)
+    image = render_scene(dataclasses.replace(scene, shapes=(*others, circle)), size)
     # Its centre lies in the image and its radius exceeds half a pixel's diagonal from 16 px on, so
     # the circle always covers a pixel centre; on top, all of it is visible.
-    covered = index == len(others) + 1
-    rows, cols = np.flatnonzero(covered.any(1)), np.flatnonzero(covered.any(0))
-    box = (rows[0], cols[0], rows[-1], cols[-1])
+    box = scoring.mask_to_box(_shape_mask(circle, *_grid(size), 0.0))
     return image[None], scoring.draw_box(image, box)[None]
 
 
@@ -648,7 +651,7 @@ def clip_length(seed: int, batch_index: int, data_config) -> int:
     of the batches (a draw per batch) and 1 for the rest."""
     if batch_index < data_config.video_start:
         return 1
-    rng = np.random.default_rng((seed, _CLIP_LENGTH_STREAM, batch_index))
+    rng = np.random.default_rng((seed, CLIP_LENGTH_STREAM, batch_index))
     return int(data_config.clip_frames) if rng.random() < data_config.video_share else 1
 
 
@@ -680,5 +683,5 @@ class SyntheticClips:
         frames = self._frames
         if frames is None:
             frames = clip_length(self._seed, int(index) // self._global_batch_size, self._data_config)
-        rng = np.random.default_rng((self._seed, _CLIP_STREAM, int(index)))
+        rng = np.random.default_rng((self._seed, CLIP_STREAM, int(index)))
         return {"video": base_clip(rng, self._image_size, int(frames))}

@@ -36,6 +36,8 @@ NYU_MAX_DEPTH = 10.0  # metres; NYU's Kinect depth stays below it, and deeper pi
 # background is class 0 (black, as everywhere), and the uncertain outline keeps its own class so
 # that neither side is taught a guess.
 PET_CLASSES = {1: 1, 2: 0, 3: 2}
+_PET_LABELS = np.zeros(256, np.int64)  # PET_CLASSES as a lookup table over the mask's uint8 values.
+_PET_LABELS[list(PET_CLASSES)] = list(PET_CLASSES.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +48,8 @@ class Adapter:
     video: bool = False  # convert returns one video for frame prediction, not a pair.
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """An encoding of `scoring` (float [-1, 1]) as uint8 RGB; palette colours come back exact."""
-    return np.round((np.asarray(image, np.float32) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
-
-
 def _depth(example: dict) -> tuple[np.ndarray, np.ndarray]:
-    return example["image"], to_uint8(scoring.depth_to_image(example["depth"], max_depth=NYU_MAX_DEPTH))
+    return example["image"], scoring.to_uint8(scoring.depth_to_image(example["depth"], max_depth=NYU_MAX_DEPTH))
 
 
 def _pet(example: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -60,15 +57,13 @@ def _pet(example: dict) -> tuple[np.ndarray, np.ndarray]:
     unknown = np.setdiff1d(trimap, list(PET_CLASSES))
     if unknown.size:
         raise ValueError(f"segmentation_mask has values {unknown[:5].tolist()} outside the trimap's 1, 2, 3")
-    classes = np.zeros(256, np.int64)
-    classes[list(PET_CLASSES)] = list(PET_CLASSES.values())
-    return example["image"], to_uint8(scoring.labels_to_image(classes[trimap]))
+    return example["image"], scoring.to_uint8(scoring.labels_to_image(_PET_LABELS[trimap]))
 
 
 def _ade20k(example: dict) -> tuple[np.ndarray, np.ndarray]:
     # tfds takes the annotations of the Places Challenge 2017 instance masks: the red channel is
     # the category (0: unlabelled), the green channel the instance, which semantics ignores.
-    return example["image"], to_uint8(scoring.labels_to_image(np.asarray(example["annotation"])[..., 0]))
+    return example["image"], scoring.to_uint8(scoring.labels_to_image(np.asarray(example["annotation"])[..., 0]))
 
 
 def _bair(example: dict) -> np.ndarray:

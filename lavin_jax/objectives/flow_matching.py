@@ -126,7 +126,7 @@ class FlowMatching(Objective):
         """How many frames the model sees for an item of `frames` pixel frames."""
         if self.config.vae.name == "none":
             return frames
-        return (frames - 1) // self.autoencoder.time_factor + 1
+        return self.autoencoder.latent_frames(frames)
 
     def grads(self, graphdefs, params, constants, batch, key, phase):
         if self.config.vae.name == "stvae" and self.config.data.source == "synthetic":

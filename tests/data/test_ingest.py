@@ -144,13 +144,24 @@ def test_videos_become_frame_prediction_pairs(tmp_path, config, stride, starts):
     config.data.ingest.video_stride = stride
     report = ingest.ingest(config, [f"videos:{tmp_path / 'videos'}"], str(tmp_path / "out"))
     assert report["written"] == {"frame_prediction": len(starts)}
-    assert _skipped(report) == {"short.mp4": "has 3 frames, fewer than the 4 of one clip"}
+    assert _skipped(report) == {"short.mp4": "has 3 frames, fewer than the 4 that one pair needs"}
     source = records.RecordSource(str(tmp_path / "out"))
     assert source.tasks["frame_prediction"].frames == 2
     for index, start in enumerate(starts):
         inputs, targets = source.read("frame_prediction", index)
         brightness = np.concatenate([inputs, targets]).mean(axis=(1, 2, 3))
         np.testing.assert_allclose(brightness, 20 * np.arange(start, start + 4), atol=3)
+
+
+def test_flip_follows_the_metric_unless_no_flip_forbids_it(tmp_path, config):
+    metrics = {"motion": "flow", "shape": "normals", "pose": "keypoints", "depth": "depth"}
+    for task in [*metrics, "plain", "still"]:
+        (tmp_path / "in" / task).mkdir(parents=True)
+        _image(tmp_path / "in" / task / "a_input.png")
+        _image(tmp_path / "in" / task / "a_target.png")
+    ingest.ingest(config, [f"folder:{tmp_path / 'in'}"], str(tmp_path / "out"), metrics=metrics, no_flip=["still"])
+    flips = {name: info.flip for name, info in records.RecordSource(str(tmp_path / "out")).tasks.items()}
+    assert flips == {"motion": False, "shape": False, "pose": False, "depth": True, "plain": True, "still": False}
 
 
 def test_refusals_come_before_any_data_is_read(template, config, tmp_path):

@@ -18,7 +18,7 @@ def _frames(seed, shape=(2, 6, 10, 3)):
 def _palette_frames(seed, shape=(1, 12, 18)):
     """Frames of random classes drawn in scoring's palette colours, and the colours used."""
     labels = np.random.default_rng(seed).integers(0, 6, shape)
-    frames = np.round((scoring.labels_to_image(labels) + 1.0) * 127.5).astype(np.uint8)
+    frames = scoring.to_uint8(scoring.labels_to_image(labels))
     return frames, {tuple(c) for c in frames.reshape(-1, 3)}
 
 
@@ -139,12 +139,57 @@ def test_jpeg_keeps_palette_targets_lossless(tmp_path):
 
 
 def test_source_pickles_and_reads_after(tmp_path):
+    """Grain hands the source to its worker processes by pickling it, also once it has read."""
     pairs = _write(tmp_path / "records")
     source = records.RecordSource(str(tmp_path / "records"))
-    source.read("colour", 4)  # readers open in this process.
+    source.read("colour", 4)  # the task's shard readers are open now, and must pickle.
     copy = pickle.loads(pickle.dumps(source))
     assert copy.tasks == source.tasks
     np.testing.assert_array_equal(copy.read("colour", 4)[1], pairs["colour"][4][1])
+    np.testing.assert_array_equal(copy.read("seg", 0)[1], pairs["seg"][0][1])
+
+
+def test_flip_defaults_to_whether_the_metric_survives_a_mirror(tmp_path):
+    unsafe = {"flow", "normals", "keypoints"}  # mirroring would have to change their targets.
+    assert records.MIRROR_SAFE == frozenset(records.METRICS) - unsafe
+    pair = _frames(0, (1, 4, 4, 3)), _frames(1, (1, 4, 4, 3))
+    with records.RecordWriter(str(tmp_path / "records")) as writer:
+        for metric in records.METRICS:
+            writer.add(metric, *pair, "x", metric=metric)
+        writer.add("forced", *pair, "x", metric="flow", flip=True)  # an explicit flip is kept.
+        writer.add("still", *pair, "x", flip=False)
+        with pytest.raises(ValueError, match="has flip=False, but the task's earlier pairs have True"):
+            writer.add("image", *pair, "y", flip=False)
+    flips = {name: info.flip for name, info in records.RecordSource(str(tmp_path / "records")).tasks.items()}
+    assert flips["flow"] is flips["normals"] is flips["keypoints"] is False
+    assert flips["image"] is flips["depth"] is flips["segmentation"] is True
+    assert flips == {**{metric: metric not in unsafe for metric in records.METRICS}, "forced": True, "still": False}
+
+
+def test_shard_writer_rolls_over_and_names_shards_relative(tmp_path):
+    import grain
+
+    writer = records.ShardWriter(str(tmp_path), "part", shard_size=2)
+    for i in range(5):
+        writer.write(bytes([i]) * 3)
+    files = writer.close()
+    assert files == [f"part-0000{n}.array_record" for n in range(3)]
+    assert sorted(os.listdir(tmp_path)) == files
+    source = grain.sources.ArrayRecordDataSource([str(tmp_path / f) for f in files])
+    assert [source[i] for i in range(5)] == [bytes([i]) * 3 for i in range(5)]
+    assert records.ShardWriter(str(tmp_path / "nowhere"), "none", 1).close() == []  # no record, no file.
+    with pytest.raises(ValueError, match="shard_size=0 must be positive"):
+        records.ShardWriter(str(tmp_path), "part", 0)
+
+
+def test_writer_refuses_a_bad_encoding_before_making_the_directory(tmp_path):
+    with pytest.raises(ValueError, match="Encoding 'gif' is not one of png, jpeg, raw"):
+        records.RecordWriter(str(tmp_path / "records"), encoding="gif")
+    with pytest.raises(ValueError, match="shard_size=0 must be positive"):
+        records.RecordWriter(str(tmp_path / "records"), shard_size=0)
+    assert not (tmp_path / "records").exists()
+    with pytest.raises(ValueError, match="Encoding 'gif' is not one of png, jpeg, raw"):
+        records.encode_frames(_frames(0), "gif")
 
 
 def test_writer_never_overwrites(tmp_path):
@@ -199,14 +244,15 @@ def test_bad_records_name_file_index_id_and_reason(tmp_path):
         record("corrupt.png", target={"encoding": "png", "shape": [1, 4, 4, 3], "data": [b"\x89PNG broken"]}),
         record("rgba.png", input=rgba),
         record("wide.png", target=records.encode_frames(_frames(3, (1, 4, 6, 3)), "png")),
-        {"task": "t", "id": "lonely.png", "input": rgba},
+        {"task": "t", "id": "lonely.png", "input": records.encode_frames(_frames(2, (1, 4, 4, 3)), "png")},
         record("video.mp4", input=records.encode_frames(_frames(3, (2, 4, 4, 3)), "raw"),
                target=records.encode_frames(_frames(3, (2, 4, 4, 3)), "raw")),
+        record("stray.png", task="u"),
         b"\xc1 not msgpack",
     ]
     reasons = ["its target: a frame's png bytes cannot be decoded", "its input: a frame has mode RGBA",
                "input [1, 4, 4, 3] and target [1, 4, 6, 3] differ", "no 'target' field",
-               "2 frames, the manifest says 1", "not msgpack"]
+               "2 frames, the manifest says 1", "it belongs to task 'u', not 't'", "not msgpack"]
     good = _raw_directory(tmp_path, bad)
     source = records.RecordSource(str(tmp_path))
     np.testing.assert_array_equal(source.read("t", 0)[0], records.decode_frames(good["input"]))

@@ -15,6 +15,11 @@ def labels_frame(labels):
     return batch(scoring.labels_to_image(labels))
 
 
+def labels_clip(labels):
+    """One example of palette labels [T, H, W], [1, T, H, W, 3]."""
+    return scoring.labels_to_image(labels)[None]
+
+
 def score_labels(metric, prediction, target):
     """METRICS[metric] of one frame of predicted and one of target palette labels."""
     return scoring.METRICS[metric](labels_frame(prediction), labels_frame(target))
@@ -30,8 +35,7 @@ def test_labels_round_trip_and_decode_to_the_nearest_palette_colour():
     colours = np.random.default_rng(0).uniform(-1, 1, (500, 3)).astype(np.float32)
     nearest = ((colours[:, None] - scoring.PALETTE) ** 2).sum(-1).argmin(-1)
     np.testing.assert_array_equal(scoring.image_to_labels(colours), nearest)
-    nearest_of_8 = ((colours[:, None] - scoring.PALETTE[:8]) ** 2).sum(-1).argmin(-1)
-    np.testing.assert_array_equal(scoring.image_to_labels(colours, num_classes=8), nearest_of_8)
+    np.testing.assert_array_equal(scoring.labels_to_image(labels), scoring.PALETTE[labels])
 
 
 def test_panoptic_labels_keep_the_class_in_their_low_bits():
@@ -49,14 +53,15 @@ def test_panoptic_labels_keep_the_class_in_their_low_bits():
 
 def test_depth_and_flow_round_trip():
     depth = np.random.default_rng(0).uniform(0, 10, (4, SIZE, SIZE))
-    decoded = scoring.image_to_depth(scoring.depth_to_image(depth, 10.0), 10.0)
-    np.testing.assert_allclose(decoded, depth, atol=1e-5)
+    image = scoring.depth_to_image(depth, 10.0)
+    assert image.shape == (*depth.shape, 3) and image.dtype == np.float32
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])  # gray
+    np.testing.assert_allclose(scoring.image_to_depth(image, 10.0), depth, atol=1e-5)
     # Within MAX_FLOW of the sides, 1.6 and 3.2 pixels.
     flow = np.random.default_rng(1).uniform(-1.5, 1.5, (2, SIZE, 2 * SIZE, 2))
-    valid = np.random.default_rng(2).random((2, SIZE, 2 * SIZE)) < 0.5
-    image = scoring.flow_to_image(flow, valid)
+    image = scoring.flow_to_image(flow)
     np.testing.assert_allclose(scoring.image_to_flow(image), flow, atol=1e-5)
-    np.testing.assert_array_equal(image[..., 2] > 0, valid)
+    np.testing.assert_array_equal(image[..., 2], 1.0)  # the flow is known everywhere
     np.testing.assert_allclose(image[0, 0, 0, :2], flow[0, 0, 0] / [3.2, 1.6], rtol=1e-5)
 
 
@@ -67,7 +72,16 @@ def test_a_drawn_box_decodes_to_itself_on_any_image():
             drawn = scoring.draw_box(image, box)
             assert scoring.image_to_box(drawn) == box
             assert drawn.min() >= -1.0 and drawn.max() <= 1.0
-    assert scoring.image_to_box(np.ones((8, 8, 3), np.float32) * scoring.BOX_CONTRAST) is None
+    # The nearest an image at BOX_CONTRAST comes to the box colour is not a box.
+    nearest = np.tile(scoring.BOX_CONTRAST * np.float32(scoring.BOX_COLOUR), (8, 8, 1))
+    assert scoring.image_to_box(nearest) is None
+
+
+def test_a_mask_box_spans_its_true_pixels():
+    mask = np.zeros((8, 10), bool)
+    assert scoring.mask_to_box(mask) is None
+    mask[2, 7] = mask[5, 3] = True
+    assert scoring.mask_to_box(mask) == (2, 3, 5, 7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,15 +190,15 @@ def test_box_iou_of_two_overlapping_boxes():
 def test_epe_of_a_constant_flow_error():
     size = 64  # flow up to 6.4 pixels
     flow = np.random.default_rng(0).uniform(-2, 2, (size, size, 2))
-    valid = np.ones((size, size), bool)
-    valid[:8] = False
+    target = scoring.flow_to_image(flow)
+    target[:8, :, 2] = -1.0  # flow unknown there
     prediction = scoring.flow_to_image(flow + [3.0, 4.0])
-    prediction[:8] = 1.0  # unmeasured pixels do not count
-    scores = scoring.METRICS["flow"](batch(prediction), batch(scoring.flow_to_image(flow, valid)))
+    prediction[:8] = 1.0  # pixels without a target flow do not count
+    scores = scoring.METRICS["flow"](batch(prediction), batch(target))
     assert scores["epe"] == pytest.approx(5.0, abs=1e-4)
 
 
-def test_scores_are_means_over_examples_and_frames():
+def test_scores_are_means_over_examples_and_box_iou_over_frames():
     target = np.ones((SIZE, SIZE), int)
     target[:, SIZE // 2 :] = 2
     predictions = np.concatenate([labels_frame(target), labels_frame(np.ones_like(target))])  # 1, 0.25
@@ -196,6 +210,27 @@ def test_scores_are_means_over_examples_and_frames():
     wrong = clip.copy()
     wrong[0, 1] = scoring.draw_box(image, (10, 10, 12, 12))
     assert scoring.METRICS["boxes"](wrong, clip) == {"box_iou": 0.5}
+
+
+def test_segmentation_and_panoptic_pool_an_examples_frames():
+    half = np.ones((SIZE, SIZE), int)
+    half[:, SIZE // 2 :] = 2
+    # Frame 0 right, frame 1 all class 1: pooled, IoU(1) = 384 / 512 and IoU(2) = 0, not the mean of
+    # the frames' mIoUs, 1 and 0.25.
+    target = np.stack([np.ones_like(half), half])
+    prediction = np.ones_like(target)
+    score = scoring.METRICS["segmentation"](labels_clip(prediction), labels_clip(target))
+    assert score == {"miou": 0.375}
+    # A segment is a label in one frame. Frame 0 right, frame 1 with the class-1 half predicted as
+    # class 2 and 2 columns wider: class 1 has 2 segments, 1 matched (IoU 1) and 1 missed, PQ 1 / 1.5;
+    # class 2 one false segment, PQ 0; the background 2 matches (IoU 1 and 6/8), PQ 0.875. The
+    # frames' mean PQ would be (1 + 0.25) / 2.
+    target = np.zeros((2, SIZE, SIZE), int)
+    target[:, :, :8] = scoring.panoptic_labels(1, 0)
+    prediction = target.copy()
+    prediction[1, :, :10] = scoring.panoptic_labels(2, 0)
+    score = scoring.METRICS["panoptic"](labels_clip(prediction), labels_clip(target))
+    assert score["pq"] == pytest.approx((1 / 1.5 + 0 + 0.875) / 3)
 
 
 @pytest.mark.parametrize("metric", list(scoring.METRICS))

@@ -1,3 +1,4 @@
+import grain
 import numpy as np
 import pytest
 
@@ -61,9 +62,10 @@ def make_pair(name, seed=0, size=TASK_SIZE, frames=VIDEO_FRAMES):
 
 def test_the_suite_has_its_tasks_in_a_stable_order():
     assert tuple(synthetic.TASKS) == IMAGE_TASKS + VIDEO_TASKS
+    assert set(PERFECT) == set(scoring.METRICS)
     for name, task in synthetic.TASKS.items():
         assert task.name == name and task.video == (name in VIDEO_TASKS)
-        assert task.metric in scoring.METRICS and set(PERFECT) == set(scoring.METRICS)
+        assert task.metric in scoring.METRICS
 
 
 @pytest.mark.parametrize("name", list(synthetic.TASKS))
@@ -139,10 +141,28 @@ def test_depth_shows_the_nearest_shape_at_every_pixel(name):
             shape, depth = visible(scene, TASK_SIZE, t)
             colours = np.array([s.colour for s in scene.shapes], np.float32)
             covered = shape >= 0
-            np.testing.assert_array_equal(image[covered], np.clip(colours[shape[covered]], -1, 1))
+            np.testing.assert_array_equal(image[covered], colours[shape[covered]])
             decoded = scoring.image_to_depth(depth_image, synthetic._MAX_DEPTH)
             np.testing.assert_allclose(decoded, depth, rtol=1e-5)
             assert (depth[covered] < synthetic._MAX_DEPTH).all()  # the background is farthest
+
+
+def test_depth_of_a_hand_built_scene_follows_the_ground_plane():
+    # Depth runs from 9 at the image's top to 2 at its bottom with a shape's centre of mass (in
+    # unit rows), and nearer shapes cover farther ones; the background lies at 10. Two squares of
+    # 8 x 8 pixels: `low` spans rows 6-13 (centre 0.625, depth 9 - 7 * 0.625 = 4.625) and is listed
+    # first, `high` rows 2-9 (centre 0.375, depth 6.375) and columns overlapping low's.
+    size = 16
+    low = synthetic.Shape(synthetic._RECTANGLE, (0.375, 0.125, 0.5, 0.5), (0.5, 0.0, 0.0))
+    high = synthetic.Shape(synthetic._RECTANGLE, (0.125, 0.375, 0.5, 0.5), (0.0, 0.5, 0.0))
+    scene = synthetic.Scene(0.0, (0.0, 0.0, 0.0), (0.0, 0.0, 0.0), (low, high))
+    layers = synthetic._layers(scene, size, 0)
+    expected = np.full((size, size), 10.0)
+    expected[2:10, 6:14] = 6.375
+    expected[6:14, 2:10] = 4.625  # over high where they overlap
+    np.testing.assert_array_equal(synthetic._depth(layers), scoring.depth_to_image(expected, 10.0))
+    np.testing.assert_array_equal(layers.image[expected == 4.625], np.broadcast_to(low.colour, (64, 3)))
+    np.testing.assert_array_equal(layers.image[expected == 6.375], np.broadcast_to(high.colour, (48, 3)))
 
 
 def test_segmentations_decode_to_the_visible_shapes_kinds_and_instances():
@@ -281,7 +301,7 @@ def test_restorations_restore_the_rendered_scene(name):
 def test_colorization_input_is_the_gray_luma_of_the_target():
     task_input, target = make_pair("colorization")
     for channel in range(3):
-        np.testing.assert_allclose(task_input[..., channel], target @ synthetic._LUMA, atol=1e-6)
+        np.testing.assert_allclose(task_input[..., channel], target @ [0.299, 0.587, 0.114], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["inpainting", "video_inpainting"])
@@ -344,7 +364,29 @@ def test_inverse_tasks_swap_their_forward_pair():
             np.testing.assert_array_equal(a, b)
 
 
+def test_figures_keep_their_joints_apart_and_their_sides_in_place():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        joints = synthetic._draw_figure(rng)
+        assert joints.min() > 0.0 and joints.max() < 1.0
+        distances = np.linalg.norm(joints[:, None] - joints[None], axis=-1)
+        assert distances[np.triu_indices(len(joints), 1)].min() >= 0.099 - 1e-9
+        left_hand, right_hand, left_foot, right_foot = joints[3:, 1]
+        assert left_hand < right_hand and left_foot < right_foot
+
+
 def test_keypoints_mark_the_figures_joints():
+    # Every joint shows, its pixels' centroid within a pixel of where the figure has the joint.
+    for size in (16, 32):
+        for seed in range(50):
+            rng = np.random.default_rng(seed)
+            synthetic.base_image(rng, size)  # the task draws its scene, then its figure
+            joints = synthetic._draw_figure(rng) * size - 0.5  # in pixel rows and columns
+            labels = scoring.image_to_labels(make_pair("keypoints", seed, size)[1][0])
+            np.testing.assert_array_equal(np.unique(labels), np.arange(len(synthetic._JOINTS) + 1))
+            for joint, position in enumerate(joints, start=1):
+                centroid = np.argwhere(labels == joint).mean(0)
+                assert np.linalg.norm(centroid - position) < 1.0, (size, seed, joint)
     size = 64
     for seed in range(4):
         figure, target = (frame[0] for frame in make_pair("keypoints", seed, size))
@@ -396,13 +438,19 @@ def test_clips_are_deterministic_in_seed_and_index():
     np.testing.assert_array_equal(clips[10]["video"], make_clips(seed=3)[10]["video"])
     assert not np.array_equal(clips[10]["video"], clips[11]["video"])
     assert not np.array_equal(clips[10]["video"], make_clips(seed=4)[10]["video"])
-    # Their own seed stream: a clip never replays an episode's or a K draw's randomness.
-    streams = {synthetic._EPISODE_STREAM, synthetic._NUM_PAIRS_STREAM, synthetic._CLIP_STREAM}
-    assert len(streams) == 3
+    # Their own seed stream: a clip is drawn from (seed, CLIP_STREAM, index), never replaying the
+    # randomness of the episode (or any other draw) of the same seed and index.
+    streams = [
+        synthetic.EPISODE_STREAM, synthetic.NUM_PAIRS_STREAM, synthetic.CLIP_STREAM,
+        synthetic.CLIP_LENGTH_STREAM, synthetic.VIDEO_STREAM,
+    ]
+    assert len(set(streams)) == len(streams)
+    drawn_from = lambda stream: synthetic.base_clip(np.random.default_rng((3, stream, 10)), SIZE, 5)
+    np.testing.assert_array_equal(clips[10]["video"], drawn_from(synthetic.CLIP_STREAM))
+    assert not np.array_equal(clips[10]["video"], drawn_from(synthetic.EPISODE_STREAM))
 
 
 def test_clips_work_as_a_grain_source():
-    grain = pytest.importorskip("grain")
     clips = make_clips()
     dataset = grain.MapDataset.source(clips).batch(2)
     assert dataset[1]["video"].shape == (2, 5, SIZE, SIZE, 3)
