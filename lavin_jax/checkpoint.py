@@ -1,8 +1,9 @@
-"""Asynchronous checkpoints of the train state, the data iterator's position and the config.
+"""Asynchronous checkpoints of the train state and the config.
 
-Each step directory holds three orbax items: `state` (the array pytree, written by every host for
-its own shards), `data` (one grain iterator state file per process) and `config` (the run's
-config as JSON). Restoring reads `config` first, so a checkpoint of another model, seed, batch
+Each step directory holds two orbax items: `state` (the array pytree, written by every host for
+its own shards, readable onto any mesh) and `config` (the run's config as JSON). The data
+position is the step itself (`data/pipeline.py`), so a checkpoint does not depend on how many
+processes wrote it. Restoring reads `config` first, so a checkpoint of another model, seed, batch
 size or data is refused with a sentence naming the fields before any array is read.
 """
 
@@ -11,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 
-import grain
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
 # The fields that make a checkpoint this run's: the model's shapes, and what decides which examples
-# come in which order (the data iterator's saved position means nothing under other values).
+# come in which order (the step means another data position under other values).
 # Everything else (precision, remat, attention kernel, optimizer, logging, mesh) may change on
 # resume.
 _RUN_FIELDS = ("model", "seed", "global_batch_size", "data")
@@ -27,10 +27,19 @@ _FREE_FIELDS = frozenset({
 })
 
 
+def _path(directory: str) -> epath.Path:
+    # epath, so gs:// directories work too; orbax needs local paths absolute.
+    return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
+def latest_step(directory: str) -> int | None:
+    """The step of the newest finished checkpoint in `directory`, or None; creates nothing."""
+    return max(ocp.path.step.checkpoint_steps(_path(directory)), default=None)
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, save_every: int):
-        # epath, so gs:// directories work too; orbax needs local paths absolute.
-        self._directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
+        self._directory = _path(directory)
         policies = ocp.checkpoint_managers
         self._manager = ocp.CheckpointManager(
             self._directory,
@@ -49,16 +58,15 @@ class Checkpointer:
             ),
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
-                "data": grain.checkpoint.CheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
             },
         )
 
-    def save(self, step: int, state, data_iterator, config, *, force: bool = False) -> bool:
+    def save(self, step: int, state, config, *, force: bool = False) -> bool:
         """Starts writing `step` unless the save interval skips it; returns whether it started.
 
-        The arrays are copied off the devices and the iterator's state is read before this
-        returns, so training may go on (and donate `state`) while the files are written.
+        The arrays are copied off the devices before this returns, so training may go on (and
+        donate `state`) while the files are written.
         A step that is already saved is not saved again, forced or not.
         """
         if step in self._manager.all_steps():
@@ -67,17 +75,13 @@ class Checkpointer:
             step,
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iterator),
                 config=ocp.args.JsonSave(_config_as_json(config)),
             ),
             force=force,
         )
 
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
-
-    def restore(self, step: int, abstract_state, data_iterator, config):
-        """Returns the state of `step` placed like `abstract_state`; moves `data_iterator` there.
+    def restore(self, step: int, abstract_state, config):
+        """Returns the state of `step` placed like `abstract_state`.
 
         `abstract_state` is a pytree of `jax.ShapeDtypeStruct`s with shardings, so a checkpoint
         written on one mesh is read straight onto the current run's mesh.
@@ -85,9 +89,7 @@ class Checkpointer:
         # A save of `step` still in flight has no step directory yet; let it land first.
         self.wait()
         _check_run_matches(self._directory / str(step), self.read_config(step), config)
-        state = self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
-        self._restore_item(step, "data", grain.checkpoint.CheckpointRestore(data_iterator))
-        return state
+        return self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
 
     def read_config(self, step: int) -> dict:
         """The config `step` was written with, as JSON (lists where the config had tuples)."""

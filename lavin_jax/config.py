@@ -50,7 +50,7 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3
-    c.eval_every = 5_000
+    c.eval_every = 5_000  # and at the last step; 0: never (benchmarks).
 
     c.model = models.default_config(model)
 
@@ -167,8 +167,9 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
     (`objectives.check`), and the data pipeline its sources and tasks when it is built, which the
     trainer does next, before anything is compiled. With `num_devices=None` (abstract uses such as
     `--mode=summary`) the mesh is not checked."""
-    for field in ("total_steps", "log_every", "checkpoint_every", "eval_every", "keep_checkpoints", "global_batch_size"):
+    for field in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "global_batch_size"):
         require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
+    require(config.eval_every >= 0, f"config.eval_every={config.eval_every} must be non-negative (0: never).")
     m = config.model
     models.check(m)
     objectives.check(config)

@@ -86,28 +86,36 @@ class Autoencoder:
         return frames.reshape(b, -1, *frames.shape[2:])
 
 
-def load(workdir: str, *, need_stats: bool = True) -> Autoencoder:
-    """The newest checkpoint of the ST-VAE run in `workdir`, replicated on this process's mesh."""
+def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=None) -> Autoencoder:
+    """The newest checkpoint of the ST-VAE run in `workdir`, replicated on `mesh` (default: this
+    process's devices).
+
+    With `abstract`, only shapes: `params` are ShapeDtypeStructs, no array is read, and a workdir
+    without checkpoints stands for the released ST-VAE (`--mode=compile` on a laptop)."""
     from lavin_jax import train  # the trainer knows the state's layout; imported late (cycle).
 
     directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no checkpoints directory {directory!r}.")
-    checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
-    step = checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no checkpoint in {directory!r}.")
-    saved = checkpointer.read_config(step)
-    if saved.get("model", {}).get("name") != "stvae":
-        raise ValueError(f"Run {workdir!r} trained model {saved.get('model', {}).get('name')!r}, not an ST-VAE ('stvae').")
-    config = config_lib.base("stvae")
-    for section in ("model", "autoencoder", "data"):
-        config[section].update(_tuples(saved[section]))
-    config.seed = saved["seed"]
+    step = checkpoint.latest_step(directory) if os.path.isdir(directory) else None
+    if step is None and not abstract:
+        missing = "checkpoints directory" if not os.path.isdir(directory) else "checkpoint in"
+        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no {missing} {directory!r}.")
+    config = config_lib.base("stvae")  # its model config is the released ST-VAE's.
+    if step is not None:
+        checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
+        saved = checkpointer.read_config(step)
+        if saved.get("model", {}).get("name") != "stvae":
+            raise ValueError(f"Run {workdir!r} trained model {saved.get('model', {}).get('name')!r}, not an ST-VAE ('stvae').")
+        for section in ("model", "autoencoder", "data"):
+            config[section].update(_tuples(saved[section]))
+        config.seed = saved["seed"]
     config.autoencoder.lpips_weight = 0.0  # the perceptual net is a training concern only.
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    s = train.setup(config, parallel.make_mesh(config))  # abstract: shapes and shardings only.
-    params = checkpointer.restore_state(step, {"ema": s.abstract_state["ema"]})["ema"]
+    s = train.setup(config, mesh or parallel.make_mesh(config))  # abstract: shapes and shardings only.
+    if step is None:
+        return Autoencoder(config, s.graphdefs["model"], s.abstract_state["ema"], OFFICIAL_SHIFT, OFFICIAL_SCALE)
+    params = s.abstract_state["ema"]
+    if not abstract:
+        params = checkpointer.restore_state(step, {"ema": params})["ema"]
     checkpointer.close()
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
@@ -115,7 +123,7 @@ def load(workdir: str, *, need_stats: bool = True) -> Autoencoder:
         with open(stats_path) as f:
             stats = json.load(f)
         shift, scale = stats["shift"], stats["scale"]
-    elif need_stats:
+    elif need_stats and not abstract:
         raise FileNotFoundError(
             f"ST-VAE run {workdir!r} has no {STATS_FILE}; compute it with: "
             f"python -m lavin_jax.main --mode=latent_stats --config=CONFIG --workdir={workdir}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging as logging_std
 import os
+import time
 
 import jax
 from absl import app, flags, logging
@@ -20,9 +21,14 @@ from lavin_jax import latents, parallel, summary, train
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "summary", "latent_stats", "latent_cache"],
-    "train; summary (params, FLOPs); latent_stats (of the ST-VAE run in --workdir); latent_cache "
-    "(encode --examples episodes of the config into --workdir, with config.vae.checkpoint).",
+    "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache"],
+    "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
+    "its per-device memory); latent_stats (of the ST-VAE run in --workdir); latent_cache (encode "
+    "--examples episodes of the config into --workdir, with config.vae.checkpoint).",
+)
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "cpu:8", "compile: the devices to compile for: cpu:N (N CPU devices) or a TPU topology "
+    "such as v5p:4x4x4 (abstract devices; needs libtpu).",
 )
 _EXAMPLES = flags.DEFINE_integer("examples", 256, "latent_stats / latent_cache: how many images or episodes to encode.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -51,6 +57,15 @@ def main(argv):
         print(table)
         print(f"{result['params']:,} parameters, {result['flops_per_example']:.4g} forward FLOPs per example.")
         return
+    if _MODE.value == "compile":
+        report = compile_report(config, _TOPOLOGY.value)
+        os.makedirs(_WORKDIR.value, exist_ok=True)
+        with open(os.path.join(_WORKDIR.value, "compile.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        print(_report_table(report))
+        if not report["fits"]:
+            raise SystemExit(f"The train step does not fit on {_TOPOLOGY.value}: {report['error']}")
+        return
     if _MODE.value == "latent_stats":
         print(json.dumps(latents.compute_stats(_WORKDIR.value, _EXAMPLES.value)))
         return
@@ -62,6 +77,48 @@ def main(argv):
     parallel.initialize_distributed()
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(), jax.local_device_count())
     train.train(config, _WORKDIR.value)
+
+
+def compile_report(config, topology: str) -> dict:
+    """Compiles the train step for `topology` and reports its per-device memory, so that a job
+    that would run out of memory on the pod is caught on a laptop."""
+    devices = parallel.target_devices(topology)  # first: it sets the CPU device count.
+    processes = len({device.process_index for device in devices})
+    shape = config_lib.validate(config, len(devices), processes)
+    report = {
+        "topology": topology,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "processes": processes,
+        "mesh": shape,
+        "global_batch_size": config.global_batch_size,
+    }
+    started = time.perf_counter()
+    try:
+        compiled = train.compile_step(config, parallel.make_mesh(config, devices))
+    except jax.errors.JaxRuntimeError as error:
+        # The TPU compiler refuses a program that exceeds the device's memory, saying by how much.
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        return {**report, "fits": False, "error": str(error).strip().splitlines()[0]}
+    memory = compiled.memory_analysis()
+    # Donated state is both an argument and an output; XLA counts it once, as an alias.
+    peak = memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+    return {
+        **report,
+        "fits": True,  # as far as the compiler knows: CPU devices have no memory limit.
+        "compile_seconds": round(time.perf_counter() - started, 1),
+        "argument_bytes": memory.argument_size_in_bytes,
+        "output_bytes": memory.output_size_in_bytes,
+        "alias_bytes": memory.alias_size_in_bytes,
+        "temp_bytes": memory.temp_size_in_bytes,
+        "peak_bytes": peak,
+    }
+
+
+def _report_table(report: dict) -> str:
+    rows = [(name, f"{value / 2**30:.3f} GiB per device" if name.endswith("_bytes") else value) for name, value in report.items()]
+    return "\n".join(f"{name:>18}  {value}" for name, value in rows)
 
 
 def run():

@@ -8,6 +8,7 @@ runs data-parallel, FSDP or tensor-parallel by config alone.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import threading
@@ -20,20 +21,63 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-def initialize_distributed() -> None:
-    """Joins the other hosts of a multi-host job; a single process needs nothing.
+def initialize_distributed() -> str:
+    """Joins the other processes of a multi-process job, chosen by the environment; returns how.
 
-    JAX finds the coordinator on TPU pods and under SLURM by itself; elsewhere the launcher sets
-    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    - `JAX_COORDINATOR_ADDRESS` (host:port of process 0) with `JAX_NUM_PROCESSES` and
+      `JAX_PROCESS_ID`, and optionally `JAX_LOCAL_DEVICE_IDS` (GPUs this process drives): explicit,
+      for GPU clusters without SLURM and for several CPU processes on one machine (`launch/local.sh`),
+      whose collectives then run over gloo.
+    - A SLURM job step of several tasks (`launch/slurm.sbatch`): JAX reads the coordinator, process
+      count and id, and each task's GPUs from SLURM's variables.
+    - A Cloud TPU VM (`launch/tpu_pod.sh`, `launch/xpk.sh`): JAX finds the slice's hosts itself.
+    - Otherwise a single process, which needs nothing.
     """
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
-    elif "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ:
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        missing = [name for name in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if name not in env]
+        if missing:
+            raise ValueError(
+                f"JAX_COORDINATOR_ADDRESS={env['JAX_COORDINATOR_ADDRESS']} is set but {' and '.join(missing)} "
+                "is not: an explicit multi-process job needs all three."
+            )
+        jax.distributed.initialize(num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+        return "explicit"
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_ID" in env:
+        jax.distributed.initialize(cluster_detection_method="slurm")
+        return "slurm"
+    # TPU chips show up as /dev/accel* (v2-v4, v5p) or /dev/vfio/<n> (v5e, v6e) on a TPU VM.
+    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):
         jax.distributed.initialize()
+        return "tpu"
+    return "single"
+
+
+def target_devices(topology: str) -> list:
+    """Devices to compile for ahead of time: 'cpu:N' gives N CPU devices (call before anything
+    else touches JAX's CPU backend); any other name is a TPU topology such as 'v5p:4x4x4' or
+    'v5e:8x8', whose devices are abstract (needs libtpu: `pip install "jax[tpu]"`)."""
+    kind, _, size = topology.partition(":")
+    if kind == "cpu":
+        if not size.isdigit() or int(size) < 1:
+            raise ValueError(f"--topology={topology!r}: write cpu:N with N a positive device count.")
+        try:
+            jax.config.update("jax_num_cpu_devices", int(size))
+        except RuntimeError:  # JAX already started (a notebook, a test): its CPU devices must do.
+            pass
+        devices = jax.devices("cpu")
+        if len(devices) != int(size):
+            raise ValueError(f"--topology={topology!r}: JAX had already started with {len(devices)} CPU devices.")
+        return devices
+    from jax.experimental import topologies
+
+    try:
+        return list(topologies.get_topology_desc(topology, "tpu").devices)
+    except Exception as error:  # no libtpu, or a name it does not know.
+        raise ValueError(
+            f"--topology={topology!r} is not a TPU topology this machine can describe ({error}); "
+            "install libtpu (jax[tpu]) for TPU topologies, or use cpu:N."
+        ) from error
 
 
 def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
@@ -60,15 +104,33 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(config, devices=None) -> Mesh:
-    """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
+    """The (data, fsdp, tensor) mesh over `devices` (default: all devices of all processes).
+
+    Devices are laid out process-major, so the innermost axis, `tensor`, stays within one host
+    whenever it divides the host's device count; a tensor axis spanning hosts is refused, since
+    its per-layer collectives would cross the slow network."""
     devices = jax.devices() if devices is None else list(devices)
     shape = mesh_shape(config.mesh, len(devices))
-    return jax.make_mesh(
+    mesh = jax.make_mesh(
         tuple(shape[axis] for axis in MESH_AXES),
         MESH_AXES,
         axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES),
         devices=devices,
     )
+    check_tensor_within_hosts(np.vectorize(lambda device: device.process_index)(mesh.devices))
+    return mesh
+
+
+def check_tensor_within_hosts(processes: np.ndarray) -> None:
+    """Refuses a mesh whose tensor groups span processes; `processes` holds the process index of
+    each device of the (data, fsdp, tensor) mesh."""
+    groups = processes.reshape(-1, processes.shape[-1])
+    if any(len(set(group)) > 1 for group in groups.tolist()):
+        per_host = processes.size // len(np.unique(processes))
+        raise ValueError(
+            f"config.mesh.tensor={processes.shape[-1]} spans several hosts of {per_host} devices each: "
+            f"tensor parallelism must stay within one host; use a tensor size dividing {per_host}."
+        )
 
 
 def logical_to_mesh(spec: PartitionSpec, rules) -> PartitionSpec:

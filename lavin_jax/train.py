@@ -149,6 +149,19 @@ def make_train_step(config, s: Setup):
     )
 
 
+def compile_step(config, mesh: Mesh) -> jax.stages.Compiled:
+    """The train step lowered and compiled ahead of time on `mesh`, whose devices may be abstract
+    (a TPU topology on a laptop), for the largest batch the pipeline makes at the last step's
+    phase. Nothing is allocated and no file of the run is read."""
+    s = setup(config, mesh)
+    place = lambda tree, sharding: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+    # Constants first: a latent objective learns its ST-VAE's geometry from them.
+    constants = place(s.objective.abstract_constants(mesh), NamedSharding(mesh, PartitionSpec()))
+    batch = place(s.objective.largest_batch(config.global_batch_size), parallel.batch_sharding(mesh, config.mesh.rules))
+    step_fn = make_train_step(config, s)
+    return step_fn.lower(s.abstract_state, constants, batch, s.objective.phase(config.total_steps)).compile()
+
+
 # Stats that count events (logged as totals over the log interval, not means).
 _COUNTS = ("skipped_records",)
 
@@ -157,12 +170,13 @@ class _Preemption:
     """Tells the loop when to save and stop after SIGTERM.
 
     One process installs its own handler. On several hosts, `jax.distributed` already listens for
-    the signal, and `reached_preemption_sync_point` has every host agree on the same step to stop
-    at, so no host leaves the loop while another is still inside a step's collectives.
+    the signal in every process, and `reached_preemption_sync_point` has every host agree on the
+    same step to stop at, so no host leaves the loop while another is still inside a step's
+    collectives, and all save that step.
     """
 
     def __init__(self):
-        self._requested = False
+        self.requested = False
         self._previous = None
 
     def __enter__(self):
@@ -180,12 +194,14 @@ class _Preemption:
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-        self._requested = True
+        self.requested = True
 
     def should_stop(self, step: int) -> bool:
-        if jax.process_count() == 1:
-            return self._requested
-        return multihost_utils.reached_preemption_sync_point(step)
+        if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+            self.requested = True
+        if self.requested:
+            logging.warning("Process %d of %d stops at step %d after SIGTERM.", jax.process_index(), jax.process_count(), step)
+        return self.requested
 
 
 def train(config, workdir: str) -> dict:
@@ -196,22 +212,26 @@ def train(config, workdir: str) -> dict:
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
     objective = objectives.get(config)
     objective.check_files()
-    data = pipeline.make_iterator(config, jax.process_index(), jax.process_count())
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    latest = checkpoint.latest_step(checkpoint_dir)
+    if jax.process_count() > 1:  # every host starts where process 0 sees the newest checkpoint.
+        latest = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if latest is None else latest)))
+        latest = None if latest < 0 else latest
+    # The data position is the step (data/pipeline.py): a resumed run, in any number of
+    # processes, reads on from its checkpoint's step.
+    data = pipeline.make_iterator(config, jax.process_index(), jax.process_count(), latest or 0)
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config)
     logging.info("Mesh %s over %d devices in %d processes.", shape, jax.device_count(), jax.process_count())
     s = setup(config, mesh, objective)
     constants = place_constants(s)
-    checkpointer = checkpoint.Checkpointer(
-        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints, save_every=config.checkpoint_every
-    )
-    latest = checkpointer.latest_step()
+    checkpointer = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, save_every=config.checkpoint_every)
     if latest is None:
         state = init_state(config, s)
     else:
         logging.info("Resuming from the checkpoint at step %d.", latest)
-        state = checkpointer.restore(latest, s.abstract_state, data, config)
+        state = checkpointer.restore(latest, s.abstract_state, config)
     if primary:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary.summarize(config, s.abstract_state["params"]["model"])[0], f, indent=2)
@@ -262,12 +282,12 @@ def train(config, workdir: str) -> dict:
                 writer.write_scalars(step, scalars)
                 bar.set_postfix(loss=f"{scalars['loss']:.4f}")
                 pending, last_time, last_step = [], now, step
-            checkpointer.save(step, state, data, config)
-            if step % config.eval_every == 0 or step == config.total_steps:
+            checkpointer.save(step, state, config)
+            if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
                 started = time.perf_counter()
                 evaluate(step)
                 last_time += time.perf_counter() - started
-        checkpointer.save(step, state, data, config, force=True)
+        checkpointer.save(step, state, config, force=True)
         checkpointer.wait()
     checkpointer.close()
     writer.close()

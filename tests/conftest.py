@@ -30,20 +30,28 @@ def data_config(**fields):
     return c.data
 
 
+# configs/tiny.py shrunk further so a test compiles and steps in seconds.
+SMALL = {
+    "model.hidden": 48,
+    "model.depth": 2,
+    "model.num_heads": 2,
+    "model.num_kv_heads": 1,
+    "data.image_size": 16,
+    "data.tasks": ("colorization", "edges", "flip", "inpainting"),  # image tasks: fewer step shapes.
+    "global_batch_size": 8,
+    "sample.num_examples": 2,
+    "flow.sample_steps": 3,
+}
+
+
 def small_config(**overrides):
-    """configs/tiny.py shrunk further so a test compiles and steps in seconds."""
-    defaults = {
-        "model.hidden": 48,
-        "model.depth": 2,
-        "model.num_heads": 2,
-        "model.num_kv_heads": 1,
-        "data.image_size": 16,
-        "data.tasks": ("colorization", "edges", "flip", "inpainting"),  # image tasks: fewer step shapes.
-        "global_batch_size": 8,
-        "sample.num_examples": 2,
-        "flow.sample_steps": 3,
-    }
-    return shipped_config("tiny", defaults, overrides)
+    """configs/tiny.py with SMALL, then `overrides`."""
+    return shipped_config("tiny", SMALL, overrides)
+
+
+def config_flags(fields: dict) -> list[str]:
+    """`fields` as lavin_jax.main's --config.<field>=<value> flags."""
+    return [f"--config.{name}={value!r}" if isinstance(value, tuple) else f"--config.{name}={value}" for name, value in fields.items()]
 
 
 @pytest.fixture

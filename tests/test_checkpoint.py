@@ -3,7 +3,6 @@ import json
 import pathlib
 import shutil
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lavin_jax import config as config_lib
-from lavin_jax.checkpoint import Checkpointer
+from lavin_jax.checkpoint import Checkpointer, latest_step
 
 TINY = pathlib.Path(__file__).parent.parent / "configs" / "tiny.py"
 
@@ -68,10 +67,6 @@ def relayout(abstract, mesh):
     return abstract_like(abstract, spec_for)
 
 
-def make_iterator():
-    return iter(grain.MapDataset.range(100).batch(4).to_iter_dataset())
-
-
 @pytest.fixture
 def config():
     return config_lib.load(str(TINY))
@@ -83,7 +78,7 @@ def test_round_trip_restores_values_onto_abstract_shardings(tmp_path, mesh, conf
     expected = jax.tree.map(np.asarray, state)
     saved_layout = abstract_like(state, lambda x: x.sharding)
     checkpointer = Checkpointer(str(tmp_path), keep=3, save_every=1)
-    assert checkpointer.save(1, state, make_iterator(), config)
+    assert checkpointer.save(1, state, config)
     # The save must have copied everything it needs: the caller may donate the arrays at once.
     for leaf in jax.tree.leaves(state):
         leaf.delete()
@@ -97,7 +92,7 @@ def test_round_trip_restores_values_onto_abstract_shardings(tmp_path, mesh, conf
     ]
     assert any(moved) == reshard
     restored = Checkpointer(str(tmp_path), keep=3, save_every=1).restore(
-        1, abstract, make_iterator(), config
+        1, abstract, config
     )
     assert jax.tree.structure(restored) == jax.tree.structure(abstract)
     for got, want, spec in zip(
@@ -111,41 +106,30 @@ def test_round_trip_restores_values_onto_abstract_shardings(tmp_path, mesh, conf
 def test_saves_on_interval_keeps_newest_and_reports_latest(tmp_path, mesh, config, monkeypatch):
     monkeypatch.chdir(tmp_path.parent)  # a relative directory, as `--workdir=runs/x` gives.
     checkpointer = Checkpointer(tmp_path.name, keep=2, save_every=10)
-    assert checkpointer.latest_step() is None
-    state, iterator = make_state(mesh), make_iterator()
-    started = {
-        step: checkpointer.save(step, state, iterator, config) for step in (3, 10, 15, 20, 30)
-    }
+    assert latest_step(tmp_path.name) is None
+    state = make_state(mesh)
+    started = {step: checkpointer.save(step, state, config) for step in (3, 10, 15, 20, 30)}
     assert started == {3: False, 10: True, 15: False, 20: True, 30: True}
-    assert checkpointer.save(35, state, iterator, config, force=True)
+    assert checkpointer.save(35, state, config, force=True)
     # The last step of a run is force-saved even when the interval has just saved it.
-    assert not checkpointer.save(35, state, iterator, config, force=True)
+    assert not checkpointer.save(35, state, config, force=True)
     checkpointer.wait()
-    assert not checkpointer.save(30, state, iterator, config, force=True)
+    assert not checkpointer.save(30, state, config, force=True)
     checkpointer.close()
 
     assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [30, 35]
-    assert Checkpointer(str(tmp_path), keep=2, save_every=10).latest_step() == 35
+    assert latest_step(tmp_path.name) == 35
+    assert latest_step(str(tmp_path / "nowhere")) is None
 
 
-def test_data_iterator_resumes_after_the_saved_batch(tmp_path, mesh, config):
-    iterator = make_iterator()
-    for _ in range(3):
-        next(iterator)
+def test_restoring_a_save_in_flight_waits_for_it(tmp_path, mesh, config):
     checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=5)
     state = make_state(mesh)
-    assert checkpointer.save(5, state, iterator, config)
-    after_save = next(iterator)
-    for _ in range(4):
-        next(iterator)
-    # No wait(): restoring a step whose save is still in flight must wait for it.
-    abstract = abstract_like(state, lambda x: x.sharding)
-    checkpointer.restore(5, abstract, iterator, config)
-    np.testing.assert_array_equal(next(iterator), after_save)
-
-    fresh = make_iterator()
-    Checkpointer(str(tmp_path), keep=2, save_every=5).restore(5, abstract, fresh, config)
-    np.testing.assert_array_equal(next(fresh), after_save)
+    expected = jax.tree.map(np.asarray, state)
+    assert checkpointer.save(5, state, config)
+    restored = checkpointer.restore(5, abstract_like(state, lambda x: x.sharding), config)  # no wait()
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), want)
     checkpointer.close()
 
 
@@ -154,7 +138,7 @@ def saved(tmp_path, mesh, config):
     """A finished checkpoint at step 2; returns (directory, abstract state)."""
     state = make_state(mesh)
     checkpointer = Checkpointer(str(tmp_path), keep=2, save_every=2)
-    checkpointer.save(2, state, make_iterator(), config)
+    checkpointer.save(2, state, config)
     checkpointer.close()
     return tmp_path, abstract_like(state, lambda x: x.sharding)
 
@@ -165,7 +149,7 @@ def test_model_config_mismatch_names_fields_and_both_values(saved, config):
     config.model.depth = 2
     with pytest.raises(ValueError) as error:
         Checkpointer(str(directory), keep=2, save_every=2).restore(
-            2, abstract, make_iterator(), config
+            2, abstract, config
         )
     message = str(error.value)
     assert str(directory / "2") in message
@@ -180,7 +164,7 @@ def test_checkpoint_of_another_data_stream_is_refused(saved, config, field, valu
     node, leaf = (config.data, field[5:]) if field.startswith("data.") else (config, field)
     node[leaf] = value
     with pytest.raises(ValueError, match=rf"{field}=.* but the config has {field}={value}"):
-        Checkpointer(str(directory), keep=2, save_every=2).restore(2, abstract, make_iterator(), config)
+        Checkpointer(str(directory), keep=2, save_every=2).restore(2, abstract, config)
 
 
 def test_fields_that_keep_parameter_shapes_may_change(saved, config):
@@ -192,21 +176,17 @@ def test_fields_that_keep_parameter_shapes_may_change(saved, config):
     config.optim.lr = 0.5
     config.data.num_threads = 0
     restored = Checkpointer(str(directory), keep=2, save_every=2).restore(
-        2, abstract, make_iterator(), config
+        2, abstract, config
     )
     assert jax.tree.structure(restored) == jax.tree.structure(abstract)
 
 
-def _remove_data_item(step_dir):
-    shutil.rmtree(step_dir / "data")
+def _remove_state_item(step_dir):
+    shutil.rmtree(step_dir / "state")
 
 
 def _corrupt_config_item(step_dir):
     (step_dir / "config" / "metadata").write_text("{not json")
-
-
-def _corrupt_data_item(step_dir):
-    (step_dir / "data" / "process_0-of-1.json").write_text("{not json")
 
 
 def _remove_state_metadata(step_dir):
@@ -216,9 +196,8 @@ def _remove_state_metadata(step_dir):
 @pytest.mark.parametrize(
     "damage, item, error_type",
     [
-        (_remove_data_item, "data", FileNotFoundError),
+        (_remove_state_item, "state", FileNotFoundError),
         (_corrupt_config_item, "config", ValueError),
-        (_corrupt_data_item, "data", ValueError),
         (_remove_state_metadata, "state", ValueError),
     ],
 )
@@ -227,7 +206,7 @@ def test_damaged_item_error_names_its_path(saved, config, damage, item, error_ty
     damage(directory / "2")
     with pytest.raises(error_type, match=str(directory / "2" / item)):
         Checkpointer(str(directory), keep=2, save_every=2).restore(
-            2, abstract, make_iterator(), config
+            2, abstract, config
         )
 
 
@@ -235,7 +214,7 @@ def test_missing_step_error_names_its_path(saved, config):
     directory, abstract = saved
     with pytest.raises(FileNotFoundError, match=str(directory / "4")):
         Checkpointer(str(directory), keep=2, save_every=2).restore(
-            4, abstract, make_iterator(), config
+            4, abstract, config
         )
 
 

@@ -1,8 +1,12 @@
-"""The grain pipeline: per-process batches of the objective's examples, checkpointable by index.
+"""The grain pipeline: per-process batches of the objective's examples, a function of the step.
 
 Global batch s is examples s*G ... s*G + G - 1 (G = config.global_batch_size); process p of P
 reads rows p*B ... p*B + B - 1 of it (B = G // P). Every host thus reads only its own shard, and
 together the hosts read exactly the global batch, with no communication.
+
+Every example is a pure function of (seed, index), so the data position is the step: a resumed
+run starts its iterator at the checkpoint's step and nothing about the data is saved. That is
+what lets a checkpoint written by P processes resume in any other number of them.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from absl import flags
 from lavin_jax import objectives
 
 
-def make_dataset(config, process_index: int, process_count: int) -> grain.IterDataset:
-    """This process's batches: dicts of numpy arrays whose leading dim is
-    config.global_batch_size // process_count (the objective's `source` has the fields)."""
+def make_dataset(config, process_index: int, process_count: int, start_step: int = 0) -> grain.IterDataset:
+    """This process's batches from global batch `start_step` on: dicts of numpy arrays whose
+    leading dim is config.global_batch_size // process_count (the objective's `source` has the
+    fields)."""
     if not 0 <= process_index < process_count:
         raise ValueError(
             f"process_index={process_index} is not in [0, process_count={process_count})."
@@ -33,7 +38,8 @@ def make_dataset(config, process_index: int, process_count: int) -> grain.IterDa
     examples = objectives.get(config).source(config.seed)
     # Batches of B consecutive examples, of which process p takes every P-th starting at p: batch
     # s*P + p is exactly rows p*B ... p*B + B - 1 of global batch s.
-    shards = grain.MapDataset.source(examples).batch(per_process)[process_index::process_count]
+    first = start_step * process_count + process_index
+    shards = grain.MapDataset.source(examples).batch(per_process)[first::process_count]
     # Threads build whole batches ahead; grain's default buffer (500) would hold hundreds of
     # batches of full-size images, so keep a couple per thread.
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
@@ -44,12 +50,11 @@ def make_dataset(config, process_index: int, process_count: int) -> grain.IterDa
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         # Decoding and rendering in worker processes, free of the trainer's GIL; grain interleaves
-        # the workers' batches in order, and the iterator state still names the exact batch.
+        # the workers' batches back into order.
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2))
     return batches
 
 
-def make_iterator(config, process_index: int = 0, process_count: int = 1) -> grain.DatasetIterator:
-    """An iterator over `make_dataset`'s batches whose `get_state()` / `set_state()` resume it
-    at the exact batch."""
-    return iter(make_dataset(config, process_index, process_count))
+def make_iterator(config, process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.DatasetIterator:
+    """An iterator over `make_dataset`'s batches."""
+    return iter(make_dataset(config, process_index, process_count, start_step))

@@ -57,6 +57,15 @@ class Objective:
         """`ShapeDtypeStruct` arguments of one forward call of `build()["model"]` (for FLOPs)."""
         raise NotImplementedError
 
+    def largest_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes of the largest global batch the step trains on (`--mode=compile`)."""
+        raise NotImplementedError
+
+    def abstract_constants(self, mesh: Mesh) -> dict:
+        """`constants()` as ShapeDtypeStructs, from no file where the shapes are known without
+        one (`--mode=compile` on a machine that lacks the run's files)."""
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.constants())
+
     def evaluate(self, graphdefs: dict, params: dict, constants: dict, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """(PNG grids by name, scalars) from the EMA parameters of `"model"` on held-out data."""
         return {}, {}

@@ -99,6 +99,16 @@ class Autoencoding(Objective):
             return {"lpips": lpips.load(self.config.autoencoder.lpips_file)}
         return {}
 
+    def abstract_constants(self, mesh) -> dict:
+        if self.config.autoencoder.lpips_weight > 0:  # the shapes are VGG16's, file or not.
+            return {"lpips": jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), lpips.random_weights(0))}
+        return {}
+
+    def largest_batch(self, batch_size: int) -> dict:
+        d = self.config.data
+        shape = (batch_size, d.clip_frames, d.image_size, d.image_size, self.config.model.in_channels)
+        return {"video": jax.ShapeDtypeStruct(shape, jnp.float32)}
+
     def phase(self, step: int) -> bool:
         """Whether the adversarial game is on at `step`."""
         a = self.config.autoencoder

@@ -116,6 +116,31 @@ class FlowMatching(Objective):
             return {"vae": self.autoencoder.params}
         return {}
 
+    def abstract_constants(self, mesh) -> dict:
+        if self.config.vae.name != "stvae":
+            return {}
+        # Shapes from the ST-VAE run's config, or the released ST-VAE's where there is no run yet.
+        self.autoencoder = latents.load(self.config.vae.checkpoint, abstract=True, mesh=mesh)
+        return {"vae": self.autoencoder.params}
+
+    def largest_batch(self, batch_size: int) -> dict:
+        """max_pairs pairs of video items if the mixture has video tasks (else images), as the
+        pipeline makes them: pixels, or latents from a cache."""
+        c = self.config
+        mixture = episodes.Episodes(c.data, c.seed, batch_size)
+        video = mixture.video_share > 0
+        if c.data.source == "latents":
+            size, channels = frame_shape(c)
+            frames = self.model_frames(c.data.video_frames if video else 1)
+            items = (2 * c.data.max_pairs + 1) * frames
+            return {
+                "cond": jax.ShapeDtypeStruct((batch_size, items, size, size, channels), jnp.float32),
+                "target": jax.ShapeDtypeStruct((batch_size, frames, size, size, channels), jnp.float32),
+                "task": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
+            }
+        example = mixture.episode(0, c.data.max_pairs, video)
+        return {name: jax.ShapeDtypeStruct((batch_size, *x.shape), x.dtype) for name, x in example.items()}
+
     def encoded(self, batch: dict, constants: dict, frames: int) -> dict:
         """A batch of pixel items of `frames` frames with its `cond` (and `target`, if any) as
         ST-VAE latents, each item encoded as one clip."""

@@ -1,0 +1,60 @@
+"""The distributed setup chosen by the environment, and the topology checks of the mesh. The
+runtime itself is exercised for real by tests/test_multiprocess.py."""
+
+import glob
+
+import jax
+import numpy as np
+import pytest
+
+from lavin_jax import parallel
+
+CLUSTER_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS", "SLURM_STEP_ID")
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The arguments each jax.distributed.initialize call would get, on a machine without TPUs."""
+    made = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: made.append(kwargs))
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])
+    for name in CLUSTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return made
+
+
+def test_a_single_process_needs_no_setting(calls, monkeypatch):
+    assert parallel.initialize_distributed() == "single" and calls == []
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task SLURM job is one process too.
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert parallel.initialize_distributed() == "single" and calls == []
+
+
+def test_explicit_coordinator(calls, monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+    with pytest.raises(ValueError, match="JAX_COORDINATOR_ADDRESS=10.0.0.1:1234 is set but JAX_PROCESS_ID is not"):
+        parallel.initialize_distributed()
+    monkeypatch.setenv("JAX_PROCESS_ID", "3")
+    assert parallel.initialize_distributed() == "explicit"
+    assert calls == [{"num_processes": 4, "process_id": 3}]  # JAX reads the address itself.
+
+
+def test_slurm_and_tpu_are_detected(calls, monkeypatch):
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert parallel.initialize_distributed() == "slurm"
+    monkeypatch.delenv("SLURM_NTASKS")
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/vfio/0"] if "vfio" in pattern else [])
+    assert parallel.initialize_distributed() == "tpu"
+    assert calls == [{"cluster_detection_method": "slurm"}, {}]
+
+
+def test_tensor_groups_must_stay_within_a_host():
+    hosts = np.repeat(np.arange(2), 4)  # 2 processes of 4 devices, laid out process-major.
+    parallel.check_tensor_within_hosts(hosts.reshape(1, 2, 4))
+    parallel.check_tensor_within_hosts(hosts.reshape(2, 2, 2))
+    with pytest.raises(ValueError, match=r"config.mesh.tensor=8 spans several hosts of 4 devices each.*dividing 4"):
+        parallel.check_tensor_within_hosts(hosts.reshape(1, 1, 8))
+    with pytest.raises(ValueError, match=r"config.mesh.tensor=2"):
+        parallel.check_tensor_within_hosts(np.array([0, 1, 0, 1]).reshape(1, 2, 2))
