@@ -53,10 +53,13 @@ def test_statistics_normalise_the_latents(vae_run):
 def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
     """For image and video episodes alike (a video item is one 5-frame clip: 2 latent frames)."""
     latents.compute_stats(vae_run, examples=8)
-    fields = {"global_batch_size": 8, "data.tasks": ("flip", "frame_prediction")}
+    # Batches of 2 (nothing here is sharded): the 4 compared batches, kinds (K, video) (2, no),
+    # (2, no), (1, no), (2, yes), are the cache's 8 episodes, video and fewer pairs than cached
+    # included.
+    fields = {"global_batch_size": 2, "data.tasks": ("flip", "frame_prediction")}
     config = latent_config(vae_run, **fields)
-    written = latents.write_cache(config, str(tmp_path / "cache"), examples=32)
-    assert written["examples"] == 32 and 0 < len(written["video"]) < 32
+    written = latents.write_cache(config, str(tmp_path / "cache"), examples=8)
+    assert written["examples"] == 8 and 0 < len(written["video"]) < 8
     cached = latent_config(vae_run, **fields, **{"data.source": "latents", "data.latent_dir": str(tmp_path / "cache")})
     vae = latents.load(vae_run)
     encode = jax.jit(vae.encode_frames, static_argnums=2)
@@ -78,25 +81,31 @@ def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
         pipeline.make_iterator(other)
 
 
-def test_jdit_trains_on_latents_encoded_in_the_step_and_samples_pixels(vae_run, tmp_path):
-    """(The cache source feeds the same step the same arrays: see the test above.)"""
+@pytest.fixture(scope="module")
+def jdit_run(vae_run, tmp_path_factory):
+    """A J-DiT trained for 2 steps on latents of vae_run encoded in the step: (config, workdir, state)."""
     latents.compute_stats(vae_run, examples=8)
     config = latent_config(vae_run)
-    state = train.train(config, str(tmp_path / "run"))
+    workdir = tmp_path_factory.mktemp("jdit")
+    return config, workdir, train.train(config, str(workdir))
+
+
+def test_jdit_trains_on_latents_encoded_in_the_step_and_samples_pixels(jdit_run):
+    """(The cache source feeds the same step the same arrays: see the test above.)"""
+    config, workdir, state = jdit_run
     assert int(state["step"]) == 2
-    logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert np.isfinite(logged[-1]["loss"])
     from PIL import Image
-    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "samples_0000002.png"))
+    grid = np.asarray(Image.open(workdir / "samples" / "samples_0000002.png"))
     # 16 px pixel frames, not 2 px latents: enlarged 8x to 128 px cells.
     assert grid.shape[0] > 128 * config.sample.num_examples
 
 
-def test_a_run_that_is_not_an_stvae_is_refused(tmp_path):
-    jdit_run = str(tmp_path / "jdit")
-    train.train(small_config(**{"total_steps": 1, "checkpoint_every": 1, "eval_every": 1}), jdit_run)
+def test_a_run_that_is_not_an_stvae_is_refused(jdit_run):
+    """The J-DiT run above: a real run, whose checkpoint holds a J-DiT (training one costs seconds)."""
     with pytest.raises(ValueError, match=r"trained model 'jdit', not an ST-VAE"):
-        latents.load(jdit_run)
+        latents.load(str(jdit_run[1]))
 
 
 def test_a_missing_stvae_run_is_named_before_the_workdir_is_touched(tmp_path):

@@ -26,12 +26,21 @@ def vae_config(**overrides):
     return shipped_config("stvae_tiny", defaults, overrides)
 
 
-def prepared(config, devices=None):
-    """(setup, state, constants, mesh); one device where a test is about numbers, not sharding
-    (8 simulated devices on a 2-core machine make every step several times slower)."""
-    mesh = parallel.make_mesh(config, devices)
-    s = train.setup(config, mesh)
-    return s, train.init_state(config, s), train.place_constants(s), mesh
+# Every test that steps or differentiates the ST-VAE shares one model and its initial state. The
+# shipped tiny depth (mid blocks learn faster), with its discriminator present but idle until
+# disc_start, past every step a test takes; no warmup, so step 0 moves the VAE.
+SHARED = {
+    "model.mid_layers": 1, "autoencoder.disc_start": 1000, "optim.warmup_steps": 0,
+    "optim.schedule": "constant", "optim.ema_decay": 0.9,
+}
+
+# XLA's CPU backend spends about half of a compile optimising the machine code of kernels; a
+# function a test runs once on tiny arrays is done sooner without that.
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def shared_config(**overrides):
+    return vae_config(**{**SHARED, **overrides})
 
 
 def clip_batch(config, frames=5, seed=0):
@@ -39,71 +48,105 @@ def clip_batch(config, frames=5, seed=0):
     return {"video": np.stack([source[i]["video"] for i in range(config.global_batch_size)])}
 
 
-def test_before_disc_start_only_the_vae_moves():
-    config = vae_config(**{"autoencoder.disc_start": 100, "optim.warmup_steps": 0, "global_batch_size": 2})
-    s, state, constants, mesh = prepared(config, jax.devices()[:1])
+@pytest.fixture(scope="module")
+def initial():
+    """The initial train state of SHARED's model, on the host, and a one-device mesh (a test here
+    is about numbers, not sharding; 8 simulated devices on 2 cores make every step slower).
+
+    Drawn with JAX's non-partitionable threefry: the same initializers and distributions, but XLA
+    compiles its random bits for ~60 parameters in seconds on CPU, the partitionable ones in ~20 s."""
+    config = shared_config()
+    mesh = parallel.make_mesh(config, jax.devices()[:1])
+    s = train.setup(config, mesh)
+    with jax.threefry_partitionable(False):
+        return jax.device_get(train.init_state(config, s)), mesh
+
+
+def prepared(initial, config):
+    """(setup, state, constants, mesh) of `config`, a variant of SHARED with the same parameters
+    (compute dtypes and losses may differ), starting from the shared initial state."""
+    host, mesh = initial
+    s = train.setup(config, mesh)
+    return s, jax.device_put(host, train.shardings(s.abstract_state)), train.place_constants(s), mesh
+
+
+@pytest.fixture(scope="module")
+def shared(initial):
+    """SHARED's setup and its one jitted train step, whose image-batch compile the tests share."""
+    config = shared_config(**{"global_batch_size": 8, "data.video_start": 0, "total_steps": 150})
+    s, _, constants, mesh = prepared(initial, config)
+    return config, s, constants, mesh, train.make_train_step(config, s)
+
+
+def test_before_disc_start_only_the_vae_moves(initial, shared):
+    config, s, constants, mesh, step = shared
+    state = prepared(initial, config)[1]
     before = jax.device_get(state)
-    step = train.make_train_step(config, s)
     batch = parallel.global_batch(clip_batch(config, frames=1), mesh, config.mesh.rules)
     after, stats = jax.device_get(step(state, constants, batch, s.objective.phase(0)))
-    assert s.objective.phase(0) is False and s.objective.phase(100) is True
+    disc_start = config.autoencoder.disc_start
+    assert s.objective.phase(0) is False and s.objective.phase(disc_start) is True
     changed = lambda a, b: any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
     assert changed(before["params"]["model"], after["params"]["model"])
     assert not changed(before["params"]["disc"], after["params"]["disc"])
     assert "disc_loss" not in stats and np.isfinite(stats["loss"])
 
 
-def test_adversarial_gradients_reach_only_their_own_player():
+def test_adversarial_gradients_reach_only_their_own_player(initial):
     """The VAE's gradient is that of rec + kl + w * (-D(x̂)) with the discriminator fixed; the
     discriminator's that of the hinge loss on x against a fixed x̂. Recomputed independently."""
-    config = vae_config(**{"autoencoder.disc_start": 0, "autoencoder.kl_weight": 1e-3, "global_batch_size": 2})
-    s, state, constants, _ = prepared(config, jax.devices()[:1])
-    params = jax.device_get(state["params"])
+    config = shared_config(**{"autoencoder.disc_start": 0, "autoencoder.kl_weight": 1e-3, "global_batch_size": 2})
+    s, state, _, _ = prepared(initial, config)
     x = jnp.asarray(clip_batch(config, frames=1)["video"])
     key = jax.random.key(3)
-    grads, stats = jax.jit(lambda p: s.objective.grads(s.graphdefs, p, {}, {"video": x}, key, True))(params)
     vae = lambda p: nnx.merge(s.graphdefs["model"], p)
     disc = lambda p: nnx.merge(s.graphdefs["disc"], p)
     a = config.autoencoder
 
-    def generator(p, weight):
+    def generator(p, weight, disc_params):
         recon, posterior = vae(p)(x, key)
         rec = a.l1_weight * jnp.mean(jnp.abs(x - recon)) + a.mse_weight * jnp.mean(jnp.square(x - recon))
         kl = jnp.mean(posterior.kl()) / np.prod(posterior.mean.shape[1:])
-        return rec + a.kl_weight * kl - weight * jnp.mean(disc(params["disc"])(recon))
+        return rec + a.kl_weight * kl - weight * jnp.mean(disc(disc_params)(recon))
 
-    # The adaptive weight from its definition: ||grad rec|| / ||grad adv|| at the decoder's output
-    # conv, the adversarial gradient taken by linearity from the same compiled gradient.
-    generator_grad = jax.jit(jax.grad(generator))
-    rec_grad = generator_grad(params["model"], 0.0)["decoder"]["conv_out"]
-    adv_grad = jax.tree.map(lambda g, r: g - r, generator_grad(params["model"], 1.0)["decoder"]["conv_out"], rec_grad)
+    def grads_and_reference(params):
+        """The objective's gradients and, in the same compiled call, the reference's: the
+        generator's at weight 0 and 1, and the discriminator's against the posterior sample."""
+        got = s.objective.grads(s.graphdefs, params, {}, {"video": x}, key, True)
+        rec_grad, full_grad = (jax.grad(generator)(params["model"], w, params["disc"]) for w in (0.0, 1.0))
+        recon = vae(params["model"])(x, key)[0]
+        hinge = lambda d: autoencoding.hinge_loss(disc(d)(x), disc(d)(recon))
+        return got, (rec_grad, full_grad, jax.grad(hinge)(params["disc"]))
+
+    compiled = jax.jit(grads_and_reference, compiler_options=QUICK_COMPILE)
+    (grads, stats), (rec_grad, full_grad, expected_disc) = jax.device_get(compiled(state["params"]))
+    # The adversarial gradient by linearity: generator(p, w)'s gradient is rec_grad + w * adv_grad.
+    adv_grad = jax.tree.map(lambda g, r: g - r, full_grad, rec_grad)
+    # The adaptive weight from its definition: ||grad rec|| / ||grad adv|| at the decoder's output conv.
     norm = lambda tree: np.sqrt(sum(float(np.sum(np.square(leaf))) for leaf in jax.tree.leaves(tree)))
-    adaptive = norm(rec_grad) / (norm(adv_grad) + 1e-4)
+    adaptive = norm(rec_grad["decoder"]["conv_out"]) / (norm(adv_grad["decoder"]["conv_out"]) + 1e-4)
     np.testing.assert_allclose(stats["adaptive_weight"], adaptive, rtol=2e-3)
     weight = a.disc_weight * stats["adaptive_weight"]
-    expected_vae = generator_grad(params["model"], weight)
-    recon = jax.jit(lambda p: vae(p)(x, key)[0])(params["model"])
-    hinge = lambda d: autoencoding.hinge_loss(disc(d)(x), disc(d)(recon))
-    expected_disc = jax.jit(jax.grad(hinge))(params["disc"])
+    expected_vae = jax.tree.map(lambda r, g: r + weight * g, rec_grad, adv_grad)
     for got, want in ((grads["model"], expected_vae), (grads["disc"], expected_disc)):
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(g, w, rtol=2e-3, atol=1e-6)
     assert 0 < float(stats["adaptive_weight"]) < 1e4
 
 
-def test_losses_are_finite_under_bfloat16_with_lpips(tmp_path):
+def test_losses_are_finite_under_bfloat16_with_lpips(initial, tmp_path):
     from safetensors.numpy import save_file
 
     path = str(tmp_path / "lpips.safetensors")
     save_file(lpips.random_weights(0), path)
-    config = vae_config(**{
+    config = shared_config(**{
         "model.dtype": "bfloat16", "autoencoder.disc.dtype": "bfloat16", "autoencoder.disc_start": 0,
         "autoencoder.lpips_weight": 1.0, "autoencoder.lpips_file": path, "global_batch_size": 2,
     })
-    s, state, constants, mesh = prepared(config, jax.devices()[:1])
-    step = train.make_train_step(config, s)
+    s, state, constants, mesh = prepared(initial, config)  # bfloat16 computes; parameters stay float32.
     batch = parallel.global_batch(clip_batch(config), mesh, config.mesh.rules)
-    _, stats = jax.device_get(step(state, constants, batch, True))
+    step = train.make_train_step(config, s).lower(state, constants, batch, True).compile(QUICK_COMPILE)
+    _, stats = jax.device_get(step(state, constants, batch))
     for name in ("loss", "l1", "lpips", "kl", "g_loss", "disc_loss", "grad_norm", "grad_norm_disc"):
         assert np.isfinite(stats[name]), name
     assert stats["lpips"] > 0
@@ -140,17 +183,14 @@ def test_curriculum_images_first_then_images_and_clips():
     assert set(lengths[3:]) == {1, config.data.clip_frames}
 
 
-def test_a_few_hundred_steps_raise_reconstruction_psnr():
-    config = vae_config(**{
-        "data.video_start": 0, "autoencoder.disc_weight": 0.0, "total_steps": 200, "optim.ema_decay": 0.9,
-        "model.mid_layers": 1,  # the shipped tiny depth: it learns faster than without mid blocks.
-    })
-    s, state, constants, mesh = prepared(config, jax.devices()[:1])
-    step = train.make_train_step(config, s)
+def test_training_raises_reconstruction_psnr(initial, shared):
+    """150 steps on image and clip batches alike (video_start=0), the discriminator idle."""
+    config, s, constants, mesh, step = shared
+    state = prepared(initial, config)[1]
     _, start = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
     data = pipeline.make_iterator(config)
     for i in range(config.total_steps):
-        state, _ = step(state, constants, parallel.global_batch(next(data), mesh, config.mesh.rules), False)
+        state, _ = step(state, constants, parallel.global_batch(next(data), mesh, config.mesh.rules), s.objective.phase(i))
     images, end = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
     for name in ("images", "clips"):
         assert end[f"eval/psnr_{name}"] > start[f"eval/psnr_{name}"] + 3.0, (start, end)
