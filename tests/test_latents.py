@@ -23,8 +23,18 @@ def vae_run(tmp_path_factory):
         "data.image_size": 16, "model.mid_layers": 0, "total_steps": 2, "checkpoint_every": 2, "eval_every": 2,
         "autoencoder.disc_weight": 0.0, "autoencoder.eval_examples": 1,
     })
-    train.train(config, workdir)
+    # JAX's non-partitionable threefry: no test here depends on which random numbers a run draws,
+    # and XLA compiles the random bits of the initialisation in seconds on CPU instead of ~15 s.
+    with jax.threefry_partitionable(False):
+        train.train(config, workdir)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def vae_with_stats(vae_run):
+    """vae_run with latent statistics, computed once for the tests below that need some."""
+    latents.compute_stats(vae_run, examples=8)
+    return vae_run
 
 
 def latent_config(vae_run, **overrides):
@@ -50,9 +60,9 @@ def test_statistics_normalise_the_latents(vae_run):
     assert pixels.shape == frames.shape
 
 
-def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
+def test_the_cache_holds_what_encoding_in_the_step_sees(vae_with_stats, tmp_path):
     """For image and video episodes alike (a video item is one 5-frame clip: 2 latent frames)."""
-    latents.compute_stats(vae_run, examples=8)
+    vae_run = vae_with_stats
     # Batches of 2 (nothing here is sharded): the 4 compared batches, kinds (K, video) (2, no),
     # (2, no), (1, no), (2, yes), are the cache's 8 episodes, video and fewer pairs than cached
     # included.
@@ -82,12 +92,12 @@ def test_the_cache_holds_what_encoding_in_the_step_sees(vae_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def jdit_run(vae_run, tmp_path_factory):
+def jdit_run(vae_with_stats, tmp_path_factory):
     """A J-DiT trained for 2 steps on latents of vae_run encoded in the step: (config, workdir, state)."""
-    latents.compute_stats(vae_run, examples=8)
-    config = latent_config(vae_run)
+    config = latent_config(vae_with_stats)
     workdir = tmp_path_factory.mktemp("jdit")
-    return config, workdir, train.train(config, str(workdir))
+    with jax.threefry_partitionable(False):  # compiles sooner, as vae_run's.
+        return config, workdir, train.train(config, str(workdir))
 
 
 def test_jdit_trains_on_latents_encoded_in_the_step_and_samples_pixels(jdit_run):
