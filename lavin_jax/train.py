@@ -176,7 +176,7 @@ class _Preemption:
     """
 
     def __init__(self):
-        self.requested = False
+        self._requested = False
         self._previous = None
 
     def __enter__(self):
@@ -194,14 +194,14 @@ class _Preemption:
 
     def _handle(self, signum, frame):
         logging.warning("SIGTERM received: saving a checkpoint and stopping.")
-        self.requested = True
+        self._requested = True
 
     def should_stop(self, step: int) -> bool:
         if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-            self.requested = True
-        if self.requested:
+            self._requested = True
+        if self._requested:
             logging.warning("Process %d of %d stops at step %d after SIGTERM.", jax.process_index(), jax.process_count(), step)
-        return self.requested
+        return self._requested
 
 
 def train(config, workdir: str) -> dict:

@@ -49,6 +49,11 @@ def small_config(**overrides):
     return shipped_config("tiny", SMALL, overrides)
 
 
+# XLA's CPU backend spends about half of a compile optimising machine code; a function a test runs
+# once or a few times on tiny arrays is done sooner without that (what is computed is the same).
+QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+
+
 def config_flags(fields: dict) -> list[str]:
     """`fields` as lavin_jax.main's --config.<field>=<value> flags."""
     return [f"--config.{name}={value!r}" if isinstance(value, tuple) else f"--config.{name}={value}" for name, value in fields.items()]

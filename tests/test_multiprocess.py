@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -48,7 +49,7 @@ def preempted(baseline, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("two_processes")
     shutil.copytree(os.path.join(baseline, "checkpoints", "2"), workdir / "checkpoints" / "2")
     fields = {**SMALL, **FIELDS, "total_steps": 10_000, "mesh.data": 2, "mesh.fsdp": 4}
-    env = {**os.environ, "XLA_FLAGS": "", "PYTHON": os.sys.executable}  # the script sets 4 devices each.
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHON": sys.executable}  # the script sets 4 devices each.
     log = open(workdir / "launch.log", "w+")
     command = ["bash", str(ROOT / "launch" / "local.sh"), "2", "4", f"--config={ROOT / 'configs' / 'tiny.py'}", f"--workdir={workdir}"]
     launcher = subprocess.Popen(command + config_flags(fields), env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

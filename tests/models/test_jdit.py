@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.config import DEFAULT_RULES
-from conftest import randomized, small_config
+from conftest import QUICK_COMPILE, randomized, small_config
 
 
 def inputs(pairs=2, batch=2, size=16, seed=1):
@@ -14,11 +14,6 @@ def inputs(pairs=2, batch=2, size=16, seed=1):
     x = jax.random.normal(kx, (batch, 1, size, size, 3))
     cond = jax.random.normal(kc, (batch, 2 * pairs + 1, size, size, 3))
     return x, jax.random.uniform(kt, (batch,)), {"cond": cond}
-
-
-# XLA's CPU backend spends most of a compile optimising the machine code of kernels that these
-# tests run a few times on tiny arrays; unoptimised, a model compiles in about half the time.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def compiled(model):

@@ -11,7 +11,7 @@ from lavin_jax import parallel, train
 from lavin_jax.data import pipeline, synthetic
 from lavin_jax.models import lpips
 from lavin_jax.objectives import autoencoding
-from conftest import shipped_config
+from conftest import QUICK_COMPILE, shipped_config
 
 
 def vae_config(**overrides):
@@ -33,11 +33,6 @@ SHARED = {
     "model.mid_layers": 1, "autoencoder.disc_start": 1000, "optim.warmup_steps": 0,
     "optim.schedule": "constant", "optim.ema_decay": 0.9,
 }
-
-# XLA's CPU backend spends about half of a compile optimising the machine code of kernels; a
-# function a test runs once on tiny arrays is done sooner without that.
-QUICK_COMPILE = {"xla_backend_optimization_level": 0}
-
 
 def shared_config(**overrides):
     return vae_config(**{**SHARED, **overrides})
