@@ -37,6 +37,15 @@ def latest_step(directory: str) -> int | None:
     return max(ocp.path.step.checkpoint_steps(_path(directory)), default=None)
 
 
+def tuples(value):
+    """A config read back from JSON with its lists as the tuples the config schema holds."""
+    if isinstance(value, dict):
+        return {k: tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(tuples(v) for v in value)
+    return value
+
+
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int, save_every: int):
         self._directory = _path(directory)

@@ -90,7 +90,8 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.flow.t_std = 1.0
     c.flow.shift = 1.0
     c.flow.l1_weight = 0.1
-    c.flow.sample_steps = 20  # Euler steps.
+    c.flow.sample_steps = 20
+    c.flow.sampler = "euler"  # euler (as the official code) | heun (second order, 2 model calls a step).
     c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform.
     c.flow.cfg_scale = 1.5
 
@@ -123,8 +124,16 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.mesh.rules = DEFAULT_RULES
 
     c.sample = ml_collections.ConfigDict()
-    c.sample.num_examples = 4  # episodes shown in each sample grid.
-    c.sample.num_pairs = 0  # 0: data.max_pairs.
+    c.sample.num_examples = 4  # episodes per task shown in each sample grid.
+    c.sample.num_pairs = 0  # pairs of each shown and evaluated episode; 0: data.max_pairs.
+
+    # J-DiT evaluation (--mode=eval, and every eval_every steps): held-out episodes of every task,
+    # scored beside the baselines.
+    c.eval = ml_collections.ConfigDict()
+    c.eval.episodes = 16  # per task.
+    c.eval.records = ()  # record directories of held-out pairs (e.g. a test split); (): data.records.
+    c.eval.fid_weights = ""  # Inception-v3 file for FID of image tasks (lavin_jax.tools.convert_fid).
+    c.eval.fvd_weights = ""  # I3D file for FVD of video tasks.
     c.lock()  # a misspelt field in a config file or override is an error, not a new field.
     return c
 
@@ -136,8 +145,12 @@ def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"Config file {path!r} cannot be loaded as a Python module.")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
-    for key, value in (overrides or {}).items():
+    return override(module.get_config(), overrides or {})
+
+
+def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """Sets each dotted name of `overrides` (e.g. "data.image_size") in `config`; returns it."""
+    for key, value in overrides.items():
         _set_dotted(config, key, value)
     return config
 

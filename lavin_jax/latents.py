@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lavin_jax import checkpoint, parallel
+from lavin_jax import parallel
 from lavin_jax import config as config_lib
 from lavin_jax.data import episodes, records, synthetic
 
@@ -35,15 +35,6 @@ OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
 STATS_FILE = "latent_stats.json"
 CACHE_FILE = "latents.json"  # the cache's description, beside its shards.
-
-
-def _tuples(value):
-    """JSON lists back to the tuples the config schema holds."""
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
 
 
 @dataclasses.dataclass
@@ -94,29 +85,12 @@ def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=
     without checkpoints stands for the released ST-VAE (`--mode=compile` on a laptop)."""
     from lavin_jax import train  # the trainer knows the state's layout; imported late (cycle).
 
-    directory = os.path.join(workdir, "checkpoints")
-    step = checkpoint.latest_step(directory) if os.path.isdir(directory) else None
-    if step is None and not abstract:
-        missing = "checkpoints directory" if not os.path.isdir(directory) else "checkpoint in"
-        raise FileNotFoundError(f"ST-VAE run {workdir!r} has no {missing} {directory!r}.")
-    config = config_lib.base("stvae")  # its model config is the released ST-VAE's.
-    if step is not None:
-        checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
-        saved = checkpointer.read_config(step)
-        if saved.get("model", {}).get("name") != "stvae":
-            raise ValueError(f"Run {workdir!r} trained model {saved.get('model', {}).get('name')!r}, not an ST-VAE ('stvae').")
-        for section in ("model", "autoencoder", "data"):
-            config[section].update(_tuples(saved[section]))
-        config.seed = saved["seed"]
-    config.autoencoder.lpips_weight = 0.0  # the perceptual net is a training concern only.
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    s = train.setup(config, mesh or parallel.make_mesh(config))  # abstract: shapes and shardings only.
-    if step is None:
+    if abstract and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        config = config_lib.base("stvae")  # its model config is the released ST-VAE's.
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+        s = train.setup(config, mesh or parallel.make_mesh(config))
         return Autoencoder(config, s.graphdefs["model"], s.abstract_state["ema"], OFFICIAL_SHIFT, OFFICIAL_SCALE)
-    params = s.abstract_state["ema"]
-    if not abstract:
-        params = checkpointer.restore_state(step, {"ema": params})["ema"]
-    checkpointer.close()
+    config, s, params, _ = train.load_trained(workdir, "stvae", mesh=mesh, abstract=abstract)
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
     if os.path.exists(stats_path):

@@ -6,6 +6,7 @@ overridden, e.g. `--config.total_steps=1000 --config.mesh.fsdp=4`.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging as logging_std
 import os
@@ -16,15 +17,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lavin_jax import config as config_lib
-from lavin_jax import latents, parallel, summary, train
+from lavin_jax import evaluation, inference, latents, metrics, parallel, summary, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache"],
+    "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache", "sample", "eval"],
     "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
     "its per-device memory); latent_stats (of the ST-VAE run in --workdir); latent_cache (encode "
-    "--examples episodes of the config into --workdir, with config.vae.checkpoint).",
+    "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (a grid "
+    "per task of the J-DiT run in --workdir, in DIR/samples); eval (its per-task scores beside the "
+    "baselines, in DIR/eval/metrics.json). sample and eval take the model and data from the run's "
+    "checkpoint, and from --config the fields EVAL_FIELDS name (e.g. --config.eval.episodes=64).",
 )
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "cpu:8", "compile: the devices to compile for: cpu:N (N CPU devices) or a TPU topology "
@@ -76,7 +80,39 @@ def main(argv):
         return
     parallel.initialize_distributed()
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(), jax.local_device_count())
+    if _MODE.value in ("sample", "eval"):
+        evaluate_run(config, _WORKDIR.value, _MODE.value)
+        return
     train.train(config, _WORKDIR.value)
+
+
+# What --mode=sample/eval take from --config; the model and the data are the run's own.
+EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale", "vae.checkpoint")
+
+
+def evaluate_run(config, workdir: str, mode: str) -> dict:
+    """Samples (`sample`: a PNG grid per task, a GIF per video task) or scores (`eval`: the
+    table, `DIR/eval/metrics.json`, TensorBoard) the newest checkpoint of the J-DiT run in
+    `workdir`."""
+    overrides = {name: functools.reduce(lambda node, part: node[part], name.split("."), config) for name in EVAL_FIELDS}
+    evaluation.check_files(config)
+    predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
+    shown = predictor.config.sample.num_examples if mode == "sample" else None
+    report = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval").run(predictor)
+    writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    if mode == "sample":
+        for name, grid in report["grids"].items():
+            writer.write_image(predictor.step, name, grid)
+        for task, examples in report["examples"].items():
+            if examples[2].shape[1] > 1:
+                writer.write_animation(predictor.step, f"samples_{evaluation.file_name(task)}", metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
+    else:
+        writer.write_scalars(predictor.step, evaluation.scalars(report))
+        if jax.process_index() == 0:
+            evaluation.write(report, workdir, predictor.step)
+            print(evaluation.table(report))
+    writer.close()
+    return report
 
 
 def compile_report(config, topology: str) -> dict:

@@ -63,10 +63,23 @@ class MetricWriter:
         Image.fromarray(image).save(path)
         self._tensorboard.add_image(name, image, global_step=step, dataformats="HWC")
 
+    def write_animation(self, step: int, name: str, frames: list[np.ndarray], seconds_per_frame: float = 0.4) -> None:
+        """A looping GIF `samples/<name>_<step>.gif` of uint8 HxWx3 frames (a video task's grids)."""
+        if not self._enabled:
+            return
+        images = [Image.fromarray(frame) for frame in frames]
+        path = os.path.join(self._workdir, "samples", f"{name}_{step:07d}.gif")
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
+
     def close(self) -> None:
         if self._enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def display_scale(side: int) -> int:
+    """How many times to enlarge frames of `side` pixels so a person can see them (~128 px)."""
+    return max(1, 128 // side)
 
 
 def episode_grid(
@@ -87,6 +100,14 @@ def episode_grid(
             f"(N={n}, T, {h}, {w}, 3) to match cond {cond.shape}."
         )
     return frame_grid(np.concatenate([cond, prediction, target], axis=1), scale=scale, gap_before=num_cond)
+
+
+def episode_animation(cond: np.ndarray, prediction: np.ndarray, target: np.ndarray, *, scale: int = 1) -> list[np.ndarray]:
+    """Episodes of clips as an animation: frame t is the `episode_grid` of every item's frame t.
+    `cond` holds items of T = prediction.shape[1] frames each."""
+    frames = prediction.shape[1]
+    items = cond.reshape(cond.shape[0], -1, frames, *cond.shape[2:])
+    return [episode_grid(items[:, :, t], prediction[:, t : t + 1], target[:, t : t + 1], scale=scale) for t in range(frames)]
 
 
 def frame_grid(frames: np.ndarray, *, scale: int = 1, gap_before: int | None = None) -> np.ndarray:

@@ -183,13 +183,17 @@ def param_shardings(abstract_params: nnx.State, mesh: Mesh, rules) -> dict:
     )
 
 
-def replicate(array: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
-    """The same array on every device, valid on multi-host meshes too: a host array (every host
-    passes its own copy) is copied out; a jax.Array already replicated there is returned as is."""
-    sharding = NamedSharding(mesh, PartitionSpec())
+def place(array: np.ndarray | jax.Array, sharding: NamedSharding) -> jax.Array:
+    """`array` placed by `sharding`, valid on multi-host meshes too: every host passes the whole
+    host array and each device takes its part; a jax.Array is moved there."""
     if isinstance(array, jax.Array):
         return jax.device_put(array, sharding)
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def replicate(array: np.ndarray | jax.Array, mesh: Mesh) -> jax.Array:
+    """The same array on every device (`place` with a replicated sharding)."""
+    return place(array, NamedSharding(mesh, PartitionSpec()))
 
 
 # Activation constraints need the mesh and rules while a step is traced; the trainer sets them
@@ -220,6 +224,13 @@ def constrain(x: jax.Array, *logical_axes: str | None) -> jax.Array:
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     """Where a batch's leading axis lives: the `batch` rule."""
     return NamedSharding(mesh, logical_to_mesh(PartitionSpec("batch"), rules))
+
+
+def batch_shards(mesh: Mesh, rules) -> int:
+    """Into how many parts the `batch` rule splits a batch on `mesh`."""
+    axes = batch_sharding(mesh, rules).spec[0]
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[axis] for axis in axes)
 
 
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:

@@ -108,6 +108,41 @@ def init_state(config, s: Setup) -> dict:
     return jax.jit(init, out_shardings=shardings(s.abstract_state))()
 
 
+def load_trained(workdir: str, family: str, *, step: int | None = None, mesh: Mesh | None = None,
+                 abstract: bool = False, overrides: dict | None = None):
+    """(config, setup, EMA parameters, step) of a run's checkpoint (default: the newest), to use
+    the trained model elsewhere: a frozen ST-VAE, the predictor. The config is the run's own with
+    `overrides` (dotted names) applied and its mesh made data-parallel over `mesh`'s devices
+    (default: all), so the parameters come replicated; with `abstract` they stay shapes."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Run {workdir!r} has no checkpoints directory {directory!r}.")
+    step = checkpoint.latest_step(directory) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"Run {workdir!r} has no checkpoint in {directory!r}.")
+    checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
+    saved = checkpointer.read_config(step)
+    trained = saved.get("model", {}).get("name")
+    if trained != family:
+        raise ValueError(f"Run {workdir!r} trained model {trained!r}, not {family!r}.")
+    config = config_lib.base(family)
+    for field, value in checkpoint.tuples(saved).items():
+        if field == "mesh":
+            continue
+        if isinstance(value, dict):
+            config[field].update(value)
+        else:
+            config[field] = value
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config_lib.override(config, overrides or {})
+    s = setup(config, mesh or parallel.make_mesh(config))
+    params = s.abstract_state["ema"]
+    if not abstract:
+        params = checkpointer.restore_state(step, {"ema": params})["ema"]
+    checkpointer.close()
+    return config, s, params, step
+
+
 def place_constants(s: Setup) -> dict:
     """The objective's frozen arrays, replicated on every device (every host passes its copy)."""
     return jax.tree.map(lambda a: parallel.replicate(a, s.mesh), s.objective.constants())

@@ -41,6 +41,7 @@ SMALL = {
     "global_batch_size": 8,
     "sample.num_examples": 2,
     "flow.sample_steps": 3,
+    "eval.episodes": 2,
 }
 
 
@@ -114,3 +115,28 @@ def write_inverted_pairs(directory, count=6, frames=1, size=16, task="negate", b
                     patch.setattr(records, "encode_frames", broken)
                 writer.add(task, x, 255 - x, f"pair{i}.png")
     return str(directory)
+
+
+# The trained J-DiT that inference, --mode=eval/sample and the notebooks load: image and video tasks.
+TRAINED = {
+    "data.tasks": ("flip", "edges", "frame_prediction"),
+    "data.video_frames": 2,
+    "data.max_pairs": 1,
+    "data.cond_drop_prob": 0.0,  # with max_pairs=1, one train step shape.
+    "total_steps": 1,
+    "checkpoint_every": 1,
+    "eval_every": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def trained_jdit(tmp_path_factory):
+    """(config, workdir) of a one-step J-DiT run: a real checkpoint, metrics.jsonl and summary."""
+    import jax
+    from lavin_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained_jdit")
+    config = small_config(**TRAINED)
+    with jax.threefry_partitionable(False):  # a faster init compile; any initialisation will do.
+        train.train(config, str(workdir))
+    return config, workdir

@@ -18,7 +18,7 @@ def flow_config(**fields):
 def test_euler_integrates_a_constant_velocity_exactly():
     x0 = jax.random.normal(jax.random.key(0), (3, 1, 4, 4, 2))
     velocity = jax.random.normal(jax.random.key(1), x0.shape)
-    x1 = flow.euler(lambda x, t: velocity, x0, flow.time_grid(9))
+    x1 = flow.integrate(lambda x, t: velocity, x0, flow.time_grid(9))
     np.testing.assert_allclose(x1, x0 + velocity, atol=1e-5)
 
 
@@ -26,8 +26,20 @@ def test_euler_follows_a_straight_path_to_its_data_point():
     """On the path x_t = t*x1 + (1-t)*x0 the velocity x1 - x0 is constant: Euler lands on x1."""
     x0, x1 = jax.random.normal(jax.random.key(2), (2, 5, 3))
     data = lambda x, t: x1 - x0
-    np.testing.assert_allclose(flow.euler(data, x0, flow.time_grid(4)), x1, atol=1e-5)
-    assert not np.allclose(flow.euler(data, x0, [0.0, 0.5]), x1, atol=1e-2)  # half way only.
+    np.testing.assert_allclose(flow.integrate(data, x0, flow.time_grid(4)), x1, atol=1e-5)
+    assert not np.allclose(flow.integrate(data, x0, [0.0, 0.5]), x1, atol=1e-2)  # half way only.
+
+
+def test_heun_is_exact_where_the_velocity_is_linear_in_time_and_euler_is_not():
+    """dx/dt = t from x0 over [0, 1] ends at x0 + 1/2; Heun's trapezoid is exact, Euler's left sum
+    falls short by 1/(2n) on n uniform steps."""
+    x0 = jnp.zeros((2, 3))
+    velocity = lambda x, t: jnp.broadcast_to(t[:, None], x.shape)
+    grid = flow.time_grid(4, "uniform")
+    np.testing.assert_allclose(flow.integrate(velocity, x0, grid, "heun"), 0.5, atol=1e-6)
+    np.testing.assert_allclose(flow.integrate(velocity, x0, grid, "euler"), 0.5 - 1 / 8, atol=1e-6)
+    with pytest.raises(ValueError, match="Sampler 'rk4' must be one of euler, heun"):
+        flow.integrate(velocity, x0, grid, "rk4")
 
 
 def test_uniform_time_grid():
@@ -108,6 +120,6 @@ def test_guidance_extrapolates_from_the_unconditional_velocity():
 
     context = {"cond": jnp.ones((1, 5, 2, 2, 1))}
     for scale in (1.0, 1.5, 3.0):
-        out = flow.sample(model, context, jax.random.key(7), (1, 1, 2, 2, 1), flow_config(), cfg_scale=scale)
-        x0 = jax.random.normal(jax.random.key(7), (1, 1, 2, 2, 1))
+        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3), cfg_scale=scale)
+        x0 = jax.random.normal(jax.random.key(7), (1, 2, 2, 1))[None]
         np.testing.assert_allclose(out, x0 + b + scale * (a - b), atol=1e-5)

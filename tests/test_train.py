@@ -8,7 +8,7 @@ import pytest
 
 from lavin_jax import parallel, train
 from lavin_jax.data import pipeline
-from conftest import small_config, write_inverted_pairs
+from conftest import SMALL, small_config, write_inverted_pairs
 
 
 def run_steps(config, mesh, batches):
@@ -118,13 +118,15 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatc
 
     train.train(config, str(interrupted))
     expected = read_metrics(straight)
-    resumed = read_metrics(interrupted)
+    resumed = [line for line in read_metrics(interrupted) if "loss" in line]
+    evaluated = [line for line in read_metrics(interrupted) if "loss" not in line]
+    assert [line["step"] for line in evaluated] == [6] and "eval_query_copied/edges/f1" in evaluated[0]
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
     assert [m["loss"] for m in resumed] == [m["loss"] for m in expected]
     for key in ("loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec"):
         assert key in resumed[-1]
     assert sorted(os.listdir(interrupted / "checkpoints")) == ["3", "4", "6"]
-    assert os.listdir(interrupted / "samples") == ["samples_0000006.png"]
+    assert sorted(os.listdir(interrupted / "samples")) == [f"samples_{task}_0000006.png" for task in sorted(SMALL["data.tasks"])]
     assert any(name.startswith("events") for name in os.listdir(interrupted / "tensorboard"))
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary["params"] > 0 and summary["flops_per_example"] > 0
@@ -151,5 +153,5 @@ def test_real_and_video_tasks_train_and_bad_records_are_counted(tmp_path):
     logged = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     last = [record for record in logged if "loss" in record][-1]
     assert last["skipped_records"] > 0 and np.isfinite(last["loss"])
-    assert sorted(os.listdir(tmp_path / "run" / "samples")) == ["samples_0000006.png", "samples_video_0000006.png"]
+    assert sorted(os.listdir(tmp_path / "run" / "samples")) == ["samples_frame_prediction_0000006.png", "samples_real_negate_0000006.png"]
 

@@ -165,19 +165,21 @@ class Episodes:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return self.episode(index, *self.batch_kind(int(index) // self._global_batch_size))
 
-    def episode(self, index: int, num_pairs: int, video: bool = False) -> dict[str, np.ndarray]:
-        """Example `index` with an explicit number of pairs, of a video task or an image task; its
-        task and query do not depend on num_pairs, so episodes with and without context can be
-        compared (guidance, evaluation)."""
+    def episode(self, index: int, num_pairs: int, video: bool = False, task: int | None = None) -> dict[str, np.ndarray]:
+        """Example `index` with an explicit number of pairs, of a video task or an image task
+        drawn by weight, or of component `task` (evaluation, per task); its task and query do not
+        depend on num_pairs, so episodes with and without context can be compared (guidance)."""
         if num_pairs < 0:
             raise ValueError(f"num_pairs={num_pairs} must be non-negative.")
-        if video not in self._pools:
-            raise ValueError(f"The mixture has no {'video' if video else 'image'} task with weight > 0.")
-        rng = np.random.default_rng((self._seed, synthetic.EPISODE_STREAM, int(index)))
-        members, probs = self._pools[video]
-        task_index = int(members[rng.choice(len(members), p=probs)])
-        component = self.components[task_index]
-        frames = self._video_frames if video else 1
+        # A given task draws from its own stream, so the tasks of an evaluation get unrelated scenes.
+        rng = np.random.default_rng((self._seed, synthetic.EPISODE_STREAM, int(index), *(() if task is None else (task,))))
+        if task is None:
+            if video not in self._pools:
+                raise ValueError(f"The mixture has no {'video' if video else 'image'} task with weight > 0.")
+            members, probs = self._pools[video]
+            task = int(members[rng.choice(len(members), p=probs)])
+        component = self.components[task]
+        frames = self._video_frames if component.video else 1
         skipped = 0
 
         def pair():
@@ -203,6 +205,6 @@ class Episodes:
         return {
             "cond": np.concatenate(items),
             "target": query_target,
-            "task": np.array(task_index, np.int32),
+            "task": np.array(task, np.int32),
             "skipped": np.array(skipped, np.int32),
         }

@@ -134,6 +134,13 @@ def _read_video(path: str) -> Iterator[np.ndarray]:
         raise Skip(f"cannot be decoded as a video ({error})") from None
 
 
+def read_frames(path: str) -> np.ndarray:
+    """An image file as uint8 [1, H, W, 3] or a video file's frames as [T, H, W, 3], by the
+    extension; raises Skip saying why it cannot be used."""
+    reader = _read_video if path.lower().endswith(VIDEO_EXTENSIONS) else _read_image
+    return np.stack(list(reader(path)))
+
+
 def _target(path: str, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     """The frames of a pair's target file, whose skips name it."""
     try:

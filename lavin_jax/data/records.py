@@ -159,6 +159,14 @@ def decode_frames(frames: dict) -> np.ndarray:
     return np.stack([_decode_frame(d, encoding, shape[1], shape[2]) for d in data])
 
 
+def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a height x width frame inside the size x size square that
+    the `pad` rule makes of it: the long side scaled to size, centred."""
+    scale = size / max(height, width)
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
 def resize(frames: np.ndarray, size: int, rule: str, nearest: bool) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3].
 
@@ -182,9 +190,7 @@ def resize(frames: np.ndarray, size: int, rule: str, nearest: bool) -> np.ndarra
             left, top = (width - side) / 2, (height - side) / 2
             target[:] = np.asarray(image.resize((size, size), resample, box=(left, top, left + side, top + side)))
         elif rule == "pad":
-            scale = size / max(height, width)
-            h, w = max(1, round(height * scale)), max(1, round(width * scale))
-            top, left = (size - h) // 2, (size - w) // 2
+            top, left, h, w = pad_box(height, width, size)
             target[top : top + h, left : left + w] = np.asarray(image.resize((w, h), resample))
         else:
             target[:] = np.asarray(image.resize((size, size), resample))

@@ -321,6 +321,9 @@ def _flow(prediction, target):
     return {"epe": float(np.mean(error[target[..., 2] > 0]))}
 
 
+# Scores where less is better (errors, distances); for every other score more is better.
+LOWER_IS_BETTER = frozenset({"absrel", "mean_angle", "epe", "fid", "fvd"})
+
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], dict[str, float]]] = {
     "image": _image,
     "segmentation": _segmentation,

@@ -184,7 +184,7 @@ class JDiT(nnx.Module):
                 f"J-DiT takes target and condition frames (B, T, H, W, {self.cfg.in_channels}) of one "
                 f"size divisible by patch_size={p}; got target {x.shape} and condition {cond.shape}."
             )
-        t_cond_frames, (b, t_frames, height, width, _) = cond.shape[1], x.shape
+        t_cond_frames, (_, t_frames, height, width, _) = cond.shape[1], x.shape
         grid = (t_cond_frames + t_frames, height // p, width // p)
         rope = layers.rope_3d(grid, self.cfg.hidden // self.cfg.num_heads, self.cfg.rope_base)
 

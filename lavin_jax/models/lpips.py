@@ -14,13 +14,13 @@ Images are channels-last (B, H, W, 3) in [-1, 1].
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
+
+from lavin_jax.models import frozen
 
 CONVERT_COMMAND = (
     "python -m lavin_jax.tools.convert_lpips --vgg16=vgg16-397923af.pth --lin=vgg.pth "
@@ -66,37 +66,9 @@ _SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 _EPS = 1e-10
 
 
-def check(weights: Mapping[str, object], source: str) -> None:
-    """Raises ValueError naming the first missing, misshapen or unknown tensor of `weights`."""
-    missing = [name for name in TENSORS if name not in weights]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise ValueError(
-            f"{source} lacks the LPIPS tensor {missing[0]!r}{more}; rebuild it with `{CONVERT_COMMAND}`."
-        )
-    for name, shape in TENSORS.items():
-        if tuple(np.shape(weights[name])) != shape:
-            raise ValueError(
-                f"{source} has tensor {name!r} of shape {tuple(np.shape(weights[name]))}, "
-                f"but LPIPS VGG16 expects {shape}."
-            )
-    unknown = sorted(set(weights) - set(TENSORS))
-    if unknown:
-        raise ValueError(
-            f"{source} has tensors LPIPS does not know, e.g. {unknown[0]!r}; "
-            f"it is not a file made by `{CONVERT_COMMAND}`."
-        )
-
-
-def load(path: str) -> dict[str, np.ndarray]:
-    """Reads and checks the weights file made by `lavin_jax.tools.convert_lpips`."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"LPIPS weights file {path} does not exist; make it with `{CONVERT_COMMAND}`."
-        )
-    weights = safetensors.numpy.load_file(path)
-    check(weights, f"LPIPS weights file {path}")
-    return weights
+# `check(weights, source)` and `load(path)`: the file's tensors checked against TENSORS.
+FILE = frozen.WeightsFile("LPIPS", TENSORS, CONVERT_COMMAND)
+check, load = FILE.check, FILE.load
 
 
 def random_weights(seed: int = 0) -> dict[str, np.ndarray]:

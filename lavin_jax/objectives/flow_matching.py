@@ -3,8 +3,8 @@
 A batch is {"cond": [in_1, tgt_1, ..., in_K, tgt_K, query], "target": [answer], "task"}, each item
 T frames (1 for image tasks, `data.video_frames` for video tasks); the model learns the velocity
 of the noisy answer given the clean condition frames. In latent space each item is encoded as one
-ST-VAE clip. Evaluation draws the answers of fixed held-out episodes with guidance and shows them
-as grids.
+ST-VAE clip. Evaluation samples the answers of held-out episodes of every task with guidance and
+scores them beside baselines (`lavin_jax.evaluation`); `lavin_jax.inference` prompts the model.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import flow, latents, metrics, models, parallel
+from lavin_jax import evaluation, flow, latents, models, parallel
 from lavin_jax.config import require
 from lavin_jax.data import episodes, synthetic
 from lavin_jax.objectives import Objective
@@ -76,9 +75,12 @@ class FlowMatching(Objective):
             f.time_grid in ("lavin", "uniform"),
             f"config.flow.time_grid={f.time_grid!r} must be 'lavin' or 'uniform'.",
         )
+        require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
         require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
+        require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
 
     def check_files(self) -> None:
+        evaluation.check_files(self.config)
         v = self.config.vae
         if v.name == "stvae" and not v.checkpoint:
             raise ValueError(
@@ -169,50 +171,40 @@ class FlowMatching(Objective):
         cond = jax.ShapeDtypeStruct((1, 2 * self.config.data.max_pairs + 1, *frame), jnp.float32)
         return x, t, {"cond": cond}
 
-    def episodes(self) -> dict[bool, dict[str, np.ndarray]]:
-        """The fixed episodes the sample grids show, held out by seed, with sample.num_pairs pairs:
-        {video: episodes} for image tasks and, if the mixture has any, video tasks."""
-        c = self.config
-        source = episodes.Episodes(c.data, c.seed + 1, c.global_batch_size)
-        pairs = c.sample.num_pairs or c.data.max_pairs
-        shown = {}
-        for video in sorted({component.video for component in source.components}):
-            drawn = [source.episode(i, pairs, video) for i in range(c.sample.num_examples)]
-            shown[video] = {name: np.stack([e[name] for e in drawn]) for name in ("cond", "target")}
-        return shown
-
     def sampler(self, graphdef, mesh: Mesh):
-        """Jitted (params, constants, context, key, frames) -> predicted target pixels, with the
-        config's guidance scale, for items of `frames` (static) pixel frames; `context` holds pixel
-        frames, encoded and decoded here in latent space."""
+        """Jitted (params, constants, cond, seed, indices, grid, cfg_scale, frames, guided, method)
+        -> the answers, pixels [B, frames, H, W, 3], of the episodes whose pixel items of `frames`
+        frames `cond` holds (encoded and decoded here in latent space). Episode b's noise comes
+        from (seed, indices[b]) alone. The time `grid` and `cfg_scale` are traced, so another
+        guidance scale does not recompile; `frames`, `guided` (scale != 1) and the integration
+        `method` are static."""
         c = self.config
         size, channels = frame_shape(c)
 
-        def sample(params, constants, context, key, frames):
+        def sample(params, constants, cond, seed, indices, grid, cfg_scale, frames, guided, method):
             with parallel.activation_sharding(mesh, c.mesh.rules):
                 model = nnx.merge(graphdef, params)
+                context = {"cond": cond}
                 if c.vae.name == "stvae":
                     context = self.encoded(context, constants, frames)
-                shape = (context["cond"].shape[0], self.model_frames(frames), size, size, channels)
-                prediction = flow.sample(model, context, key, shape, c.flow)
+                keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
+                shape = (cond.shape[0], self.model_frames(frames), size, size, channels)
+                scale = cfg_scale if guided else 1.0
+                prediction = flow.sample(model, context, keys, shape, grid, cfg_scale=scale, method=method)
                 if c.vae.name == "stvae":
                     prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
                 return prediction
 
-        # Replicated, so every host can read the whole prediction.
-        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()), static_argnums=4)
+        # Replicated, so every host can read every answer.
+        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()), static_argnums=(7, 8, 9))
 
     def evaluate(self, graphdefs, params, constants, mesh):
-        if not hasattr(self, "_sample"):  # built once per run: the episodes and the compiled sampler.
-            self._episodes = self.episodes()
-            self._contexts = {video: {"cond": parallel.replicate(e["cond"], mesh)} for video, e in self._episodes.items()}
-            self._sample = self.sampler(graphdefs["model"], mesh)
-        grids = {}
-        for video, shown in self._episodes.items():
-            frames = shown["target"].shape[1]
-            key = jax.random.key(self.config.seed + 2)
-            prediction = jax.device_get(self._sample(params, constants, self._contexts[video], key, frames))
-            scale = max(1, 128 // shown["target"].shape[2])  # small frames are enlarged to be seen.
-            grid = metrics.episode_grid(shown["cond"], prediction, shown["target"], scale=scale)
-            grids["samples_video" if video else "samples"] = grid
-        return grids, {}
+        """Per-task scores beside the baselines (`lavin_jax.evaluation`), and a grid per task."""
+        from lavin_jax import inference  # it builds on this objective.
+
+        if not hasattr(self, "_evaluation"):  # built once per run: the episodes and the compiled sampler.
+            self._evaluation = evaluation.Evaluation(self.config)
+            self._predictor = inference.Predictor(self, graphdefs["model"], params, constants, mesh)
+        self._predictor.params = params
+        report = self._evaluation.run(self._predictor)
+        return report["grids"], evaluation.scalars(report)

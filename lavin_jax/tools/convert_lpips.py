@@ -22,6 +22,7 @@ import safetensors.numpy
 from absl import app, flags
 
 from lavin_jax.models import lpips
+from lavin_jax.tools import load_torch
 
 _VGG16 = flags.DEFINE_string("vgg16", None, "torchvision's vgg16-397923af.pth.")
 _LIN = flags.DEFINE_string("lin", None, "The lpips package's lpips/weights/v0.1/vgg.pth.")
@@ -61,22 +62,10 @@ def convert(vgg_state: Mapping[str, np.ndarray], lin_state: Mapping[str, np.ndar
     return out
 
 
-def _load_torch(path: str) -> dict[str, np.ndarray]:
-    """A .pth state dict's tensors as float32 numpy arrays."""
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(
-            "Reading the .pth files needs PyTorch (`pip install torch`), which only this conversion uses."
-        ) from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {key: value.detach().float().numpy() for key, value in state.items()}
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    weights = convert(_load_torch(_VGG16.value), _load_torch(_LIN.value))
+    weights = convert(load_torch(_VGG16.value), load_torch(_LIN.value))
     lpips.check(weights, f"The conversion for {_OUT.value}")
     safetensors.numpy.save_file(weights, _OUT.value)
     print(f"Wrote {len(weights)} LPIPS tensors to {_OUT.value}.")

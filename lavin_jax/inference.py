@@ -1,0 +1,164 @@
+"""Prompting a trained J-DiT: a few input/target pairs and a query in, the query's target out.
+
+    from lavin_jax import inference
+
+    predictor = inference.Predictor.from_workdir("runs/tiny")  # newest checkpoint, EMA weights
+    answer = predictor.predict([("a.png", "a_edges.png"), ("b.png", "b_edges.png")], "c.png")
+
+Items are uint8 images [H, W, 3], clips [T, H, W, 3] (T = the run's `data.video_frames`) or
+paths of image or video files. Every item is fitted into the model's square frame by the `pad`
+rule (long side to `data.image_size`, centred on black) and the prediction is cut out of its
+frame and scaled back to the query's own size. Many episodes go through `predict_batch`, in
+batches of `batch_size` (padded to it, so each kind of episode compiles once), and episode i's
+noise depends only on (seed, i): a batched answer is the answer alone.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from lavin_jax import flow, parallel, train
+from lavin_jax.data import ingest, records, scoring
+
+
+class Predictor:
+    """A J-DiT's parameters with its objective's jitted sampler, on `mesh`.
+
+    `from_workdir` loads a run; the trainer's evaluation builds one around the EMA parameters it
+    holds. Sampling defaults (steps, guidance scale, sampler, time grid) are the run's
+    `config.flow`; every call may override them. Each (episode shape, steps, sampler, guided or
+    not) compiles once; another guidance scale above 1 reuses the compiled sampler."""
+
+    def __init__(self, objective, graphdef, params, constants: dict, mesh, *, batch_size: int | None = None):
+        self.config = objective.config
+        self.objective = objective
+        self.params = params  # the trainer swaps in newer EMA parameters before each evaluation.
+        self._constants = constants
+        self._mesh = mesh
+        shards = parallel.batch_shards(mesh, self.config.mesh.rules)
+        self.batch_size = batch_size or shards
+        if self.batch_size % shards:
+            raise ValueError(f"batch_size={self.batch_size} is not a multiple of the {shards} batch shards of the mesh.")
+        self._batch_sharding = parallel.batch_sharding(mesh, self.config.mesh.rules)
+        self._sample = objective.sampler(graphdef, mesh)
+        self.step = None  # the checkpoint's step, when loaded from a run.
+
+    @classmethod
+    def from_workdir(cls, workdir: str, *, step: int | None = None, overrides: dict | None = None,
+                     batch_size: int | None = None) -> Predictor:
+        """The EMA weights of the run in `workdir` (its newest checkpoint unless `step`), with the
+        run's config plus `overrides` (dotted names, e.g. {"vae.checkpoint": "runs/stvae"} when
+        the ST-VAE run has moved), data-parallel over all devices."""
+        config, s, params, step = train.load_trained(workdir, "jdit", step=step, overrides=overrides)
+        s.objective.check_files()
+        predictor = cls(s.objective, s.graphdefs["model"], params, train.place_constants(s), s.mesh, batch_size=batch_size)
+        predictor.step = step
+        return predictor
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.data.image_size)
+
+    def sample(self, cond: np.ndarray, frames: int, *, indices=None, seed: int = 0, steps: int | None = None,
+               cfg_scale: float | None = None, sampler: str | None = None, time_grid: str | None = None) -> np.ndarray:
+        """Answers of episodes already at the model's size: `cond` float32 [N, (2K+1)*frames, S,
+        S, 3] in [-1, 1] (pairs then query, as training sees them) -> float32 [N, frames, S, S, 3].
+        Episode n draws its noise from (seed, indices[n]), by default (seed, n)."""
+        f = self.config.flow
+        steps = f.sample_steps if steps is None else steps
+        scale = float(f.cfg_scale if cfg_scale is None else cfg_scale)
+        method = sampler or f.sampler
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be at least 1.")
+        grid = jnp.asarray(flow.time_grid(steps, time_grid or f.time_grid), jnp.float32)
+        n = len(cond)
+        indices = np.arange(n) if indices is None else np.asarray(indices)
+        answers = []
+        for start in range(0, n, self.batch_size):
+            chunk = slice(start, min(start + self.batch_size, n))
+            pad = self.batch_size - (chunk.stop - chunk.start)  # repeats of the last episode, dropped after.
+            batch = np.concatenate([cond[chunk], np.repeat(cond[chunk][-1:], pad, axis=0)])
+            ids = np.concatenate([indices[chunk], np.repeat(indices[chunk][-1:], pad)]).astype(np.int32)
+            answer = self._sample(
+                self.params, self._constants, parallel.place(batch.astype(np.float32), self._batch_sharding),
+                jnp.int32(seed), parallel.place(ids, self._batch_sharding), grid, jnp.float32(scale),
+                int(frames), scale != 1.0, method,
+            )
+            answers.append(np.asarray(jax.device_get(answer))[: chunk.stop - chunk.start])
+        return np.concatenate(answers)
+
+    def predict(self, pairs, query, **options) -> np.ndarray:
+        """The answer to one episode: `pairs` a list of (input, target) items, `query` an item;
+        uint8 of the query's shape. Options as `predict_batch`'s."""
+        return self.predict_batch([(pairs, query)], **options)[0]
+
+    def predict_batch(self, episodes, *, nearest: bool = False, seed: int = 0, **options) -> list[np.ndarray]:
+        """Answers to many (pairs, query) episodes, uint8, each of its query's shape. Episodes
+        with the same number of pairs and frames are sampled together. `nearest`: resize with
+        nearest neighbours (class-coloured targets), else bilinear. Further options (steps,
+        cfg_scale, sampler, time_grid) as `sample`'s."""
+        prepared = [self._prepare(pairs, query, nearest, f"episodes[{i}]") for i, (pairs, query) in enumerate(episodes)]
+        groups = collections.defaultdict(list)
+        for i, (cond, _, _) in enumerate(prepared):
+            groups[cond.shape].append(i)
+        answers = [None] * len(prepared)
+        for members in groups.values():
+            cond = np.stack([prepared[i][0] for i in members])
+            frames = len(prepared[members[0]][1])
+            predicted = scoring.to_uint8(self.sample(cond, frames, indices=members, seed=seed, **options))
+            for i, answer in zip(members, predicted):
+                answers[i] = _restore(answer, *prepared[i][1:], nearest)
+        return answers
+
+    def _prepare(self, pairs, query, nearest: bool, where: str):
+        """(cond float32 [(2K+1)T, S, S, 3], the query's frames, whether the query was one image)."""
+        query_frames, single = _frames(query, f"{where} query")
+        items = [(query_frames, "query")]
+        for k, pair in enumerate(pairs):
+            if len(pair) != 2:
+                raise ValueError(f"{where} pairs[{k}] must be an (input, target) pair.")
+            items += [(_frames(x, f"{where} pairs[{k}] {role}")[0], f"pairs[{k}] {role}") for x, role in zip(pair, ("input", "target"))]
+        frames = len(query_frames)
+        allowed = (1, int(self.config.data.video_frames))
+        for item, name in items:
+            if len(item) != frames or frames not in allowed:
+                raise ValueError(
+                    f"{where} {name} has {len(item)} frames; every item must have as many as the query, 1 (images) "
+                    f"or config.data.video_frames={allowed[1]} (clips), and the query has {frames}."
+                )
+        fit = lambda x: scoring.from_uint8(records.resize(x, self.image_size, "pad", nearest))
+        cond = [fit(item) for item, _ in items[1:]] or [np.zeros((frames, self.image_size, self.image_size, 3), np.float32)]
+        # As training sees an episode: in_1, tgt_1, ..., in_K, tgt_K, query; no pairs: [zeros, query].
+        return np.concatenate(cond + [fit(query_frames)]), query_frames, single
+
+
+def _frames(item, name: str) -> tuple[np.ndarray, bool]:
+    """An item as uint8 [T, H, W, 3], and whether it was a single image."""
+    if isinstance(item, (str, os.PathLike)):
+        try:
+            frames = ingest.read_frames(os.fspath(item))
+        except ingest.Skip as skip:
+            raise ValueError(f"The {name}, {os.fspath(item)!r}, {skip}.") from None
+        return frames, frames.shape[0] == 1 and not os.fspath(item).lower().endswith(ingest.VIDEO_EXTENSIONS)
+    item = np.asarray(item)
+    if item.dtype != np.uint8 or item.ndim not in (3, 4) or item.shape[-1] != 3:
+        raise ValueError(f"The {name} is {item.dtype} {item.shape}; a uint8 image [H, W, 3], clip [T, H, W, 3] or file path is needed.")
+    return (item[None], True) if item.ndim == 3 else (item, False)
+
+
+def _restore(answer: np.ndarray, query: np.ndarray, single: bool, nearest: bool) -> np.ndarray:
+    """The model-size answer [T, S, S, 3] cut to the query's padded frame and scaled back to it."""
+    height, width = query.shape[1:3]
+    top, left, h, w = records.pad_box(height, width, answer.shape[1])
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    restored = np.stack([
+        np.asarray(Image.fromarray(frame[top : top + h, left : left + w]).resize((width, height), resample))
+        for frame in answer
+    ])
+    return restored[0] if single else restored

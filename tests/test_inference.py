@@ -1,0 +1,89 @@
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from lavin_jax import inference
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_jdit):
+    """The one-step run's predictor, its parameters redrawn: a model one step old answers nearly
+    zero velocity whatever it is shown, which would hide what the options change."""
+    predictor = inference.Predictor.from_workdir(str(trained_jdit[1]))
+    rng = np.random.default_rng(0)
+    redraw = lambda x: jax.device_put(0.2 * rng.standard_normal(x.shape).astype(np.float32), x.sharding)
+    predictor.params = jax.tree.map(redraw, predictor.params)
+    return predictor
+
+
+def image(rng, height, width):
+    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_a_loaded_run_answers_in_the_shape_of_its_query_and_batches_change_nothing(predictor, tmp_path):
+    rng = np.random.default_rng(0)
+    pairs = [(image(rng, 20, 30), image(rng, 20, 30))]
+    wide, square = image(rng, 24, 40), image(rng, 16, 16)
+    alone = predictor.predict(pairs, wide, cfg_scale=2.0, seed=3)
+    assert alone.shape == (24, 40, 3) and alone.dtype == np.uint8
+    # Episode 0 of a batch draws the same noise as the episode alone; the second has other pairs.
+    batched = predictor.predict_batch([(pairs, wide), ([], square)], cfg_scale=2.0, seed=3)
+    assert batched[1].shape == (16, 16, 3)
+    np.testing.assert_allclose(batched[0], alone, atol=1)
+    # Files are read like arrays.
+    paths = []
+    for name, x in (("in", pairs[0][0]), ("out", pairs[0][1]), ("query", wide)):
+        Image.fromarray(x).save(tmp_path / f"{name}.png")
+        paths.append(str(tmp_path / f"{name}.png"))
+    np.testing.assert_array_equal(predictor.predict([tuple(paths[:2])], paths[2], cfg_scale=2.0, seed=3), alone)
+    # The seed, the sampler and the step count each change the answer.
+    for other in ({"seed": 4}, {"sampler": "heun"}, {"steps": 2}):
+        assert np.abs(predictor.predict(pairs, wide, **{"cfg_scale": 2.0, "seed": 3, **other}).astype(int) - alone).max() > 8, other
+
+
+def test_another_guidance_scale_reuses_the_compiled_sampler(predictor):
+    rng = np.random.default_rng(1)
+    pairs, query = [(image(rng, 16, 16), image(rng, 16, 16))], image(rng, 16, 16)
+    predictor.predict(pairs, query, cfg_scale=1.5)
+    compiled = predictor._sample._cache_size()
+    answers = [predictor.predict(pairs, query, cfg_scale=s) for s in (2.5, 4.0)]
+    assert predictor._sample._cache_size() == compiled
+    assert not np.array_equal(*answers)
+
+
+def test_the_answer_is_cut_from_the_padded_frame_and_scaled_back(predictor, monkeypatch):
+    """A model that answers with its query gives the query back, whatever the query's size: the
+    query is the last item of the episode, and padding and scaling are undone exactly (nearest)."""
+    monkeypatch.setattr(predictor, "sample", lambda cond, frames, **_: cond[:, -frames:])
+    rng = np.random.default_rng(2)
+    tall = image(rng, 8, 4)  # to 16 px: scaled 2x, 4 px of black padding each side.
+    ramp = np.linspace(0, 255, 32).astype(np.uint8)  # smooth, so scaling down and up keeps it.
+    clip = np.broadcast_to(ramp[None, None, :, None], (2, 32, 32, 3))  # a 2-frame clip scaled by 1/2.
+    pairs = [(image(rng, 8, 4), image(rng, 8, 4))]
+    np.testing.assert_array_equal(predictor.predict(pairs, tall, nearest=True), tall)
+    restored = predictor.predict([(clip, clip)], clip)
+    assert restored.shape == clip.shape
+    assert np.abs(restored.astype(int) - clip).max() <= 8  # bilinear down and up again.
+
+
+@pytest.mark.parametrize(
+    "pairs, query, message",
+    [
+        ([(np.zeros((16, 16, 3), np.uint8),)], np.zeros((16, 16, 3), np.uint8), r"episodes\[0\] pairs\[0\] must be an \(input, target\) pair"),
+        ([], np.zeros((16, 16), np.uint8), r"The episodes\[0\] query is uint8 \(16, 16\); a uint8 image"),
+        ([], np.zeros((16, 16, 3), np.float32), r"query is float32"),
+        ([(np.zeros((2, 8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))], np.zeros((8, 8, 3), np.uint8),
+         r"episodes\[0\] pairs\[0\] input has 2 frames; every item must have as many as the query"),
+        ([], np.zeros((3, 8, 8, 3), np.uint8), r"query has 3 frames; .*config.data.video_frames=2"),
+        ([], "missing.png", r"The episodes\[0\] query, 'missing.png', cannot be read as an image"),
+    ],
+)
+def test_bad_items_are_named(predictor, pairs, query, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.predict(pairs, query)
+
+
+def test_a_run_of_another_model_or_none_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
+        inference.Predictor.from_workdir(str(tmp_path))
