@@ -71,9 +71,20 @@ def feature_networks(eval_config) -> dict[bool, tuple[str, object]]:
     return {video: (name, network(module, path, video)) for video, name, path, module in files if path}
 
 
+def eval_data(config):
+    """The data config of the held-out episodes: `eval.records` (or `data.records`) as the record
+    directories, every task weighing the same and no pair mirrored."""
+    data = config.data.copy_and_resolve_references()
+    data.records = tuple(config.eval.records) or tuple(config.data.records)
+    data.task_weights = ()
+    data.flip_prob = 0.0
+    return data
+
+
 def check_files(config) -> None:
-    """A configured FID or FVD weight file that is missing, or that cannot score the config's
-    episodes, named before anything runs."""
+    """Whatever the evaluation reads, checked before anything runs: the FID and FVD weight files
+    (present, each tensor of its shape, and able to score the config's episodes) and the record
+    directories."""
     from lavin_jax.models import i3d, inception
 
     e = config.eval
@@ -87,25 +98,29 @@ def check_files(config) -> None:
             f"config.eval.fvd_weights is set but config.data.video_frames={config.data.video_frames}: "
             f"I3D needs clips of at least {i3d.MIN_FRAMES} frames."
         )
+    for field, module in (("fid_weights", inception), ("fvd_weights", i3d)):
+        if e[field]:
+            module.load(e[field])  # every tensor named and shaped, not only the file present.
+    episodes.components(eval_data(config))
 
 
 class Evaluation:
-    """The held-out episodes of every task, drawn once; `run(predictor)` scores a model on them.
-    `episodes`: per task (default `eval.episodes`); `distances`: FID/FVD where configured."""
+    """The held-out episodes of every task, drawn once and kept as uint8 (a quarter of float32's
+    memory); `run(predictor)` scores a model on them. `episodes_per_task` defaults to
+    `eval.episodes`; `distances`: FID/FVD where configured."""
 
     def __init__(self, config, *, episodes_per_task: int | None = None, distances: bool = True):
         c = config
-        data = c.data.copy_and_resolve_references()
-        data.records = tuple(c.eval.records) or tuple(c.data.records)
-        source = episodes.Episodes(data, c.seed + 1, c.global_batch_size)
+        source = episodes.Episodes(eval_data(c), c.seed + 1, c.global_batch_size)
         self.config = c
         self.pairs = int(c.sample.num_pairs or c.data.max_pairs)
-        self.count = episodes_per_task or int(c.eval.episodes)
+        self.count = int(c.eval.episodes if episodes_per_task is None else episodes_per_task)
         self.tasks = {}
         for index, component in enumerate(source.components):
             drawn = [source.episode(i, self.pairs, task=index) for i in range(self.count)]
-            self.tasks[component.name] = (component, {name: np.stack([e[name] for e in drawn]) for name in ("cond", "target")})
+            self.tasks[component.name] = (component, {name: scoring.to_uint8(np.stack([e[name] for e in drawn])) for name in ("cond", "target")})
         self._networks = feature_networks(c.eval) if distances else {}
+        self._real = {}  # features of each task's targets, computed once.
 
     def run(self, predictor, **options) -> dict:
         """{"tasks": {task: {"metric", "video", "model", "query_copied", "mean_target"}}, "grids":
@@ -115,10 +130,11 @@ class Evaluation:
         shown = int(c.sample.num_examples)
         rows, grids, examples = {}, {}, {}
         for name, (component, drawn) in self.tasks.items():
-            cond, target = drawn["cond"], drawn["target"]
-            frames = target.shape[1]
+            frames = drawn["target"].shape[1]
+            model = predictor.sample(drawn["cond"], frames, seed=c.seed + 2, **options)
+            cond, target = scoring.from_uint8(drawn["cond"]), scoring.from_uint8(drawn["target"])
             answers = {
-                "model": predictor.sample(cond, frames, seed=c.seed + 2, **options),
+                "model": model,
                 "query_copied": cond[:, -frames:],
                 "mean_target": mean_target(cond, frames),
             }
@@ -126,7 +142,9 @@ class Evaluation:
             row = {"metric": component.metric, "video": component.video, **{who: score(a, target) for who, a in answers.items()}}
             if component.video in self._networks:
                 distance, features = self._networks[component.video]
-                real = features(target)
+                if name not in self._real:
+                    self._real[name] = features(target)
+                real = self._real[name]
                 for who, answer in answers.items():
                     row[who][distance] = frechet_distance(features(np.clip(answer, -1.0, 1.0)), real)
             rows[name] = row

@@ -39,6 +39,9 @@ def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]
     return jnp.mean(mse + flow_cfg.l1_weight * l1), {"mse": jnp.mean(mse), "l1": jnp.mean(l1)}
 
 
+TIME_GRIDS = ("lavin", "uniform")
+
+
 def time_grid(steps: int, kind: str = "lavin") -> np.ndarray:
     """`steps + 1` times from 0 (noise) to 1 (data).
 
@@ -46,6 +49,10 @@ def time_grid(steps: int, kind: str = "lavin") -> np.ndarray:
     are uniform over [0, 0.05], the rest grow quadratically from there to 1, so the early steps,
     where the sample takes its shape, are fine. `uniform`: evenly spaced.
     """
+    if kind not in TIME_GRIDS:
+        raise ValueError(f"Time grid {kind!r} must be one of {', '.join(TIME_GRIDS)}.")
+    if steps < 1:
+        raise ValueError(f"A time grid of {steps} steps: at least 1 is needed.")
     points = steps + 1
     if kind == "uniform" or points < 4:
         return np.linspace(0.0, 1.0, points)
@@ -93,17 +100,16 @@ def unconditional(context: dict, frames: int = 1) -> dict:
     return {**context, "cond": jnp.concatenate([jnp.zeros_like(query), query], axis=1)}
 
 
-def sample(model, context: dict, keys: jax.Array, shape, grid, *, cfg_scale=1.0, method: str = "euler") -> jax.Array:
+def sample(model, context: dict, keys: jax.Array, shape, grid, *, cfg_scale=None, method: str = "euler") -> jax.Array:
     """Draws targets of `shape` (B, T, H, W, C) for `context`, whose query is its last T frames,
-    integrating over the time `grid` with classifier-free guidance. Example b's noise comes from
-    `keys[b]` alone, so it does not depend on the batch it is in. `cfg_scale` may be traced; the
-    Python number 1.0 (no guidance) skips the unconditional branch altogether."""
+    integrating over the time `grid`, with classifier-free guidance of scale `cfg_scale` (may be
+    traced; None: no guidance, and no unconditional branch). Example b's noise comes from
+    `keys[b]` alone, so it does not depend on the batch it is in."""
     uncond = unconditional(context, shape[1])
-    guided = not (isinstance(cfg_scale, (int, float)) and cfg_scale == 1.0)
 
     def velocity(x, t):
         v = model(x, t, context)
-        if not guided:
+        if cfg_scale is None:
             return v
         v_uncond = model(x, t, uncond)
         return v_uncond + cfg_scale * (v - v_uncond)

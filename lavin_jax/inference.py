@@ -9,8 +9,9 @@ Items are uint8 images [H, W, 3], clips [T, H, W, 3] (T = the run's `data.video_
 paths of image or video files. Every item is fitted into the model's square frame by the `pad`
 rule (long side to `data.image_size`, centred on black) and the prediction is cut out of its
 frame and scaled back to the query's own size. Many episodes go through `predict_batch`, in
-batches of `batch_size` (padded to it, so each kind of episode compiles once), and episode i's
-noise depends only on (seed, i): a batched answer is the answer alone.
+batches of `batch_size` (padded to it, so each kind of episode compiles once); episode i of a call
+draws its noise from (seed, i) alone, so its answer does not depend on the batch size or on the
+other episodes of the call.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import collections
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
@@ -37,12 +37,11 @@ class Predictor:
 
     def __init__(self, objective, graphdef, params, constants: dict, mesh, *, batch_size: int | None = None):
         self.config = objective.config
-        self.objective = objective
         self.params = params  # the trainer swaps in newer EMA parameters before each evaluation.
         self._constants = constants
-        self._mesh = mesh
         shards = parallel.batch_shards(mesh, self.config.mesh.rules)
-        self.batch_size = batch_size or shards
+        # Default: at least 8 episodes a call, and a whole number of rows for every batch shard.
+        self.batch_size = batch_size or shards * -(-8 // shards)
         if self.batch_size % shards:
             raise ValueError(f"batch_size={self.batch_size} is not a multiple of the {shards} batch shards of the mesh.")
         self._batch_sharding = parallel.batch_sharding(mesh, self.config.mesh.rules)
@@ -55,8 +54,10 @@ class Predictor:
         """The EMA weights of the run in `workdir` (its newest checkpoint unless `step`), with the
         run's config plus `overrides` (dotted names, e.g. {"vae.checkpoint": "runs/stvae"} when
         the ST-VAE run has moved), data-parallel over all devices."""
-        config, s, params, step = train.load_trained(workdir, "jdit", step=step, overrides=overrides)
-        s.objective.check_files()
+        config, step = train.trained_config(workdir, "jdit", step=step, overrides=overrides)
+        s = train.setup(config, parallel.make_mesh(config))
+        s.objective.check_files()  # a moved ST-VAE run is named before the J-DiT is read.
+        params = train.restore_ema(workdir, step, s.abstract_state["ema"])
         predictor = cls(s.objective, s.graphdefs["model"], params, train.place_constants(s), s.mesh, batch_size=batch_size)
         predictor.step = step
         return predictor
@@ -67,31 +68,46 @@ class Predictor:
 
     def sample(self, cond: np.ndarray, frames: int, *, indices=None, seed: int = 0, steps: int | None = None,
                cfg_scale: float | None = None, sampler: str | None = None, time_grid: str | None = None) -> np.ndarray:
-        """Answers of episodes already at the model's size: `cond` float32 [N, (2K+1)*frames, S,
-        S, 3] in [-1, 1] (pairs then query, as training sees them) -> float32 [N, frames, S, S, 3].
-        Episode n draws its noise from (seed, indices[n]), by default (seed, n)."""
+        """Answers of episodes already at the model's size: `cond` [N, (2K+1)*frames, S, S, 3],
+        float32 in [-1, 1] or uint8 (pairs then query, as training sees them) -> float32 [N,
+        frames, S, S, 3]. Episode n draws its noise from (seed, indices[n]), by default (seed, n)."""
         f = self.config.flow
         steps = f.sample_steps if steps is None else steps
         scale = float(f.cfg_scale if cfg_scale is None else cfg_scale)
         method = sampler or f.sampler
-        if steps < 1:
-            raise ValueError(f"steps={steps} must be at least 1.")
-        grid = jnp.asarray(flow.time_grid(steps, time_grid or f.time_grid), jnp.float32)
+        if method not in flow.SAMPLERS:
+            raise ValueError(f"sampler={method!r} must be one of {', '.join(flow.SAMPLERS)}.")
+        grid = np.asarray(flow.time_grid(steps, time_grid or f.time_grid), np.float32)
         n = len(cond)
         indices = np.arange(n) if indices is None else np.asarray(indices)
+        items, extra = divmod(cond.shape[1], frames) if cond.ndim == 5 else (0, 1)
+        # K pairs then the query: 2K+1 items, or [zero item, query] without pairs.
+        if n == 0 or extra or not (items % 2 or items == 2) or len(indices) != n:
+            raise ValueError(
+                f"Episodes {cond.shape} with {len(indices)} noise indices: N >= 1 episodes of {frames}-frame "
+                "items (K pairs then the query, or a zero item then the query) and one index each are needed."
+            )
         answers = []
         for start in range(0, n, self.batch_size):
-            chunk = slice(start, min(start + self.batch_size, n))
-            pad = self.batch_size - (chunk.stop - chunk.start)  # repeats of the last episode, dropped after.
-            batch = np.concatenate([cond[chunk], np.repeat(cond[chunk][-1:], pad, axis=0)])
-            ids = np.concatenate([indices[chunk], np.repeat(indices[chunk][-1:], pad)]).astype(np.int32)
+            stop = min(start + self.batch_size, n)
+            # Padded to batch_size with repeats of the last episode, whose answers are dropped.
+            rows = np.minimum(np.arange(start, start + self.batch_size), stop - 1)
             answer = self._sample(
-                self.params, self._constants, parallel.place(batch.astype(np.float32), self._batch_sharding),
-                jnp.int32(seed), parallel.place(ids, self._batch_sharding), grid, jnp.float32(scale),
-                int(frames), scale != 1.0, method,
+                self.params, self._constants, self._place(cond, rows), np.int32(seed),
+                self._place(indices.astype(np.int32), rows), grid, np.float32(scale), int(frames), scale != 1.0, method,
             )
-            answers.append(np.asarray(jax.device_get(answer))[: chunk.stop - chunk.start])
+            answers.append(np.asarray(jax.device_get(answer))[: stop - start])
         return np.concatenate(answers)
+
+    def _place(self, array: np.ndarray, rows: np.ndarray) -> jax.Array:
+        """`array[rows]` as one batch sharded by the batch rule; each device takes only its own
+        rows (uint8 frames become float32 there), so no host builds a whole batch of frames."""
+
+        def part(index):
+            block = array[rows[index[0]]][(slice(None), *index[1:])]
+            return scoring.from_uint8(block) if block.dtype == np.uint8 else block
+
+        return jax.make_array_from_callback((len(rows), *array.shape[1:]), self._batch_sharding, part)
 
     def predict(self, pairs, query, **options) -> np.ndarray:
         """The answer to one episode: `pairs` a list of (input, target) items, `query` an item;
@@ -104,9 +120,9 @@ class Predictor:
         nearest neighbours (class-coloured targets), else bilinear. Further options (steps,
         cfg_scale, sampler, time_grid) as `sample`'s."""
         prepared = [self._prepare(pairs, query, nearest, f"episodes[{i}]") for i, (pairs, query) in enumerate(episodes)]
-        groups = collections.defaultdict(list)
-        for i, (cond, _, _) in enumerate(prepared):
-            groups[cond.shape].append(i)
+        groups = collections.defaultdict(list)  # by frames and shape: a 9-item episode may be 9 images or 3 clips.
+        for i, (cond, query, _) in enumerate(prepared):
+            groups[len(query), cond.shape].append(i)
         answers = [None] * len(prepared)
         for members in groups.values():
             cond = np.stack([prepared[i][0] for i in members])
@@ -132,10 +148,11 @@ class Predictor:
                     f"{where} {name} has {len(item)} frames; every item must have as many as the query, 1 (images) "
                     f"or config.data.video_frames={allowed[1]} (clips), and the query has {frames}."
                 )
-        fit = lambda x: scoring.from_uint8(records.resize(x, self.image_size, "pad", nearest))
-        cond = [fit(item) for item, _ in items[1:]] or [np.zeros((frames, self.image_size, self.image_size, 3), np.float32)]
+        fit = lambda x: records.resize(x, self.image_size, "pad", nearest)
+        # uint8 black is -1, not the zero item that stands for dropped pairs: floats from here on.
+        cond = [scoring.from_uint8(fit(item)) for item, _ in items[1:]] or [np.zeros((frames, self.image_size, self.image_size, 3), np.float32)]
         # As training sees an episode: in_1, tgt_1, ..., in_K, tgt_K, query; no pairs: [zeros, query].
-        return np.concatenate(cond + [fit(query_frames)]), query_frames, single
+        return np.concatenate(cond + [scoring.from_uint8(fit(query_frames))]), query_frames, single
 
 
 def _frames(item, name: str) -> tuple[np.ndarray, bool]:

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lavin_jax import parallel
+from lavin_jax import checkpoint, parallel
 from lavin_jax import config as config_lib
 from lavin_jax.data import episodes, records, synthetic
 
@@ -85,12 +85,16 @@ def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=
     without checkpoints stands for the released ST-VAE (`--mode=compile` on a laptop)."""
     from lavin_jax import train  # the trainer knows the state's layout; imported late (cycle).
 
-    if abstract and not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        config = config_lib.base("stvae")  # its model config is the released ST-VAE's.
-        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-        s = train.setup(config, mesh or parallel.make_mesh(config))
+    directory = os.path.join(workdir, "checkpoints")
+    released = abstract and (not os.path.isdir(directory) or checkpoint.latest_step(directory) is None)
+    if released:
+        config = train.data_parallel(config_lib.base("stvae"))  # its model config is the released ST-VAE's.
+    else:
+        config, step = train.trained_config(workdir, "stvae")
+    s = train.setup(config, mesh or parallel.make_mesh(config))  # abstract: shapes and shardings only.
+    if released:
         return Autoencoder(config, s.graphdefs["model"], s.abstract_state["ema"], OFFICIAL_SHIFT, OFFICIAL_SCALE)
-    config, s, params, _ = train.load_trained(workdir, "stvae", mesh=mesh, abstract=abstract)
+    params = s.abstract_state["ema"] if abstract else train.restore_ema(workdir, step, s.abstract_state["ema"])
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
     if os.path.exists(stats_path):

@@ -86,8 +86,8 @@ def main(argv):
     train.train(config, _WORKDIR.value)
 
 
-# What --mode=sample/eval take from --config; the model and the data are the run's own.
-EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale", "vae.checkpoint")
+# What --mode=sample/eval take from --config; the model, the data and the ST-VAE are the run's own.
+EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale")
 
 
 def evaluate_run(config, workdir: str, mode: str) -> dict:
@@ -95,14 +95,12 @@ def evaluate_run(config, workdir: str, mode: str) -> dict:
     table, `DIR/eval/metrics.json`, TensorBoard) the newest checkpoint of the J-DiT run in
     `workdir`."""
     overrides = {name: functools.reduce(lambda node, part: node[part], name.split("."), config) for name in EVAL_FIELDS}
-    evaluation.check_files(config)
     predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
     shown = predictor.config.sample.num_examples if mode == "sample" else None
     report = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval").run(predictor)
     writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
     if mode == "sample":
-        for name, grid in report["grids"].items():
-            writer.write_image(predictor.step, name, grid)
+        writer.write_images(predictor.step, report["grids"])
         for task, examples in report["examples"].items():
             if examples[2].shape[1] > 1:
                 writer.write_animation(predictor.step, f"samples_{evaluation.file_name(task)}", metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))

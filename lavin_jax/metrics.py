@@ -63,6 +63,10 @@ class MetricWriter:
         Image.fromarray(image).save(path)
         self._tensorboard.add_image(name, image, global_step=step, dataformats="HWC")
 
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        for name, image in images.items():
+            self.write_image(step, name, image)
+
     def write_animation(self, step: int, name: str, frames: list[np.ndarray], seconds_per_frame: float = 0.4) -> None:
         """A looping GIF `samples/<name>_<step>.gif` of uint8 HxWx3 frames (a video task's grids)."""
         if not self._enabled:

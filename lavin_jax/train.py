@@ -108,12 +108,17 @@ def init_state(config, s: Setup) -> dict:
     return jax.jit(init, out_shardings=shardings(s.abstract_state))()
 
 
-def load_trained(workdir: str, family: str, *, step: int | None = None, mesh: Mesh | None = None,
-                 abstract: bool = False, overrides: dict | None = None):
-    """(config, setup, EMA parameters, step) of a run's checkpoint (default: the newest), to use
-    the trained model elsewhere: a frozen ST-VAE, the predictor. The config is the run's own with
-    `overrides` (dotted names) applied and its mesh made data-parallel over `mesh`'s devices
-    (default: all), so the parameters come replicated; with `abstract` they stay shapes."""
+def data_parallel(config):
+    """`config` with a mesh of data parallelism alone, parameters replicated: how a trained model
+    is used elsewhere (a frozen ST-VAE, the predictor). Returns it."""
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    return config
+
+
+def trained_config(workdir: str, family: str, *, step: int | None = None, overrides: dict | None = None):
+    """(config, step) of a run's checkpoint (default: the newest): the run's own config with
+    `overrides` (dotted names) applied, made `data_parallel` and validated, so a bad override is
+    named before any array is read."""
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Run {workdir!r} has no checkpoints directory {directory!r}.")
@@ -121,26 +126,34 @@ def load_trained(workdir: str, family: str, *, step: int | None = None, mesh: Me
     if step is None:
         raise FileNotFoundError(f"Run {workdir!r} has no checkpoint in {directory!r}.")
     checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
-    saved = checkpointer.read_config(step)
+    try:
+        saved = checkpoint.tuples(checkpointer.read_config(step))
+    finally:
+        checkpointer.close()
     trained = saved.get("model", {}).get("name")
     if trained != family:
         raise ValueError(f"Run {workdir!r} trained model {trained!r}, not {family!r}.")
     config = config_lib.base(family)
-    for field, value in checkpoint.tuples(saved).items():
-        if field == "mesh":
-            continue
-        if isinstance(value, dict):
-            config[field].update(value)
-        else:
-            config[field] = value
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    config_lib.override(config, overrides or {})
-    s = setup(config, mesh or parallel.make_mesh(config))
-    params = s.abstract_state["ema"]
-    if not abstract:
-        params = checkpointer.restore_state(step, {"ema": params})["ema"]
-    checkpointer.close()
-    return config, s, params, step
+    try:
+        for field, value in saved.items():
+            if isinstance(value, dict):
+                config[field].update(value)
+            else:
+                config[field] = value
+    except (AttributeError, KeyError, TypeError) as error:
+        raise ValueError(f"Run {workdir!r} was written with a config this version cannot read: {error}") from None
+    config_lib.override(data_parallel(config), overrides or {})
+    config_lib.validate(config, num_devices=None)
+    return config, step
+
+
+def restore_ema(workdir: str, step: int, abstract_ema):
+    """The EMA parameters of a run's checkpoint `step`, placed like `abstract_ema`."""
+    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, save_every=1)
+    try:
+        return checkpointer.restore_state(step, {"ema": abstract_ema})["ema"]
+    finally:
+        checkpointer.close()
 
 
 def place_constants(s: Setup) -> dict:
@@ -276,8 +289,7 @@ def train(config, workdir: str) -> dict:
 
     def evaluate(step: int):
         images, scalars = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
-        for name, grid in images.items():
-            writer.write_image(step, name, grid)
+        writer.write_images(step, images)
         if scalars:
             writer.write_scalars(step, scalars)
 

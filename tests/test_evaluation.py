@@ -7,17 +7,19 @@ import scipy.linalg
 
 from conftest import small_config
 from lavin_jax import evaluation, main
+from lavin_jax.data import episodes, scoring
 
 
 class Oracle:
-    """A predictor that answers each episode with a function of its query and true target."""
+    """A predictor that answers each episode (held as uint8) with a function of its query and true
+    target, in [-1, 1] as a model's answers are."""
 
     def __init__(self, evaluation_, answer):
         self._targets = {drawn["cond"][i].tobytes(): drawn["target"][i] for _, drawn in evaluation_.tasks.values() for i in range(len(drawn["cond"]))}
         self._answer = answer
 
     def sample(self, cond, frames, **options):
-        return np.stack([self._answer(c[-frames:], self._targets[c.tobytes()]) for c in cond])
+        return np.stack([self._answer(scoring.from_uint8(c[-frames:]), scoring.from_uint8(self._targets[c.tobytes()])) for c in cond])
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +35,14 @@ def test_episodes_are_held_out_per_task_with_the_configured_pairs(held_out):
         frames = 3 if component.video else 1
         assert drawn["target"].shape == (3, frames, 16, 16, 3)
         assert drawn["cond"].shape == (3, (2 * held_out.pairs + 1) * frames, 16, 16, 3)
-    # The tasks do not share their scenes.
+    # The tasks do not share their scenes, and training (seed, not seed + 1) never draws them.
     queries = [drawn["cond"][0, -1] for _, drawn in held_out.tasks.values()]
-    assert not np.allclose(queries[0], queries[2])
+    assert not np.array_equal(queries[0], queries[2])
+    training = episodes.Episodes(held_out.config.data, held_out.config.seed, held_out.config.global_batch_size)
+    drawn = [training.episode(i, 1) for i in range(200)]
+    trained_queries = {scoring.to_uint8(e["cond"][-1]).tobytes() for e in drawn if e["task"] == 0}  # colorization
+    assert trained_queries
+    assert not trained_queries & {query.tobytes() for query in held_out.tasks["colorization"][1]["cond"][:, -1]}
 
 
 def test_a_perfect_model_beats_both_baselines_and_a_copying_one_equals_one(held_out):
@@ -103,6 +110,8 @@ def test_fid_with_generated_inception_weights(tmp_path):
          r"config.data.video_frames=5: I3D needs clips of at least 9 frames"),
         ({"eval.fvd_weights": __file__, "data.video_frames": 9, "eval.episodes": 1}, ValueError,
          r"config.eval.episodes=1: FID and FVD need at least 2 episodes per task"),
+        ({"eval.fvd_weights": __file__, "data.video_frames": 9}, ValueError, r"FVD I3D weights file .*test_evaluation.py is not a safetensors file"),
+        ({"eval.records": ("nowhere",)}, ValueError, r"Record directory 'nowhere' has no manifest.json"),
     ],
 )
 def test_feature_network_settings_are_checked_before_anything_runs(fields, error, message):

@@ -44,6 +44,8 @@ def test_heun_is_exact_where_the_velocity_is_linear_in_time_and_euler_is_not():
 
 def test_uniform_time_grid():
     np.testing.assert_allclose(flow.time_grid(4, "uniform"), [0.0, 0.25, 0.5, 0.75, 1.0])
+    with pytest.raises(ValueError, match="Time grid 'cosine' must be one of lavin, uniform"):
+        flow.time_grid(4, "cosine")
 
 
 @pytest.mark.parametrize("steps", [1, 3, 19, 40])
@@ -120,6 +122,6 @@ def test_guidance_extrapolates_from_the_unconditional_velocity():
 
     context = {"cond": jnp.ones((1, 5, 2, 2, 1))}
     for scale in (1.0, 1.5, 3.0):
-        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3), cfg_scale=scale)
+        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3), cfg_scale=None if scale == 1.0 else scale)
         x0 = jax.random.normal(jax.random.key(7), (1, 2, 2, 1))[None]
         np.testing.assert_allclose(out, x0 + b + scale * (a - b), atol=1e-5)

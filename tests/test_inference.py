@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lavin_jax import inference
+from lavin_jax import inference, train
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_a_loaded_run_answers_in_the_shape_of_its_query_and_batches_change_nothi
         Image.fromarray(x).save(tmp_path / f"{name}.png")
         paths.append(str(tmp_path / f"{name}.png"))
     np.testing.assert_array_equal(predictor.predict([tuple(paths[:2])], paths[2], cfg_scale=2.0, seed=3), alone)
-    # The seed, the sampler and the step count each change the answer.
-    for other in ({"seed": 4}, {"sampler": "heun"}, {"steps": 2}):
+    # The seed, the sampler, the time grid and the step count each change the answer.
+    for other in ({"seed": 4}, {"sampler": "heun"}, {"time_grid": "uniform"}, {"steps": 2}):
         assert np.abs(predictor.predict(pairs, wide, **{"cfg_scale": 2.0, "seed": 3, **other}).astype(int) - alone).max() > 8, other
 
 
@@ -67,6 +67,18 @@ def test_the_answer_is_cut_from_the_padded_frame_and_scaled_back(predictor, monk
     assert np.abs(restored.astype(int) - clip).max() <= 8  # bilinear down and up again.
 
 
+def test_image_and_clip_episodes_of_one_shape_are_sampled_apart(predictor, monkeypatch):
+    """With 3-frame clips, 4 image pairs and 1 clip pair both make 9 frames of condition."""
+    monkeypatch.setitem(predictor.config.data, "video_frames", 3)
+    monkeypatch.setattr(predictor, "sample", lambda cond, frames, **_: cond[:, -frames:])
+    rng = np.random.default_rng(3)
+    query = image(rng, 16, 16)
+    clip = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    answers = predictor.predict_batch([([(clip, clip)], clip), ([(query, query)] * 4, query)])
+    np.testing.assert_array_equal(answers[0], clip)
+    np.testing.assert_array_equal(answers[1], query)
+
+
 @pytest.mark.parametrize(
     "pairs, query, message",
     [
@@ -84,6 +96,16 @@ def test_bad_items_are_named(predictor, pairs, query, message):
         predictor.predict(pairs, query)
 
 
-def test_a_run_of_another_model_or_none_is_refused(tmp_path):
+def test_a_missing_run_and_bad_settings_are_named_before_any_weight_is_read(trained_jdit, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
         inference.Predictor.from_workdir(str(tmp_path))
+    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the settings were checked"))
+    with pytest.raises(ValueError, match=r"config.flow.time_grid='cosine' must be one of lavin, uniform"):
+        inference.Predictor.from_workdir(str(trained_jdit[1]), overrides={"flow.time_grid": "cosine"})
+
+
+def test_episodes_of_the_wrong_layout_are_named(predictor):
+    with pytest.raises(ValueError, match=r"Episodes \(1, 4, 16, 16, 3\) with 1 noise indices: N >= 1 episodes of 1-frame items"):
+        predictor.sample(np.zeros((1, 4, 16, 16, 3), np.float32), 1)
+    with pytest.raises(ValueError, match="sampler='rk4' must be one of euler, heun"):
+        predictor.sample(np.zeros((1, 3, 16, 16, 3), np.float32), 1, sampler="rk4")

@@ -19,24 +19,32 @@ import pytest
 from lavin_jax import checkpoint, train
 from conftest import ROOT, SMALL, config_flags, small_config
 
-# One step shape (one K, no dropped batches, image tasks), so each process compiles once; no
-# evaluation, whose sampler would compile too.
+# One step shape (one K, no dropped batches, image tasks), so each process compiles once; one
+# evaluation, at step 4, in both runs.
 FIELDS = {
     "data.tasks": ("flip", "edges"), "data.max_pairs": 1, "data.cond_drop_prob": 0.0,
-    "log_every": 1, "checkpoint_every": 2, "eval_every": 0,
+    "log_every": 1, "checkpoint_every": 2, "eval_every": 4,
     # A schedule that does not depend on total_steps, so runs of different lengths compare.
     "optim.schedule": "constant", "optim.warmup_steps": 2,
 }
 
 
-def losses(workdir) -> dict[int, float]:
+def logged(workdir) -> list[dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return {m["step"]: m["loss"] for m in map(json.loads, f)}
+        return [json.loads(line) for line in f]
+
+
+def losses(workdir) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in logged(workdir) if "loss" in m}
+
+
+def scores(workdir) -> dict[int, dict]:
+    return {m["step"]: m for m in logged(workdir) if "loss" not in m}
 
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """1 process x 8 devices (mesh data=8), 5 steps, checkpoints at 2, 4, 5."""
+    """1 process x 8 devices (mesh data=8), 5 steps, checkpoints at 2, 4, 5, evaluations at 4, 5."""
     workdir = str(tmp_path_factory.mktemp("one_process"))
     train.train(small_config(**FIELDS, total_steps=5), workdir)
     return workdir
@@ -72,10 +80,13 @@ def test_two_processes_continue_a_one_process_checkpoint_with_its_losses(baselin
     assert "Process 0 of 2, 4 local devices" in output and "Process 1 of 2, 4 local devices" in output
     two, one = losses(workdir), losses(baseline)
     # Only process 0 logs: every step once, in order, from the restored step on.
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        steps = [json.loads(line)["step"] for line in f]
+    steps = sorted(two)
     assert steps == list(range(3, steps[-1] + 1))
     np.testing.assert_allclose([two[s] for s in (3, 4, 5)], [one[s] for s in (3, 4, 5)], rtol=1e-5)
+    # Both processes sampled the evaluation together; process 0 logged it once, as 1 process did.
+    evaluated, expected = scores(workdir), scores(baseline)
+    assert 4 in evaluated and all(step % 4 == 0 for step in evaluated) and set(evaluated[4]) == set(expected[4])
+    np.testing.assert_allclose([evaluated[4][k] for k in sorted(expected[4])], [expected[4][k] for k in sorted(expected[4])], rtol=1e-4)
 
 
 def test_sigterm_to_one_process_stops_both_at_one_saved_step(preempted):
@@ -94,7 +105,8 @@ def test_a_checkpoint_of_two_processes_resumes_in_one(baseline, preempted, tmp_p
     stopped = checkpoint.latest_step(str(workdir / "checkpoints"))
     resumed = tmp_path / "resumed"
     shutil.copytree(workdir / "checkpoints", resumed / "checkpoints")
-    state = train.train(small_config(**FIELDS, total_steps=stopped + 1, **{"mesh.data": 1, "mesh.fsdp": 8}), str(resumed))
+    losses_only = {**FIELDS, "eval_every": 0}
+    state = train.train(small_config(**losses_only, total_steps=stopped + 1, **{"mesh.data": 1, "mesh.fsdp": 8}), str(resumed))
     assert int(state["step"]) == stopped + 1
-    train.train(small_config(**FIELDS, total_steps=stopped + 1), baseline)  # the 1-process run, on.
+    train.train(small_config(**losses_only, total_steps=stopped + 1), baseline)  # the 1-process run, on.
     np.testing.assert_allclose(losses(resumed)[stopped + 1], losses(baseline)[stopped + 1], rtol=1e-5)

@@ -138,7 +138,10 @@ def read_frames(path: str) -> np.ndarray:
     """An image file as uint8 [1, H, W, 3] or a video file's frames as [T, H, W, 3], by the
     extension; raises Skip saying why it cannot be used."""
     reader = _read_video if path.lower().endswith(VIDEO_EXTENSIONS) else _read_image
-    return np.stack(list(reader(path)))
+    frames = list(reader(path))
+    if not frames:
+        raise Skip("has no frames")
+    return np.stack(frames)
 
 
 def _target(path: str, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:

@@ -43,6 +43,11 @@ class WeightsFile:
         """Reads the converted file at `path` and checks it."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{self.network} weights file {path} does not exist; make it with `{self.convert_command}`.")
-        weights = safetensors.numpy.load_file(path)
+        try:
+            weights = safetensors.numpy.load_file(path)
+        except Exception as error:  # safetensors' own errors name no file.
+            raise ValueError(
+                f"{self.network} weights file {path} is not a safetensors file ({error}); make it with `{self.convert_command}`."
+            ) from None
         self.check(weights, f"{self.network} weights file {path}")
         return weights

@@ -71,10 +71,7 @@ class FlowMatching(Objective):
         require(f.shift > 0, f"config.flow.shift={f.shift} must be positive.")
         require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
         require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
-        require(
-            f.time_grid in ("lavin", "uniform"),
-            f"config.flow.time_grid={f.time_grid!r} must be 'lavin' or 'uniform'.",
-        )
+        require(f.time_grid in flow.TIME_GRIDS, f"config.flow.time_grid={f.time_grid!r} must be one of {', '.join(flow.TIME_GRIDS)}.")
         require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
         require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
@@ -189,8 +186,7 @@ class FlowMatching(Objective):
                     context = self.encoded(context, constants, frames)
                 keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
                 shape = (cond.shape[0], self.model_frames(frames), size, size, channels)
-                scale = cfg_scale if guided else 1.0
-                prediction = flow.sample(model, context, keys, shape, grid, cfg_scale=scale, method=method)
+                prediction = flow.sample(model, context, keys, shape, grid, cfg_scale=cfg_scale if guided else None, method=method)
                 if c.vae.name == "stvae":
                     prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
                 return prediction
@@ -202,7 +198,9 @@ class FlowMatching(Objective):
         """Per-task scores beside the baselines (`lavin_jax.evaluation`), and a grid per task."""
         from lavin_jax import inference  # it builds on this objective.
 
-        if not hasattr(self, "_evaluation"):  # built once per run: the episodes and the compiled sampler.
+        # Built once per run (graphdefs, constants and mesh do not change within it): the episodes
+        # and the compiled sampler; each evaluation brings newer EMA parameters.
+        if not hasattr(self, "_evaluation"):
             self._evaluation = evaluation.Evaluation(self.config)
             self._predictor = inference.Predictor(self, graphdefs["model"], params, constants, mesh)
         self._predictor.params = params

@@ -23,6 +23,9 @@ def test_a_file_round_trips_and_whatever_is_wrong_is_named(tmp_path):
             TOY.load(path)
     with pytest.raises(FileNotFoundError, match=r"Toy weights file .*nowhere.safetensors does not exist; make it with `python -m make_toy`"):
         TOY.load(str(tmp_path / "nowhere.safetensors"))
+    (tmp_path / "notes.txt").write_text("not weights")
+    with pytest.raises(ValueError, match=r"Toy weights file .*notes.txt is not a safetensors file"):
+        TOY.load(str(tmp_path / "notes.txt"))
 
 
 @pytest.mark.parametrize("module", [lpips, inception, i3d], ids=lambda m: m.__name__.rsplit(".", 1)[-1])
