@@ -13,6 +13,7 @@ import json
 import os
 
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -37,6 +38,14 @@ def latest_step(directory: str) -> int | None:
     return max(ocp.path.step.checkpoint_steps(_path(directory)), default=None)
 
 
+def _uncopied_numpy_handler() -> ocp.PyTreeCheckpointHandler:
+    """Saves numpy leaves without the deep copy orbax makes of every one before writing any
+    (the largest leaf must fit the 2 GB in flight)."""
+    numpy = ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+    registry = ocp.type_handlers.create_type_handler_registry((np.ndarray, numpy))
+    return ocp.PyTreeCheckpointHandler(save_concurrent_gb=2, type_handler_registry=registry)
+
+
 def tuples(value):
     """A config read back from JSON with its lists as the tuples the config schema holds."""
     if isinstance(value, dict):
@@ -47,8 +56,12 @@ def tuples(value):
 
 
 class Checkpointer:
-    def __init__(self, directory: str, *, keep: int, save_every: int):
+    def __init__(self, directory: str, *, keep: int, save_every: int, host_copy: bool = True):
+        """`host_copy=False` saves host (numpy) arrays synchronously, straight from their memory,
+        two gigabytes at a time: for a state as large as the memory (a converted 3.4B model),
+        which orbax's default would first copy whole."""
         self._directory = _path(directory)
+        self._host_copy = host_copy
         policies = ocp.checkpoint_managers
         self._manager = ocp.CheckpointManager(
             self._directory,
@@ -63,10 +76,10 @@ class Checkpointer:
                     ]
                 ),
                 preservation_policy=policies.LatestN(keep),
-                enable_async_checkpointing=True,
+                enable_async_checkpointing=host_copy,
             ),
             item_handlers={
-                "state": ocp.StandardCheckpointHandler(),
+                "state": ocp.StandardCheckpointHandler() if host_copy else _uncopied_numpy_handler(),
                 "config": ocp.JsonCheckpointHandler(),
             },
         )
@@ -83,7 +96,7 @@ class Checkpointer:
         return self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
+                state=(ocp.args.StandardSave if self._host_copy else ocp.args.PyTreeSave)(state),
                 config=ocp.args.JsonSave(_config_as_json(config)),
             ),
             force=force,
@@ -172,6 +185,23 @@ def _check_run_matches(step_dir: epath.Path, saved_config: dict, config) -> None
         raise ValueError(
             f"Checkpoint {step_dir} was written for {_describe(saved, differing)} "
             f"but the config has {_describe(current, differing)}; use a new workdir for a new run."
+        )
+
+
+def check_same_model(directory: str, step: int, config) -> None:
+    """Raises ValueError naming the model fields in which the checkpoint `step` of `directory`
+    differs from `config` (precision, attention kernel and remat may differ)."""
+    checkpointer = Checkpointer(directory, keep=1, save_every=1)
+    try:
+        saved = _run_fields(checkpointer.read_config(step))
+    finally:
+        checkpointer.close()
+    current = _run_fields(_config_as_json(config))
+    differing = [name for name in current if name.startswith("model.") and saved.get(name) != current.get(name)]
+    if differing:
+        raise ValueError(
+            f"Checkpoint {directory}/{step} holds a model with {_describe(saved, differing)} "
+            f"but the config has {_describe(current, differing)}."
         )
 
 

@@ -51,6 +51,9 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.checkpoint_every = 2_000
     c.keep_checkpoints = 3
     c.eval_every = 5_000  # and at the last step; 0: never (benchmarks).
+    # A run, or a release converted by `python -m lavin_jax.convert`, whose newest EMA weights a
+    # fresh run's model starts from (fine-tuning); its model config must match this one's.
+    c.init_from = ""
 
     c.model = models.default_config(model)
 

@@ -39,7 +39,10 @@ def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]
     return jnp.mean(mse + flow_cfg.l1_weight * l1), {"mse": jnp.mean(mse), "l1": jnp.mean(l1)}
 
 
-TIME_GRIDS = ("lavin", "uniform")
+# The released inference code's 20-point grid (19 Euler steps), to the 4 decimals it states.
+OFFICIAL_GRID = (0.0, 0.0056, 0.0111, 0.0167, 0.0222, 0.0278, 0.0333, 0.0389, 0.0444, 0.05,
+                 0.0524, 0.073, 0.1148, 0.1777, 0.2618, 0.3671, 0.4936, 0.6412, 0.81, 1.0)
+TIME_GRIDS = ("lavin", "uniform", "official")
 
 
 def time_grid(steps: int, kind: str = "lavin") -> np.ndarray:
@@ -47,12 +50,17 @@ def time_grid(steps: int, kind: str = "lavin") -> np.ndarray:
 
     `lavin`, dense near the noise end like LaVin-DiT's inference grid: the first half of the points
     are uniform over [0, 0.05], the rest grow quadratically from there to 1, so the early steps,
-    where the sample takes its shape, are fine. `uniform`: evenly spaced.
+    where the sample takes its shape, are fine. `uniform`: evenly spaced. `official`: the released
+    code's own table (`OFFICIAL_GRID`, 19 steps only), which `lavin` approximates for any count.
     """
     if kind not in TIME_GRIDS:
         raise ValueError(f"Time grid {kind!r} must be one of {', '.join(TIME_GRIDS)}.")
     if steps < 1:
         raise ValueError(f"A time grid of {steps} steps: at least 1 is needed.")
+    if kind == "official":
+        if steps != len(OFFICIAL_GRID) - 1:
+            raise ValueError(f"The official time grid has {len(OFFICIAL_GRID) - 1} steps, not {steps}.")
+        return np.array(OFFICIAL_GRID)
     points = steps + 1
     if kind == "uniform" or points < 4:
         return np.linspace(0.0, 1.0, points)

@@ -6,9 +6,16 @@
     answer = predictor.predict([("a.png", "a_edges.png"), ("b.png", "b_edges.png")], "c.png")
 
 Items are uint8 images [H, W, 3], clips [T, H, W, 3] (T = the run's `data.video_frames`) or
-paths of image or video files. Every item is fitted into the model's square frame by the `pad`
-rule (long side to `data.image_size`, centred on black) and the prediction is cut out of its
-frame and scaled back to the query's own size. Many episodes go through `predict_batch`, in
+paths of image or video files. Every item is fitted into the model's square frame, by default by
+the `pad` rule (long side to `data.image_size`, centred on black; `fit="stretch"` scales both
+sides), and the prediction is cut out of its frame and scaled back to the query's own size.
+
+The released inference script's recipe is a preset: 4 pairs drawn (with replacement) from a
+template folder of `<id>_input.png` / `<id>_target.png` files, items stretched with bicubic
+resampling, the official 20-point time grid with Euler steps, guidance 1.5:
+
+    pairs = inference.template_pairs("template/depth_estimation", seed=0)
+    answer = predictor.predict(pairs, "query.png", **inference.OFFICIAL) Many episodes go through `predict_batch`, in
 batches of `batch_size` (padded to it, so each kind of episode compiles once); episode i of a call
 draws its noise from (seed, i) alone, so its answer does not depend on the batch size or on the
 other episodes of the call.
@@ -17,6 +24,7 @@ other episodes of the call.
 from __future__ import annotations
 
 import collections
+import glob
 import os
 
 import jax
@@ -25,6 +33,26 @@ from PIL import Image
 
 from lavin_jax import flow, parallel, train
 from lavin_jax.data import ingest, records, scoring
+
+
+OFFICIAL = {"steps": len(flow.OFFICIAL_GRID) - 1, "time_grid": "official", "sampler": "euler", "cfg_scale": 1.5,
+            "fit": "stretch", "resample": "bicubic"}
+FITS = ("pad", "stretch")
+
+
+def template_pairs(directory: str, count: int = 4, seed: int = 0) -> list[tuple[str, str]]:
+    """`count` (input, target) file pairs drawn with replacement, as the released script draws its
+    prompts, from a template folder of `<id>_input.png` and `<id>_target.png` files."""
+    inputs = sorted(glob.glob(os.path.join(directory, "*_input.png")))
+    pairs = [(path, path[: -len("_input.png")] + "_target.png") for path in inputs]
+    missing = [target for _, target in pairs if not os.path.exists(target)]
+    if not pairs or missing:
+        raise FileNotFoundError(
+            f"Template folder {directory!r} has {len(pairs)} <id>_input.png files"
+            + (f" and lacks {missing[0]}" if missing else "") + "; every input needs its <id>_target.png."
+        )
+    rng = np.random.default_rng(seed)
+    return [pairs[i] for i in rng.integers(len(pairs), size=count)]
 
 
 class Predictor:
@@ -114,12 +142,14 @@ class Predictor:
         uint8 of the query's shape. Options as `predict_batch`'s."""
         return self.predict_batch([(pairs, query)], **options)[0]
 
-    def predict_batch(self, episodes, *, nearest: bool = False, seed: int = 0, **options) -> list[np.ndarray]:
+    def predict_batch(self, episodes, *, fit: str = "pad", resample: str = "bilinear", seed: int = 0, **options) -> list[np.ndarray]:
         """Answers to many (pairs, query) episodes, uint8, each of its query's shape. Episodes
-        with the same number of pairs and frames are sampled together. `nearest`: resize with
-        nearest neighbours (class-coloured targets), else bilinear. Further options (steps,
-        cfg_scale, sampler, time_grid) as `sample`'s."""
-        prepared = [self._prepare(pairs, query, nearest, f"episodes[{i}]") for i, (pairs, query) in enumerate(episodes)]
+        with the same number of pairs and frames are sampled together. `fit`: pad or stretch
+        items into the model's frame; `resample`: bilinear, bicubic or nearest (class-coloured
+        targets). Further options (steps, cfg_scale, sampler, time_grid) as `sample`'s."""
+        if fit not in FITS:
+            raise ValueError(f"fit={fit!r} must be one of {', '.join(FITS)}.")
+        prepared = [self._prepare(pairs, query, fit, resample, f"episodes[{i}]") for i, (pairs, query) in enumerate(episodes)]
         groups = collections.defaultdict(list)  # by frames and shape: a 9-item episode may be 9 images or 3 clips.
         for i, (cond, query, _) in enumerate(prepared):
             groups[len(query), cond.shape].append(i)
@@ -129,10 +159,10 @@ class Predictor:
             frames = len(prepared[members[0]][1])
             predicted = scoring.to_uint8(self.sample(cond, frames, indices=members, seed=seed, **options))
             for i, answer in zip(members, predicted):
-                answers[i] = _restore(answer, *prepared[i][1:], nearest)
+                answers[i] = _restore(answer, *prepared[i][1:], fit, resample)
         return answers
 
-    def _prepare(self, pairs, query, nearest: bool, where: str):
+    def _prepare(self, pairs, query, fit: str, resample: str, where: str):
         """(cond float32 [(2K+1)T, S, S, 3], the query's frames, whether the query was one image)."""
         query_frames, single = _frames(query, f"{where} query")
         items = [(query_frames, "query")]
@@ -148,11 +178,11 @@ class Predictor:
                     f"{where} {name} has {len(item)} frames; every item must have as many as the query, 1 (images) "
                     f"or config.data.video_frames={allowed[1]} (clips), and the query has {frames}."
                 )
-        fit = lambda x: records.resize(x, self.image_size, "pad", nearest)
+        fitted = lambda x: scoring.from_uint8(records.resize(x, self.image_size, fit, resample))
         # uint8 black is -1, not the zero item that stands for dropped pairs: floats from here on.
-        cond = [scoring.from_uint8(fit(item)) for item, _ in items[1:]] or [np.zeros((frames, self.image_size, self.image_size, 3), np.float32)]
+        cond = [fitted(item) for item, _ in items[1:]] or [np.zeros((frames, self.image_size, self.image_size, 3), np.float32)]
         # As training sees an episode: in_1, tgt_1, ..., in_K, tgt_K, query; no pairs: [zeros, query].
-        return np.concatenate(cond + [scoring.from_uint8(fit(query_frames))]), query_frames, single
+        return np.concatenate(cond + [fitted(query_frames)]), query_frames, single
 
 
 def _frames(item, name: str) -> tuple[np.ndarray, bool]:
@@ -169,13 +199,14 @@ def _frames(item, name: str) -> tuple[np.ndarray, bool]:
     return (item[None], True) if item.ndim == 3 else (item, False)
 
 
-def _restore(answer: np.ndarray, query: np.ndarray, single: bool, nearest: bool) -> np.ndarray:
-    """The model-size answer [T, S, S, 3] cut to the query's padded frame and scaled back to it."""
+def _restore(answer: np.ndarray, query: np.ndarray, single: bool, fit: str, resample: str) -> np.ndarray:
+    """The model-size answer [T, S, S, 3] cut to the query's part of the frame (all of it when
+    stretched) and scaled back to the query's size."""
     height, width = query.shape[1:3]
-    top, left, h, w = records.pad_box(height, width, answer.shape[1])
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    size = answer.shape[1]
+    top, left, h, w = records.pad_box(height, width, size) if fit == "pad" else (0, 0, size, size)
     restored = np.stack([
-        np.asarray(Image.fromarray(frame[top : top + h, left : left + w]).resize((width, height), resample))
+        np.asarray(Image.fromarray(frame[top : top + h, left : left + w]).resize((width, height), records.RESAMPLE[resample]))
         for frame in answer
     ])
     return restored[0] if single else restored

@@ -96,16 +96,36 @@ def shardings(abstract) -> Any:
     return jax.tree.map(lambda x: x.sharding, abstract)
 
 
-def init_state(config, s: Setup) -> dict:
-    """Initialises parameters directly into their shards."""
+def init_state(config, s: Setup, model_params=None) -> dict:
+    """Initialises parameters directly into their shards; `model_params` (placed like the state's
+    EMA), when given, are the "model" module's and its EMA's starting point instead (fine-tuning:
+    the random ones are then never computed)."""
 
-    def init():
+    def init(model_params):
         states = _split(s.objective.build(nnx.Rngs(config.seed)))[1]
         params = {name: state.to_pure_dict() for name, state in states.items()}
+        if model_params is not None:
+            params["model"] = model_params
         opt = {name: s.tx.init(tree) for name, tree in params.items()}
         return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["model"], "opt": opt}
 
-    return jax.jit(init, out_shardings=shardings(s.abstract_state))()
+    return jax.jit(init, out_shardings=shardings(s.abstract_state))(model_params)
+
+
+def check_init_from(config) -> int | None:
+    """The step of `config.init_from`'s newest checkpoint (None when unset); a directory without
+    one is named before anything is compiled."""
+    if not config.init_from:
+        return None
+    directory = os.path.join(config.init_from, "checkpoints")
+    step = checkpoint.latest_step(directory) if os.path.isdir(directory) else None
+    if step is None:
+        raise FileNotFoundError(
+            f"config.init_from={config.init_from!r} holds no checkpoint in {directory!r}: name a run, or a release "
+            "converted by python -m lavin_jax.convert."
+        )
+    checkpoint.check_same_model(directory, step, config)
+    return step
 
 
 def data_parallel(config):
@@ -260,6 +280,7 @@ def train(config, workdir: str) -> dict:
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
     objective = objectives.get(config)
     objective.check_files()
+    init_step = check_init_from(config)
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     latest = checkpoint.latest_step(checkpoint_dir)
     if jax.process_count() > 1:  # every host starts where process 0 sees the newest checkpoint.
@@ -275,7 +296,10 @@ def train(config, workdir: str) -> dict:
     s = setup(config, mesh, objective)
     constants = place_constants(s)
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, save_every=config.checkpoint_every)
-    if latest is None:
+    if latest is None and init_step is not None:
+        logging.info("Starting from the EMA weights of %s, step %d.", config.init_from, init_step)
+        state = init_state(config, s, restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
+    elif latest is None:
         state = init_state(config, s)
     else:
         logging.info("Resuming from the checkpoint at step %d.", latest)

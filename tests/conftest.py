@@ -140,3 +140,80 @@ def trained_jdit(tmp_path_factory):
     with jax.threefry_partitionable(False):  # a faster init compile; any initialisation will do.
         train.train(config, str(workdir))
     return config, workdir
+
+
+# --- torch.save archives without torch ---------------------------------------------------------
+# A stand-in `torch` module, present only while pickling, makes pickle name the globals that
+# torch's own files name (torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...).
+
+
+def _stand_in_torch():
+    import types
+
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled here, never called")
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2, torch._utils = _rebuild_tensor_v2, utils
+    for name in ("FloatStorage", "BFloat16Storage", "LongStorage"):
+        setattr(torch, name, type(name, (), {"__module__": "torch"}))
+    return torch, utils
+
+
+_TORCH, _TORCH_UTILS = _stand_in_torch()
+
+
+class TorchView:
+    """A tensor pickled as a view (element offset, size, stride) of `base`'s storage."""
+
+    def __init__(self, base, offset, size, stride):
+        self.base, self.offset, self.size, self.stride = base, offset, size, stride
+
+
+def save_torch_archive(path, obj):
+    """`obj` written as torch.save writes it (a zip of data.pkl and raw storages), numpy arrays
+    and TorchViews as tensors."""
+    import collections
+    import io
+    import pickle
+    import sys
+    import zipfile
+
+    import ml_dtypes
+    import numpy as np
+
+    storage_types = {np.dtype(np.float32): "FloatStorage", np.dtype(ml_dtypes.bfloat16): "BFloat16Storage", np.dtype(np.int64): "LongStorage"}
+    storages = {}  # id(base array) -> (key, array)
+
+    def storage(base):
+        base = np.ascontiguousarray(base)
+        key, _ = storages.setdefault(id(base), (str(len(storages)), base))
+        return ("storage", getattr(_TORCH, storage_types[base.dtype]), key, "cpu", base.size)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return obj.pid if isinstance(obj, _Storage) else None
+
+        def reducer_override(self, obj):
+            if isinstance(obj, np.ndarray):
+                obj = TorchView(obj, 0, obj.shape, tuple(s // obj.itemsize for s in np.ascontiguousarray(obj).strides))
+            if isinstance(obj, TorchView):
+                return _TORCH_UTILS._rebuild_tensor_v2, (_Storage(storage(obj.base)), obj.offset, tuple(obj.size), tuple(obj.stride), False, collections.OrderedDict())
+            return NotImplemented
+
+    buffer = io.BytesIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "torch", _TORCH)
+        patch.setitem(sys.modules, "torch._utils", _TORCH_UTILS)
+        Pickler(buffer, protocol=2).dump(obj)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        for key, array in storages.values():
+            archive.writestr(f"archive/data/{key}", array.tobytes())
+
+
+class _Storage:
+    def __init__(self, pid):
+        self.pid = pid

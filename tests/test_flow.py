@@ -44,8 +44,16 @@ def test_heun_is_exact_where_the_velocity_is_linear_in_time_and_euler_is_not():
 
 def test_uniform_time_grid():
     np.testing.assert_allclose(flow.time_grid(4, "uniform"), [0.0, 0.25, 0.5, 0.75, 1.0])
-    with pytest.raises(ValueError, match="Time grid 'cosine' must be one of lavin, uniform"):
+    with pytest.raises(ValueError, match="Time grid 'cosine' must be one of lavin, uniform, official"):
         flow.time_grid(4, "cosine")
+
+
+def test_the_official_grid_has_twenty_points_and_the_lavin_grid_shares_its_uniform_head():
+    official = flow.time_grid(19, "official")
+    assert len(official) == 20 and official[0] == 0.0 and official[-1] == 1.0 and np.all(np.diff(official) > 0)
+    np.testing.assert_allclose(flow.time_grid(19)[:10], official[:10], atol=5e-5)
+    with pytest.raises(ValueError, match="The official time grid has 19 steps, not 10"):
+        flow.time_grid(10, "official")
 
 
 @pytest.mark.parametrize("steps", [1, 3, 19, 40])

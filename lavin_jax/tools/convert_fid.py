@@ -17,7 +17,8 @@ Each conv's frozen batch norm is folded into it (kernel * gamma / sqrt(var + eps
 beta - mean * gamma / sqrt(var + eps), in float64): the networks only ever run in inference, so
 the JAX side needs one conv and one add per unit, half the tensors, and no eps to get right.
 
-Only this conversion needs torch (`pip install torch`); evaluation reads the output with numpy.
+The .pth files are read by `lavin_jax.torch_files` (torch.load(weights_only=True) where torch is
+installed; without it, zip archives by a restricted reader); evaluation reads the output with numpy.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Inputs:
   --lin    the LPIPS v0.1 linear heads, `lpips/weights/v0.1/vgg.pth` inside the `lpips` pip package
            (or the same path in the GitHub repo richzhang/PerceptualSimilarity).
 
-Only this conversion needs torch (`pip install torch`); training reads the output with numpy.
+The .pth files are read by `lavin_jax.torch_files` (torch.load(weights_only=True) where torch is
+installed; the legacy, non-zip format of torchvision's VGG16 file needs it); training reads the
+output with numpy.
 """
 
 from __future__ import annotations

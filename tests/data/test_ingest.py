@@ -125,8 +125,8 @@ def test_folder_ingest_writes_good_pairs_and_reports_bad_ones(template, config, 
     for index, name in [(0, "a"), (2, "gray"), (3, "opaque"), (4, "pal")]:
         inputs, targets = source.read("colors", index)
         expected_input = np.broadcast_to(good[name][0][..., None], (12, 16, 3)) if name == "gray" else good[name][0]
-        np.testing.assert_array_equal(inputs, records.resize(expected_input[None], SIZE, "crop", nearest=False))
-        np.testing.assert_array_equal(targets, records.resize(good[name][1][None], SIZE, "crop", nearest=True))
+        np.testing.assert_array_equal(inputs, records.resize(expected_input[None], SIZE, "crop", "bilinear"))
+        np.testing.assert_array_equal(targets, records.resize(good[name][1][None], SIZE, "crop", "nearest"))
     # Aligned clips of 2 frames, one after the other: clip k holds frames 2k, 2k+1 of both videos;
     # uneven's 3 clips come first, then v's 4.
     for index, k in enumerate([0, 1, 2, 0, 1, 2, 3]):

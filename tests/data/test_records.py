@@ -64,33 +64,35 @@ def test_resize_rules():
     frames = np.zeros((1, 8, 16, 3), np.uint8)
     frames[:, :, :4, 0] = frames[:, :, 4:12, 1] = frames[:, :, 12:, 2] = 255
     for rule in records.RESIZE_RULES:
-        for nearest in (True, False):
-            assert records.resize(frames, 6, rule, nearest).shape == (1, 6, 6, 3)
+        for resample in records.RESAMPLE:
+            assert records.resize(frames, 6, rule, resample).shape == (1, 6, 6, 3)
     # crop: the centred 8x8 square is all green.
-    cropped = records.resize(frames, 4, "crop", nearest=True)
+    cropped = records.resize(frames, 4, "crop", "nearest")
     assert (cropped == [0, 255, 0]).all()
     # pad: 16 wide -> 8 wide, 4 high, centred between black rows.
-    padded = records.resize(frames, 8, "pad", nearest=True)
+    padded = records.resize(frames, 8, "pad", "nearest")
     assert (padded[:, :2] == 0).all() and (padded[:, 6:] == 0).all()
     np.testing.assert_array_equal(padded[0, 2:6, :, :].max(axis=(0, 2)) > 0, np.ones(8, bool))
-    np.testing.assert_array_equal(padded[0, 3], records.resize(frames, 8, "stretch", nearest=True)[0, 3])
+    np.testing.assert_array_equal(padded[0, 3], records.resize(frames, 8, "stretch", "nearest")[0, 3])
     # stretch keeps all three bands, squeezed.
-    stretched = records.resize(frames, 8, "stretch", nearest=True)
+    stretched = records.resize(frames, 8, "stretch", "nearest")
     assert tuple(stretched[0, 0, 0]) == (255, 0, 0) and tuple(stretched[0, 0, -1]) == (0, 0, 255)
     # A frame that already has the size comes back untouched, whatever the rule.
     same = _frames(0, (2, 5, 5, 3))
-    np.testing.assert_array_equal(records.resize(same, 5, "crop", nearest=False), same)
+    np.testing.assert_array_equal(records.resize(same, 5, "crop", "bilinear"), same)
     with pytest.raises(ValueError, match="Resize rule 'zoom'"):
-        records.resize(frames, 4, "zoom", nearest=True)
+        records.resize(frames, 4, "zoom", "nearest")
+    with pytest.raises(ValueError, match="Resampling 'lanczos' must be one of nearest, bilinear, bicubic"):
+        records.resize(frames, 4, "crop", "lanczos")
 
 
 def test_nearest_keeps_palette_colours():
     frames, colours = _palette_frames(1)
     for rule in records.RESIZE_RULES:
         for size in (5, 29):
-            out = records.resize(frames, size, rule, nearest=True)
+            out = records.resize(frames, size, rule, "nearest")
             assert {tuple(c) for c in out.reshape(-1, 3)} <= colours | {(0, 0, 0)}
-    smooth = records.resize(frames, 5, "stretch", nearest=False)
+    smooth = records.resize(frames, 5, "stretch", "bilinear")
     assert not {tuple(c) for c in smooth.reshape(-1, 3)} <= colours  # why targets need nearest.
 
 

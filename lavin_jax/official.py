@@ -1,0 +1,256 @@
+"""The released LaVin-DiT weights' tensor names and PyTorch layouts, written down once.
+
+The authors released a J-DiT (`lavin_dit.safetensors`) and the ST-VAE (`stvae.pt`) as PyTorch
+state dicts (github DerrickWang005/LaVin-DiT, `lib/model/{dit,blocks,vae3d}.py`, `inference.py`).
+Each parameter of ours is made of one or more official tensors by a `Rule`: its official names
+and a pair of exact, value-preserving transforms between the two layouts. This module only
+states the correspondence; reading and writing files is the caller's (`lavin_jax.convert`).
+
+Layouts. PyTorch stores a Linear weight as [out, in], a Conv3d weight as [out, in, t, h, w] and a
+Conv2d weight as [out, in, h, w]; ours are kernels [in, out], [t, h, w, in, out] and [h, w, in,
+out]. Norm weights/biases, biases and the prompt/answer embeddings are the same arrays. Our J-DiT
+blocks are stacked along a leading `layers` axis: one official tensor per block makes one of
+ours. The official model flattens a patch as (pH, pW, C), as `layers.patchify` does, so the patch
+embeddings and the final projection need no permutation; the modulation Linears' outputs are
+chunked in the same order (scale_msa, gate_msa, scale_mlp, gate_mlp) as ours.
+
+How the released files hold these names (read from `inference.py`):
+- `lavin_dit.safetensors`: flat, the names of `LaVinDiT.state_dict()` with no prefix (loaded
+  with `load_file` and `LaVinDiT.load_state_dict(strict=False)`; `torch.compile` wraps the model
+  only after loading). The official J-DiT has no buffers: its RoPE frequencies are plain tensor
+  attributes and its non-affine RMSNorms, DropPath and Dropout hold nothing.
+- `stvae.pt`: a pickled dict whose `"state_dict"` entry holds the names of
+  `AutoencoderKLSTVAE.state_dict()` with no prefix (`torch.load(path)["state_dict"]`, then
+  `load_state_dict(strict=False)`). GroupNorm has no buffers; `quant_conv`/`post_quant_conv`
+  are not built by the released constructor (`use_quant_conv=use_post_quant_conv=False`) and
+  `temb_proj` is not built (`temb_channels=0`).
+
+The rules name tensors as the official code names them for a config of ours; the official
+classes themselves can be built only for some configs: J-DiT with `mlp_hidden` 0 (its SwiGLU
+width rule), ST-VAE with kernel 3, 2 mid ResNets, `decoder_layers = encoder_layers + 1` and 32
+groups (its SpatialNorm fixes 32 whatever `norm_num_groups` says).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable
+
+import numpy as np
+
+# Nesting keys, then the name prefix, of each released file (see the module docstring).
+JDIT_NESTING: tuple[str, ...] = ()
+JDIT_PREFIX = ""
+STVAE_NESTING: tuple[str, ...] = ("state_dict",)
+STVAE_PREFIX = ""
+
+# Per family, (regex, why) for tensors a released file may hold that no rule consumes. The
+# official loaders use `load_state_dict(strict=False)`, which drops any name the official model
+# lacks, so ignoring exactly those names is the official behaviour.
+IGNORED: dict[str, tuple[tuple[str, str], ...]] = {
+    # LaVinDiT's state dict is exactly what the rules consume (no buffers, see above).
+    "jdit": (),
+    "stvae": (
+        (
+            r"^(?!(?:encoder|decoder)\.)",
+            "outside the encoder and decoder: AutoencoderKLSTVAE as released has no other module "
+            "with weights (no quant convs), so such tensors (a training checkpoint's loss, "
+            "LPIPS or discriminator) are dropped by the official loader too",
+        ),
+    ),
+}
+
+
+def ignored(name: str, family: str) -> bool:
+    """Whether the released `family` file's tensor `name` is one no rule consumes (IGNORED)."""
+    return any(re.search(pattern, name) for pattern, _ in IGNORED[family])
+
+
+def stvae_state(checkpoint: dict, path: str) -> dict:
+    """The ST-VAE's official state dict from the loaded `stvae.pt` at `path`: its nesting walked,
+    its prefix stripped."""
+    state = checkpoint
+    for key in STVAE_NESTING:
+        if not isinstance(state, dict) or key not in state:
+            raise ValueError(f"{path} holds no {key!r} entry; the released ST-VAE keeps its weights under it.")
+        state = state[key]
+    unprefixed = [name for name in state if not name.startswith(STVAE_PREFIX)]
+    if unprefixed:
+        raise ValueError(f"{path}: {unprefixed[0]!r} lacks the prefix {STVAE_PREFIX!r} of the released ST-VAE.")
+    return {name[len(STVAE_PREFIX):]: value for name, value in state.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    ours: str  # "/"-joined path into our parameter pure dict
+    official: tuple[str, ...]  # the official tensors it is made of, in order (one per block if stacked)
+    to_ours: Callable[[list[np.ndarray]], np.ndarray]  # official arrays (PyTorch layout) -> ours
+    to_official: Callable[[np.ndarray], list[np.ndarray]]  # the exact inverse
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """One official array <-> one array of ours; both directions are pure axis permutations."""
+
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_official: Callable[[np.ndarray], np.ndarray]
+
+
+SAME = _Layout(lambda a: a, lambda a: a)
+# [out, in] <-> [in, out]
+LINEAR = _Layout(lambda w: w.T, lambda k: k.T)
+# [out, in, t, h, w] <-> [t, h, w, in, out]
+CONV3D = _Layout(lambda w: w.transpose(2, 3, 4, 1, 0), lambda k: k.transpose(4, 3, 0, 1, 2))
+# [out, in, h, w] <-> [h, w, in, out]
+CONV2D = _Layout(lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1))
+
+
+def _one(ours: str, official: str, layout: _Layout) -> Rule:
+    return Rule(ours, (official,), lambda arrays: layout.to_ours(arrays[0]), lambda a: [layout.to_official(a)])
+
+
+def _stacked(ours: str, official: list[str], layout: _Layout) -> Rule:
+    """Ours stacks the official per-block tensors along a leading `layers` axis."""
+
+    def to_ours(arrays):
+        if len(arrays) != len(official):
+            raise ValueError(f"{ours} is made of {len(official)} official tensors, got {len(arrays)}.")
+        return np.stack([layout.to_ours(a) for a in arrays])
+
+    return Rule(ours, tuple(official), to_ours, lambda a: [layout.to_official(x) for x in a])
+
+
+def _linear(ours: str, official: str) -> list[Rule]:
+    """A Linear with a bias: our `kernel` and `bias` from the official `weight` and `bias`."""
+    return [_one(f"{ours}/kernel", f"{official}.weight", LINEAR), _one(f"{ours}/bias", f"{official}.bias", SAME)]
+
+
+# --- J-DiT ------------------------------------------------------------------------------------
+
+# Our stream names -> the official prefixes of that stream's tensors.
+_STREAMS = {"cond": "cond", "target": "x"}
+
+
+def _jdit_block(stream: str) -> list[tuple[str, str, _Layout]]:
+    """(our path under blocks/, official name under blocks.{i}., layout) for one stream."""
+    o = _STREAMS[stream]
+    return [
+        (f"{stream}/q/kernel", f"joint_attn.{o}_q.weight", LINEAR),
+        (f"{stream}/k/kernel", f"joint_attn.{o}_k.weight", LINEAR),
+        (f"{stream}/v/kernel", f"joint_attn.{o}_v.weight", LINEAR),
+        (f"{stream}/q_norm/scale", f"joint_attn.{o}_qnorm.weight", SAME),
+        (f"{stream}/k_norm/scale", f"joint_attn.{o}_knorm.weight", SAME),
+        (f"{stream}/out/kernel", f"joint_attn.{o}_proj.weight", LINEAR),
+        (f"{stream}/mlp/gate/kernel", f"{o}_mlp.gate_proj.weight", LINEAR),
+        (f"{stream}/mlp/up/kernel", f"{o}_mlp.up_proj.weight", LINEAR),
+        (f"{stream}/mlp/down/kernel", f"{o}_mlp.down_proj.weight", LINEAR),
+        # nn.Sequential(SiLU, Linear): the Linear is entry 1.
+        (f"{stream}/modulation/kernel", f"{o}_modulation.1.weight", LINEAR),
+        (f"{stream}/modulation/bias", f"{o}_modulation.1.bias", SAME),
+    ]
+
+
+def jdit_rules(model_config) -> list[Rule]:
+    """The rules of a J-DiT (`config.model` of the jdit family) for `lavin_dit.safetensors`."""
+    rules = []
+    # Each patch embedding is nn.Sequential(Linear, LayerNorm).
+    for ours, official in (("cond_embed", "cond_embedder"), ("target_embed", "x_embedder")):
+        rules += _linear(f"{ours}/proj", f"{official}.0")
+        rules.append(_one(f"{ours}/norm/scale", f"{official}.1.weight", SAME))
+        rules.append(_one(f"{ours}/norm/bias", f"{official}.1.bias", SAME))
+    rules += [_one("prompt_embed", "prompt_embed", SAME), _one("answer_embed", "answer_embed", SAME)]
+    # t_embedder.mlp is nn.Sequential(Linear, SiLU, Linear).
+    rules += _linear("t_embed/fc1", "t_embedder.mlp.0") + _linear("t_embed/fc2", "t_embedder.mlp.2")
+    for stream in _STREAMS:
+        for ours, official, layout in _jdit_block(stream):
+            per_block = [f"blocks.{i}.{official}" for i in range(model_config.depth)]
+            rules.append(_stacked(f"blocks/{ours}", per_block, layout))
+    rules += _linear("final/modulation", "final_layer.adaLN_modulation.1") + _linear("final/proj", "final_layer.linear")
+    return rules
+
+
+# --- ST-VAE -----------------------------------------------------------------------------------
+
+
+def _conv(ours: str, official: str, layout: _Layout = CONV3D) -> list[Rule]:
+    return [_one(f"{ours}/kernel", f"{official}.weight", layout), _one(f"{ours}/bias", f"{official}.bias", SAME)]
+
+
+def _group_norm(ours: str, official: str) -> list[Rule]:
+    return [_one(f"{ours}/scale", f"{official}.weight", SAME), _one(f"{ours}/bias", f"{official}.bias", SAME)]
+
+
+def _spatial_norm(ours: str, official: str) -> list[Rule]:
+    """Our SpatialNorm: GroupNorm wrapper (.norm.norm) and two 1x1x1 causal convs on z."""
+    return (
+        _group_norm(f"{ours}/norm/norm", f"{official}.norm_layer")
+        + _conv(f"{ours}/conv_y/conv", f"{official}.conv_y.conv")
+        + _conv(f"{ours}/conv_b/conv", f"{official}.conv_b.conv")
+    )
+
+
+def _resnet(ours: str, official: str, in_ch: int, out_ch: int, decoder: bool) -> list[Rule]:
+    rules = []
+    for norm in ("norm1", "norm2"):
+        if decoder:
+            rules += _spatial_norm(f"{ours}/{norm}", f"{official}.{norm}")
+        else:  # our GroupNorm wraps nnx.GroupNorm as .norm
+            rules += _group_norm(f"{ours}/{norm}/norm", f"{official}.{norm}")
+    for conv in ("conv1", "conv2"):
+        rules += _conv(f"{ours}/{conv}/conv", f"{official}.{conv}.conv")
+    if in_ch != out_ch:
+        # A bare nn.Conv3d (1x1x1), not a causal-conv wrapper: no `.conv` in its name.
+        rules += _conv(f"{ours}/shortcut", f"{official}.conv_shortcut")
+    return rules
+
+
+def _resnets(ours: str, official: str, in_ch: int, out_ch: int, count: int, decoder: bool) -> list[Rule]:
+    """`count` ResNets; the first takes `in_ch`, the rest `out_ch`."""
+    rules = []
+    for j in range(count):
+        rules += _resnet(f"{ours}/resnets/{j}", f"{official}.resnets.{j}", in_ch if j == 0 else out_ch, out_ch, decoder)
+    return rules
+
+
+def stvae_rules(model_config) -> list[Rule]:
+    """The rules of an ST-VAE (`config.model` of the stvae family) for `stvae.pt`'s state dict.
+    Our encoder `stages`/`mid` are the official `down_blocks`/`mid_block`, the decoder's `stages`
+    its `up_blocks` (over the reversed channels); resamplers are per-frame Conv2d."""
+    cfg = model_config
+    ch = tuple(cfg.channels)
+    rules = _conv("encoder/conv_in/conv", "encoder.conv_in.conv")
+    for i, out_ch in enumerate(ch):
+        ours, official = f"encoder/stages/{i}", f"encoder.down_blocks.{i}"
+        rules += _resnets(ours, official, ch[max(i - 1, 0)], out_ch, cfg.encoder_layers, decoder=False)
+        if i < len(ch) - 1:
+            rules += _conv(f"{ours}/resample/conv", f"{official}.downsamplers.0.conv", CONV2D)
+    rules += _resnets("encoder/mid", "encoder.mid_block", ch[-1], ch[-1], cfg.mid_layers, decoder=False)
+    rules += _group_norm("encoder/norm_out/norm", "encoder.norm_out")
+    rules += _conv("encoder/conv_out/conv", "encoder.conv_out.conv")
+
+    rev = tuple(reversed(ch))
+    rules += _conv("decoder/conv_in/conv", "decoder.conv_in.conv")
+    rules += _resnets("decoder/mid", "decoder.mid_block", rev[0], rev[0], cfg.mid_layers, decoder=True)
+    for i, out_ch in enumerate(rev):
+        ours, official = f"decoder/stages/{i}", f"decoder.up_blocks.{i}"
+        rules += _resnets(ours, official, rev[max(i - 1, 0)], out_ch, cfg.decoder_layers, decoder=True)
+        if i < len(rev) - 1:
+            rules += _conv(f"{ours}/resample/conv", f"{official}.upsamplers.0.conv", CONV2D)
+    rules += _spatial_norm("decoder/norm_out", "decoder.norm_out")
+    rules += _conv("decoder/conv_out/conv", "decoder.conv_out.conv")
+    return rules
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+def official_shapes(rules: list[Rule], ours: dict[str, tuple]) -> dict[str, tuple]:
+    """Official name -> shape, in rule order, from our parameters' shapes (`ours`: "/"-joined
+    path -> shape) through each rule's `to_official` on a zero-strided placeholder (no memory)."""
+    shapes = {}
+    for rule in rules:
+        placeholder = np.broadcast_to(np.zeros((), np.float32), ours[rule.ours])
+        for name, array in zip(rule.official, rule.to_official(placeholder), strict=True):
+            shapes[name] = tuple(array.shape)
+    return shapes

@@ -1,0 +1,103 @@
+"""Reading PyTorch checkpoints (`torch.save` zip files) without PyTorch and without running their
+pickled code.
+
+A `.pt` file is a zip archive: `<root>/data.pkl`, a pickle of the saved object whose tensors refer
+to raw storages `<root>/data/<key>`. The pickle is read by an unpickler that resolves only the
+names a plain state dict uses (ordered dicts, tensor and parameter rebuilds, storage types), so a
+file that would run other code is refused, naming what it asked for. With torch installed,
+`torch.load(weights_only=True)` reads the file instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import zipfile
+
+import ml_dtypes
+import numpy as np
+
+# Storage classes by the names torch pickles them under, and their element types.
+_STORAGES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+def _rebuild_tensor(storage, offset, size, stride, *_):
+    """A tensor as a view of its storage (element offset and strides, as torch stores them)."""
+    if not size:
+        return np.array(storage[offset])
+    itemsize = storage.dtype.itemsize
+    return np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * itemsize for s in stride))
+
+
+def _rebuild_parameter(data, *_):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    **{("torch", name): name for name in _STORAGES},
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, file, archive: zipfile.ZipFile, root: str, path: str):
+        super().__init__(file)
+        self._archive, self._root, self._path = archive, root, path
+
+    def find_class(self, module, name):
+        if (module, name) not in _ALLOWED:
+            raise ValueError(
+                f"{self._path} asks for {module}.{name}, which a plain state dict does not need; it is "
+                "not read without torch (pip install torch to read it with torch.load(weights_only=True))."
+            )
+        return _ALLOWED[module, name]
+
+    def persistent_load(self, pid):
+        kind, storage, key, _location, numel = pid
+        if kind != "storage" or storage not in _STORAGES:
+            raise ValueError(f"{self._path} holds a storage of kind {kind!r} / {storage!r}, which cannot be read.")
+        data = self._archive.read(f"{self._root}/data/{key}")
+        return np.frombuffer(data, _STORAGES[storage], count=numel)
+
+
+def load(path: str):
+    """The object a `torch.save` file holds, tensors as numpy arrays: with torch when it is
+    installed (`weights_only=True`), else with the restricted reader above."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return _to_numpy(state, torch)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a torch.save zip archive (legacy .pt files need torch to read).")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise ValueError(f"{path} has {len(pickles)} data.pkl entries; a torch.save archive has one.")
+        root = pickles[0].rsplit("/", 1)[0]
+        with archive.open(pickles[0]) as file:
+            return _Unpickler(file, archive, root, path).load()
+
+
+def _to_numpy(value, torch):
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16) if value.dtype == torch.bfloat16 else value.numpy()
+    if isinstance(value, dict):
+        return type(value)((k, _to_numpy(v, torch)) for k, v in value.items())
+    return value

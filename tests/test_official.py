@@ -1,0 +1,488 @@
+"""lavin_jax.official against an independent statement of the official layouts.
+
+`official_jdit` and `official_stvae` list the official state dicts' names and shapes as the
+official constructors build them (github DerrickWang005/LaVin-DiT, lib/model/{dit,blocks,
+vae3d}.py), written from the official structure rather than ours, so the rules are checked
+against it. Value checks pin each layout to PyTorch's semantics (Linear, patch order, Conv3d and
+Conv2d cross-correlation), and our J-DiT and a decoder ResNet, holding converted random weights,
+are run against numpy statements of the official computations, so a wrong transpose, flip or
+pairing of two same-shaped tensors fails.
+"""
+
+import itertools
+
+import einops
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import QUICK_COMPILE
+from flax import nnx
+
+from lavin_jax import config as config_lib
+from lavin_jax import models, official
+from lavin_jax.models import layers, stvae
+
+
+def jdit_config(**fields):
+    c = config_lib.base("jdit").model
+    c.update(fields)
+    return c
+
+
+# configs/tiny.py's model (pixel space, 4x4 patches; 2 KV heads so K/V kernels are not square)
+# and the released 3.4B model (configs/xl.py, LaVinDiT_3B_2: kv_group 4).
+TINY_JDIT = dict(hidden=96, depth=4, num_heads=4, num_kv_heads=2, patch_size=4, in_channels=3)
+RELEASED_JDIT = dict(hidden=2304, depth=22, num_heads=32, num_kv_heads=8, patch_size=2, in_channels=16)
+
+
+def official_jdit(c) -> dict[str, tuple]:
+    """LaVinDiT(patch_size=(p, p), in_channels, hidden_size, depth, num_heads, kv_group)'s state dict."""
+    d, p, heads = c.hidden, c.patch_size, c.num_heads
+    kv_group = heads // c.num_kv_heads
+    head_dim = d // heads
+    q_width, kv_width = heads * head_dim, heads // kv_group * head_dim
+    swiglu = int((4 * d * 2 / 3) / 64) * 64
+    names = {}
+    for embedder in ("cond_embedder", "x_embedder"):
+        names |= {f"{embedder}.0.weight": (d, p * p * c.in_channels), f"{embedder}.0.bias": (d,)}
+        names |= {f"{embedder}.1.weight": (d,), f"{embedder}.1.bias": (d,)}
+    names |= {"prompt_embed": (1, d), "answer_embed": (1, d)}
+    names |= {"t_embedder.mlp.0.weight": (d, 256), "t_embedder.mlp.0.bias": (d,)}
+    names |= {"t_embedder.mlp.2.weight": (d, d), "t_embedder.mlp.2.bias": (d,)}
+    for i in range(c.depth):
+        for s in ("cond", "x"):
+            a = f"blocks.{i}.joint_attn.{s}"
+            names |= {f"{a}_q.weight": (q_width, d), f"{a}_k.weight": (kv_width, d), f"{a}_v.weight": (kv_width, d)}
+            names |= {f"{a}_qnorm.weight": (q_width,), f"{a}_knorm.weight": (kv_width,)}
+            names |= {f"{a}_proj.weight": (d, q_width)}
+            m = f"blocks.{i}.{s}_mlp"
+            names |= {f"{m}.gate_proj.weight": (swiglu, d), f"{m}.up_proj.weight": (swiglu, d)}
+            names |= {f"{m}.down_proj.weight": (d, swiglu)}
+            mod = f"blocks.{i}.{s}_modulation.1"
+            names |= {f"{mod}.weight": (4 * d, d), f"{mod}.bias": (4 * d,)}
+    patch = p * p * c.in_channels
+    names |= {"final_layer.linear.weight": (patch, d), "final_layer.linear.bias": (patch,)}
+    names |= {"final_layer.adaLN_modulation.1.weight": (d, d), "final_layer.adaLN_modulation.1.bias": (d,)}
+    return names
+
+
+def official_stvae(c) -> dict[str, tuple]:
+    """AutoencoderKLSTVAE(in_channels, block_out_channels, latent_channels, layers_per_block)'s
+    state dict. The official class fixes the mid blocks at 2 ResNets and the up blocks at
+    layers_per_block + 1; the counts are taken from `c` so small configs are covered too."""
+    names = {}
+
+    def conv(name, out_ch, in_ch, kernel):
+        names.update({f"{name}.weight": (out_ch, in_ch, *kernel), f"{name}.bias": (out_ch,)})
+
+    def group_norm(name, ch):
+        names.update({f"{name}.weight": (ch,), f"{name}.bias": (ch,)})
+
+    def spatial_norm(name, ch, zq):
+        group_norm(f"{name}.norm_layer", ch)
+        conv(f"{name}.conv_y.conv", ch, zq, (1, 1, 1))
+        conv(f"{name}.conv_b.conv", ch, zq, (1, 1, 1))
+
+    def resnet(name, in_ch, out_ch, zq=None):
+        for norm, ch in (("norm1", in_ch), ("norm2", out_ch)):
+            if zq:
+                spatial_norm(f"{name}.{norm}", ch, zq)
+            else:
+                group_norm(f"{name}.{norm}", ch)
+        conv(f"{name}.conv1.conv", out_ch, in_ch, (3, 3, 3))
+        conv(f"{name}.conv2.conv", out_ch, out_ch, (3, 3, 3))
+        if in_ch != out_ch:
+            conv(f"{name}.conv_shortcut", out_ch, in_ch, (1, 1, 1))
+
+    block_out, latent = tuple(c.channels), c.latent_channels
+    conv("encoder.conv_in.conv", block_out[0], c.in_channels, (3, 3, 3))
+    out_ch = block_out[0]
+    for i in range(len(block_out)):
+        in_ch, out_ch = out_ch, block_out[i]
+        for j in range(c.encoder_layers):
+            resnet(f"encoder.down_blocks.{i}.resnets.{j}", in_ch if j == 0 else out_ch, out_ch)
+        if i < len(block_out) - 1:
+            conv(f"encoder.down_blocks.{i}.downsamplers.0.conv", out_ch, out_ch, (3, 3))
+    for j in range(c.mid_layers):
+        resnet(f"encoder.mid_block.resnets.{j}", block_out[-1], block_out[-1])
+    group_norm("encoder.norm_out", block_out[-1])
+    conv("encoder.conv_out.conv", 2 * latent, block_out[-1], (3, 3, 3))
+
+    rev = list(reversed(block_out))
+    conv("decoder.conv_in.conv", rev[0], latent, (3, 3, 3))
+    for j in range(c.mid_layers):
+        resnet(f"decoder.mid_block.resnets.{j}", rev[0], rev[0], zq=latent)
+    out_ch = rev[0]
+    for i in range(len(rev)):
+        in_ch, out_ch = out_ch, rev[i]
+        for j in range(c.decoder_layers):
+            resnet(f"decoder.up_blocks.{i}.resnets.{j}", in_ch if j == 0 else out_ch, out_ch, zq=latent)
+        if i < len(rev) - 1:
+            conv(f"decoder.up_blocks.{i}.upsamplers.0.conv", out_ch, out_ch, (3, 3))
+    spatial_norm("decoder.norm_out", rev[-1], latent)
+    conv("decoder.conv_out.conv", c.in_channels, rev[-1], (3, 3, 3))
+    return names
+
+
+def stvae_two_resnets():
+    """tiny_config() with 2 ResNets everywhere (released: 3 per encoder stage, 4 per decoder
+    stage, 2 per mid block), so names past index 0 and same-width ResNets after a widening one
+    are covered; the released model itself would only cost seconds to build abstractly."""
+    c = stvae.tiny_config()
+    c.encoder_layers = c.decoder_layers = c.mid_layers = 2
+    return c
+
+
+CASES = {
+    "jdit-tiny": (lambda: jdit_config(**TINY_JDIT), official.jdit_rules, official_jdit),
+    "jdit-released": (lambda: jdit_config(**RELEASED_JDIT), official.jdit_rules, official_jdit),
+    "stvae-tiny": (stvae.tiny_config, official.stvae_rules, official_stvae),
+    "stvae-two-resnets": (stvae_two_resnets, official.stvae_rules, official_stvae),
+}
+SMALL_CASES = ("jdit-tiny", "stvae-tiny")
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested parameter pure dict as "/"-joined path -> leaf (list indices as digits)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= flat(value, f"{prefix}{key}/")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+_SETUPS = {}
+
+
+def setup(case: str):
+    """(model config, rules, our shapes, the official names and shapes) of a case, built once."""
+    if case not in _SETUPS:
+        make_config, make_rules, official_names = CASES[case]
+        model_config = make_config()
+        abstract = nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0)))
+        ours = {path: tuple(x.shape) for path, x in flat(nnx.split(abstract, nnx.Param)[1].to_pure_dict()).items()}
+        _SETUPS[case] = (model_config, make_rules(model_config), ours, official_names(model_config))
+    return _SETUPS[case]
+
+
+def rule_for(rules, ours: str) -> official.Rule:
+    (rule,) = [r for r in rules if r.ours == ours]
+    return rule
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rules_cover_both_sides_once(case):
+    _, rules, ours, expected = setup(case)
+    ours_paths = [rule.ours for rule in rules]
+    assert len(ours_paths) == len(set(ours_paths)) and set(ours_paths) == set(ours)
+    names = [name for rule in rules for name in rule.official]
+    assert len(names) == len(set(names))
+    assert set(names) == set(expected)
+    assert official.official_shapes(rules, ours) == expected
+    family = case.split("-")[0]
+    assert not any(official.ignored(name, family) for name in names)
+
+
+def test_released_jdit_size():
+    """The released J-DiT holds 3.40B parameters (paper and REFERENCES: 3.4B)."""
+    _, _, _, expected = setup("jdit-released")
+    assert round(sum(int(np.prod(s)) for s in expected.values()) / 1e9, 2) == 3.40
+
+
+@pytest.mark.parametrize("case", SMALL_CASES)
+def test_round_trip_is_bit_exact(case):
+    _, rules, ours, expected = setup(case)
+    rng = np.random.default_rng(0)
+    for rule in rules:
+        value = rng.standard_normal(ours[rule.ours]).astype(np.float32)
+        arrays = rule.to_official(value)
+        assert [tuple(a.shape) for a in arrays] == [expected[name] for name in rule.official]
+        back = rule.to_ours([np.array(a) for a in arrays])  # copies: nothing rides on views
+        assert back.dtype == value.dtype and np.array_equal(back, value), rule.ours
+
+
+def test_ignored_and_stvae_nesting():
+    assert official.ignored("loss.discriminator.main.0.weight", "stvae")
+    assert not official.ignored("encoder.conv_in.conv.weight", "stvae")
+    assert official.IGNORED["jdit"] == ()
+    weight = np.zeros(3)
+    assert official.stvae_state({"state_dict": {"decoder.conv_out.conv.bias": weight}}, "stvae.pt") == {
+        "decoder.conv_out.conv.bias": weight
+    }
+    with pytest.raises(ValueError, match="stvae.pt holds no 'state_dict'"):
+        official.stvae_state({"decoder.conv_out.conv.bias": weight}, "stvae.pt")
+
+
+# --- the official computations in numpy, from the official code's semantics ----------------------
+# The functional tests below run our modules with converted random weights against these: a
+# tensor paired with the wrong one of the same shape (gate/up, q/out, the two streams, norm1/norm2,
+# conv_y/conv_b, ...) changes the outputs, which the name and shape checks cannot see.
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return y if weight is None else y * weight
+
+
+def linear(w, name, x, bias=True):
+    y = x @ w[f"{name}.weight"].T
+    return y + w[f"{name}.bias"] if bias else y
+
+
+def rope_official(x, grid, base=10_000.0):
+    """3D RoPE on (B, L, heads, head_dim): head_dim cut into [head_dim/3]*3 (t, h, w) parts, each
+    rotated in the rotate-half layout by its axis' position on the (T, H, W) grid."""
+    part = x.shape[-1] // 3
+    coords = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64) for n in grid), indexing="ij"), -1).reshape(-1, 3)
+    inv_freq = 1.0 / base ** (np.arange(0, part, 2)[: part // 2] / part)
+    parts = []
+    for axis in range(3):
+        angles = coords[:, axis, None] * inv_freq
+        cos = np.concatenate([np.cos(angles)] * 2, -1)[None, :, None]
+        sin = np.concatenate([np.sin(angles)] * 2, -1)[None, :, None]
+        xp = x[..., axis * part : (axis + 1) * part]
+        rotated = np.concatenate([-xp[..., part // 2 :], xp[..., : part // 2]], -1)
+        parts.append(xp * cos + rotated * sin)
+    return np.concatenate(parts, -1)
+
+
+def attention_official(q, k, v):
+    """flash_attn_func semantics: grouped KV (query head h reads KV head h // group), scale
+    head_dim**-0.5, not causal."""
+    group = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    logits = np.einsum("blhd,bmhd->bhlm", q, k) * q.shape[-1] ** -0.5
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bhlm,bmhd->blhd", probs, v)
+
+
+def jdit_official(w, c, x, t, cond):
+    """LaVinDiT.forward on channels-first frames x (B, C, Tx, H, W), cond (B, C, Tc, H, W)."""
+    p, d, batch = c.patch_size, c.hidden, x.shape[0]
+    head_dim = d // c.num_heads
+    heads = lambda a, n: a.reshape(batch, -1, n, head_dim)  # "b n (nh hd) -> b n nh hd"
+
+    def embed(name, frames):
+        tokens = einops.rearrange(frames, "B C F (H pH) (W pW) -> B (F H W) (pH pW C)", pH=p, pW=p)
+        h = linear(w, f"{name}.0", tokens)
+        mean, var = h.mean(-1, keepdims=True), h.var(-1, keepdims=True)
+        return (h - mean) / np.sqrt(var + 1e-5) * w[f"{name}.1.weight"] + w[f"{name}.1.bias"]
+
+    streams = {"cond": embed("cond_embedder", cond), "x": embed("x_embedder", x)}
+    freqs = np.exp(-np.log(10_000.0) * np.arange(128) / 128)
+    t_freq = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], -1)
+    t_emb = linear(w, "t_embedder.mlp.2", silu(linear(w, "t_embedder.mlp.0", t_freq)))
+    temb = {"cond": t_emb + w["prompt_embed"], "x": t_emb + w["answer_embed"]}
+    grid = (cond.shape[2] + x.shape[2], cond.shape[3] // p, cond.shape[4] // p)
+    n_cond = streams["cond"].shape[1]
+
+    for i in range(c.depth):
+        b = f"blocks.{i}."
+        # Per stream: scale_msa, gate_msa, scale_mlp, gate_mlp, each (B, 1, D).
+        mods = {s: linear(w, f"{b}{s}_modulation.1", silu(temb[s])) for s in streams}
+        mods = {s: m.reshape(batch, 4, 1, d).swapaxes(0, 1) for s, m in mods.items()}
+        q, k, v = [], [], []
+        for s, h in streams.items():
+            a, attn = rms_norm(h) * (1 + mods[s][0]), f"{b}joint_attn.{s}"
+            q.append(heads(rms_norm(linear(w, f"{attn}_q", a, False), w[f"{attn}_qnorm.weight"]), c.num_heads))
+            k.append(heads(rms_norm(linear(w, f"{attn}_k", a, False), w[f"{attn}_knorm.weight"]), c.num_kv_heads))
+            v.append(heads(linear(w, f"{attn}_v", a, False), c.num_kv_heads))
+        q, k, v = (np.concatenate(parts, axis=1) for parts in (q, k, v))
+        out = attention_official(rope_official(q, grid), rope_official(k, grid), v).reshape(batch, -1, d)
+        for s, o in (("cond", out[:, :n_cond]), ("x", out[:, n_cond:])):
+            streams[s] = streams[s] + np.tanh(mods[s][1]) * rms_norm(linear(w, f"{b}joint_attn.{s}_proj", o, False))
+        for s, h in streams.items():
+            a, mlp = rms_norm(h) * (1 + mods[s][2]), f"{b}{s}_mlp"
+            hidden = silu(linear(w, f"{mlp}.gate_proj", a, False)) * linear(w, f"{mlp}.up_proj", a, False)
+            streams[s] = h + np.tanh(mods[s][3]) * rms_norm(linear(w, f"{mlp}.down_proj", hidden, False))
+
+    scale = linear(w, "final_layer.adaLN_modulation.1", silu(temb["x"]))[:, None]
+    out = linear(w, "final_layer.linear", rms_norm(streams["x"]) * (1 + scale))
+    t_x, h, wd = x.shape[2], x.shape[3] // p, x.shape[4] // p
+    return einops.rearrange(out, "B (T H W) (ph pw c) -> B c T (H ph) (W pw)", T=t_x, H=h, W=wd, ph=p, pw=p)
+
+
+def load_official(module, rules, prefix: str, weights: dict):
+    """Sets the parameters of `module`, our (abstractly built) sub-module at `prefix` ("" for the
+    whole model), from official arrays through the rules."""
+    state = nnx.state(module, nnx.Param)
+    pure = {}
+    for rule in rules:
+        if prefix and not rule.ours.startswith(prefix + "/"):
+            continue
+        *parents, leaf = rule.ours[len(prefix) + 1 if prefix else 0 :].split("/")
+        node = pure
+        for part in parents:
+            node = node.setdefault(int(part) if part.isdigit() else part, {})
+        node[leaf] = jnp.asarray(rule.to_ours([np.asarray(weights[name], np.float32) for name in rule.official]))
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(module, state)
+    return module
+
+
+def random_weights(expected: dict, scale: float, seed: int) -> dict:
+    """Random official tensors (float64, for the numpy references)."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape) * scale for name, shape in expected.items()}
+
+
+def run_quick(module, *args):
+    """module(*args), compiled without XLA's backend optimisation (one call: it would not pay)."""
+    graphdef, state = nnx.split(module)
+    call = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args), compiler_options=QUICK_COMPILE)
+    return call(state, *args)
+
+
+def causal_conv3d(w, name, x):
+    """STVAECausalConv3d (or, for a 1x1x1 kernel, a plain nn.Conv3d) on x (C, T, H, W): the first
+    frame repeated k-1 times in front, space zero-padded by k//2, then cross-correlation."""
+    weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
+    k = weight.shape[2]
+    t, h, wd = x.shape[1:]
+    padded = np.concatenate([x[:, :1]] * (k - 1) + [x], axis=1)
+    padded = np.pad(padded, ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    out = np.zeros((weight.shape[0], t, h, wd)) + bias[:, None, None, None]
+    for dt, dy, dx in itertools.product(range(k), repeat=3):
+        out += np.einsum("oi,ithw->othw", weight[:, :, dt, dy, dx], padded[:, dt : dt + t, dy : dy + h, dx : dx + wd])
+    return out
+
+
+def group_norm(x, weight, bias, groups, eps=1e-6):
+    """torch GroupNorm on one example (C, T, H, W): statistics per group over the whole clip."""
+    g = x.reshape(groups, -1)
+    g = (g - g.mean(1, keepdims=True)) / np.sqrt(g.var(1, keepdims=True) + eps)
+    return g.reshape(x.shape) * weight[:, None, None, None] + bias[:, None, None, None]
+
+
+def test_linear_and_norm_layouts():
+    """Stacked Linear: x @ ours[l] is torch's x @ W_l.T; a norm weight is the same vector."""
+    _, rules, _, expected = setup("jdit-tiny")
+    w = random_weights(expected, 1.0, seed=0)
+    rule = rule_for(rules, "blocks/target/k/kernel")  # (depth, hidden, kv width): not square
+    assert rule.official[2] == "blocks.2.joint_attn.x_k.weight"
+    kernel = rule.to_ours([w[name] for name in rule.official])
+    x = np.random.default_rng(1).standard_normal((5, kernel.shape[1]))
+    for layer, name in enumerate(rule.official):
+        np.testing.assert_allclose(x @ kernel[layer], np.einsum("bi,oi->bo", x, w[name]), rtol=1e-10, atol=1e-10)
+
+    rule = rule_for(rules, "blocks/cond/k_norm/scale")
+    scales = rule.to_ours([w[name] for name in rule.official])
+    assert np.array_equal(scales[3], w["blocks.3.joint_attn.cond_knorm.weight"])
+
+
+def test_patch_embedding_and_final_layer_order():
+    """Official tokens are `B C F (H pH) (W pW) -> B F H W (pH pW C)` and its output
+    `B (T H W) (ph pw c) -> B c T (H ph) (W pw)`: ours (layers.patchify/unpatchify) match with
+    the kernels as converted, no permutation."""
+    c, rules, _, expected = setup("jdit-tiny")
+    w = random_weights(expected, 1.0, seed=3)
+    p = c.patch_size
+    rng = np.random.default_rng(2)
+    frames = rng.standard_normal((1, 2, 2 * p, 3 * p, c.in_channels))  # (B, T, H, W, C)
+    channels_first = frames.transpose(0, 4, 1, 2, 3)
+    official_tokens = linear(
+        w, "x_embedder.0", einops.rearrange(channels_first, "B C F (H pH) (W pW) -> B (F H W) (pH pW C)", pH=p, pW=p)
+    )
+    kernel = rule_for(rules, "target_embed/proj/kernel").to_ours([w["x_embedder.0.weight"]])
+    ours = np.asarray(layers.patchify(jnp.asarray(frames), p)) @ kernel + w["x_embedder.0.bias"]
+    np.testing.assert_allclose(ours, official_tokens, rtol=1e-6, atol=1e-6)
+
+    hidden = rng.standard_normal((1, 2 * 2 * 3, c.hidden))
+    official_out = einops.rearrange(
+        linear(w, "final_layer.linear", hidden), "B (T H W) (ph pw c) -> B T (H ph) (W pw) c", T=2, H=2, W=3, ph=p, pw=p
+    )  # the official "-> B c T (H ph) (W pw)", channels last
+    kernel = rule_for(rules, "final/proj/kernel").to_ours([w["final_layer.linear.weight"]])
+    ours = layers.unpatchify(jnp.asarray(hidden @ kernel + w["final_layer.linear.bias"]), p, 2, 2, 3)
+    np.testing.assert_allclose(np.asarray(ours), official_out, rtol=1e-6, atol=1e-6)
+
+
+def test_conv3d_layout():
+    """Our causal conv with a converted kernel computes torch's Conv3d (cross-correlation, no
+    flip, time in order) over the official padding."""
+    _, rules, _, expected = setup("stvae-tiny")
+    name = "encoder.conv_in.conv"
+    w = random_weights({n: expected[n] for n in (f"{name}.weight", f"{name}.bias")}, 1.0, seed=5)
+    out_ch, in_ch = expected[f"{name}.weight"][:2]
+    conv = nnx.eval_shape(lambda: stvae.CausalConv3d(in_ch, out_ch, 3, rngs=nnx.Rngs(0)))
+    load_official(conv, rules, "encoder/conv_in", w)
+    x = np.random.default_rng(6).standard_normal((1, 3, 4, 5, in_ch))  # (B, T, H, W, C)
+    reference = causal_conv3d(w, name, x[0].transpose(3, 0, 1, 2)).transpose(1, 2, 3, 0)
+    ours = np.asarray(run_quick(conv, jnp.asarray(x, jnp.float32)))[0]
+    np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_layout():
+    """Our downsampler with a converted kernel computes the official per-frame Conv2d, stride 2,
+    after padding one zero row and column at the bottom and right."""
+    _, rules, _, expected = setup("stvae-tiny")
+    name = "encoder.down_blocks.0.downsamplers.0.conv"
+    w = random_weights({n: expected[n] for n in (f"{name}.weight", f"{name}.bias")}, 1.0, seed=7)
+    weight, bias = w[f"{name}.weight"], w[f"{name}.bias"]
+    ch = weight.shape[0]
+    down = nnx.eval_shape(lambda: stvae.Downsample(ch, compress_time=False, dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    load_official(down, rules, "encoder/stages/0/resample", w)
+    x = np.random.default_rng(8).standard_normal((1, 1, 6, 8, ch))
+
+    frame = np.pad(x[0, 0].transpose(2, 0, 1), ((0, 0), (0, 1), (0, 1)))  # (C, H + 1, W + 1)
+    h, wd = x.shape[2] // 2, x.shape[3] // 2
+    reference = np.zeros((ch, h, wd)) + bias[:, None, None]
+    for dy, dx in itertools.product(range(3), repeat=2):
+        window = frame[:, dy : dy + 2 * h : 2, dx : dx + 2 * wd : 2]
+        reference += np.einsum("oi,ihw->ohw", weight[:, :, dy, dx], window)
+    ours = np.asarray(run_quick(down, jnp.asarray(x, jnp.float32)))[0, 0]
+    np.testing.assert_allclose(ours, reference.transpose(1, 2, 0), rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_resnet_matches_the_official_forward():
+    """A widening decoder ResNet (SpatialNorms, 1x1x1 shortcut) with converted random weights
+    computes STVAEResnetBlock3D: norm1/norm2, conv1/conv2, conv_y/conv_b paired by role. Clip
+    statistics as torch's GroupNorm; `groups` as our config (official SpatialNorm fixes 32)."""
+    _, rules, _, expected = setup("stvae-tiny")
+    cfg = stvae.tiny_config()
+    cfg.norm_stats = "clip"
+    prefix, name = "decoder/stages/3/resnets/0", "decoder.up_blocks.3.resnets.0"
+    w = random_weights({n: s for n, s in expected.items() if n.startswith(name + ".")}, 0.3, seed=11)
+    (out_ch, in_ch, *_), zc = expected[f"{name}.conv1.conv.weight"], cfg.latent_channels
+    assert in_ch != out_ch  # so the shortcut is exercised
+    block = nnx.eval_shape(lambda: stvae.ResnetBlock(in_ch, out_ch, cfg, z_channels=zc, rngs=nnx.Rngs(0)))
+    load_official(block, rules, prefix, w)
+    rng = np.random.default_rng(12)
+    x, z = rng.standard_normal((1, 3, 4, 4, in_ch)), rng.standard_normal((1, 3, 4, 4, zc))  # z already at x's size
+
+    def spatial_norm(norm, f, zq):
+        normed = group_norm(f, w[f"{norm}.norm_layer.weight"], w[f"{norm}.norm_layer.bias"], cfg.groups)
+        return normed * causal_conv3d(w, f"{norm}.conv_y.conv", zq) + causal_conv3d(w, f"{norm}.conv_b.conv", zq)
+
+    xc, zq = x[0].transpose(3, 0, 1, 2), z[0].transpose(3, 0, 1, 2)
+    h = causal_conv3d(w, f"{name}.conv1.conv", silu(spatial_norm(f"{name}.norm1", xc, zq)))
+    h = causal_conv3d(w, f"{name}.conv2.conv", silu(spatial_norm(f"{name}.norm2", h, zq)))
+    reference = (causal_conv3d(w, f"{name}.conv_shortcut", xc) + h).transpose(1, 2, 3, 0)
+    ours = np.asarray(run_quick(block, jnp.asarray(x, jnp.float32), jnp.asarray(z, jnp.float32)))[0]
+    np.testing.assert_allclose(ours, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_jdit_matches_the_official_forward():
+    """Our J-DiT with converted random weights computes the official LaVinDiT.forward: pairs every
+    tensor by its role (streams, q/k/v/out, gate/up/down, modulation chunks, embeddings)."""
+    _, rules, _, expected = setup("jdit-tiny")
+    c = jdit_config(**TINY_JDIT, dtype="float32")
+    weights = random_weights(expected, 0.2, seed=9)
+    model = load_official(nnx.eval_shape(lambda: models.build(c, nnx.Rngs(0))), rules, "", weights)
+    rng = np.random.default_rng(10)
+    p = c.patch_size
+    x = rng.standard_normal((2, 1, 2 * p, 2 * p, c.in_channels)).astype(np.float32)  # (B, T, H, W, C)
+    cond = rng.standard_normal((2, 3, 2 * p, 2 * p, c.in_channels)).astype(np.float32)
+    t = rng.uniform(size=2).astype(np.float32)
+
+    ours = run_quick(model, jnp.asarray(x), jnp.asarray(t), {"cond": jnp.asarray(cond)})
+    channels_first = lambda f: f.transpose(0, 4, 1, 2, 3).astype(np.float64)
+    reference = jdit_official(weights, c, channels_first(x), t.astype(np.float64), channels_first(cond))
+    np.testing.assert_allclose(np.asarray(ours), reference.transpose(0, 2, 3, 4, 1), rtol=1e-3, atol=1e-3)
