@@ -28,6 +28,10 @@ _FREE_FIELDS = frozenset({
 })
 
 
+# The file that marks a run directory as a conversion (EMA weights only, `lavin_jax.convert`).
+CONVERTED = "CONVERTED"
+
+
 def _path(directory: str) -> epath.Path:
     # epath, so gs:// directories work too; orbax needs local paths absolute.
     return epath.Path(directory if "://" in directory else os.path.abspath(directory))
@@ -197,7 +201,8 @@ def check_same_model(directory: str, step: int, config) -> None:
     finally:
         checkpointer.close()
     current = _run_fields(_config_as_json(config))
-    differing = [name for name in current if name.startswith("model.") and saved.get(name) != current.get(name)]
+    names = list(current) + [name for name in saved if name not in current]
+    differing = [name for name in names if name.startswith("model.") and saved.get(name) != current.get(name)]
     if differing:
         raise ValueError(
             f"Checkpoint {directory}/{step} holds a model with {_describe(saved, differing)} "

@@ -13,10 +13,13 @@
 
 The official names and layouts are in `lavin_jax/official.py`, once, as rules; this file does the
 reading and writing. Every official tensor is consumed exactly once and every parameter of ours
-filled, or the conversion stops listing the mismatches, checked from the files' headers before
-any tensor is read. Tensors stream one rule at a time: the released file is never held whole,
-only our parameters (float32) are. A converted run holds its EMA weights in checkpoint 0 and
-the config they fit; the ST-VAE run also holds the official latent statistics.
+filled, or the conversion stops listing the mismatches before anything is written. The J-DiT's
+tensors stream one rule at a time from the file, which is never held whole; our parameters
+(float32) go to memory-mapped scratch files; the ST-VAE's archive (0.2B parameters) is read whole.
+A converted run holds its EMA weights in checkpoint 0 and the config they fit (the ST-VAE run
+also the official latent statistics), and is marked so that it is started from (init_from), not
+resumed. Export writes a flat .safetensors, for an ST-VAE too (the official loader reads
+`torch.load(path)["state_dict"]`: wrap it so).
 """
 
 from __future__ import annotations
@@ -36,18 +39,28 @@ from lavin_jax import checkpoint, latents, models, official, parallel, torch_fil
 from lavin_jax import config as config_lib
 
 class SafetensorsReader:
-    """Names and shapes from a .safetensors header; each tensor read from the file when asked
-    for, into its own array (the safetensors package's numpy reader holds the whole file)."""
+    """Names and shapes from a .safetensors header, checked; each tensor read from the file when
+    asked for, into its own array, so the file is never held whole."""
 
     def __init__(self, path: str):
         self.path = path
-        with open(path, "rb") as f:
-            length = struct.unpack("<Q", f.read(8))[0]
-            header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
+        size = os.path.getsize(path)
+        try:
+            with open(path, "rb") as f:
+                length = struct.unpack("<Q", f.read(8))[0]
+                if length > size - 8:
+                    raise ValueError("its header length exceeds the file")
+                header = json.loads(f.read(length))
+            header.pop("__metadata__", None)
+            self.shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
+            for name, entry in header.items():
+                begin, end = entry["data_offsets"]
+                if entry["dtype"] not in _DTYPES_BY_NAME or end - begin != np.prod(entry["shape"], dtype=np.int64) * np.dtype(_DTYPES_BY_NAME[entry["dtype"]]).itemsize:
+                    raise ValueError(f"tensor {name} ({entry['dtype']}, {entry['shape']}) has a type or byte range that cannot be read")
+        except (ValueError, KeyError, TypeError, struct.error) as error:
+            raise ValueError(f"{path} is not a readable .safetensors file: {error}.") from None
         self._start = 8 + length
         self._entries = header
-        self.shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
 
     def get(self, name: str) -> np.ndarray:
         entry = self._entries[name]
@@ -58,7 +71,7 @@ class SafetensorsReader:
 
 
 class DictReader:
-    """The tensors of a loaded state dict (the ST-VAE's .pt), under the released file's nesting."""
+    """The tensors of an already loaded state dict (the ST-VAE's, out of its .pt's nesting)."""
 
     def __init__(self, state: dict, path: str):
         self._state, self.path = state, path
@@ -92,12 +105,11 @@ def check_names(rules: list[official.Rule], ours: dict[str, tuple], reader, fami
         raise ValueError(f"{reader.path} does not fit the model: " + "; ".join(problems) + ".")
 
 
-def to_ours(rules: list[official.Rule], ours: dict[str, tuple], reader, family: str, scratch: str) -> dict:
+def to_ours(rules: list[official.Rule], reader, scratch: str) -> dict:
     """Our parameter pure dict (float32), one rule at a time from `reader`. Each parameter lands
-    in a memory-mapped file in the directory `scratch`: orbax copies every array it saves, and
-    file-backed parameters leave that copy the only one in memory (a 3.4B model's 13.6 GB twice
-    would not fit in 24 GB)."""
-    check_names(rules, ours, reader, family)
+    in a memory-mapped file in the directory `scratch`, so the parameters are file-backed pages
+    the kernel may write out rather than memory of the process: a 3.4B model's 13.6 GB plus what
+    saving needs would not fit in 24 GB otherwise."""
     os.makedirs(scratch, exist_ok=True)
     params: dict = {}
     for index, rule in enumerate(rules):
@@ -116,43 +128,48 @@ def to_ours(rules: list[official.Rule], ours: dict[str, tuple], reader, family: 
 
 
 def write_run(out: str, config, params: dict) -> None:
-    """`params` as the EMA weights of checkpoint 0 of a run in `out`, with `config`."""
+    """`params` as the EMA weights of checkpoint 0 of a run in `out`, with `config`, marked as a
+    conversion (not a run to resume)."""
     checkpointer = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), keep=1, save_every=1, host_copy=False)
-    checkpointer.save(0, {"ema": params}, config, force=True)
-    checkpointer.close()
+    try:
+        checkpointer.save(0, {"ema": params}, config, force=True)
+    finally:
+        checkpointer.close()
+    open(os.path.join(out, checkpoint.CONVERTED), "w").close()
 
 
 def convert(jdit: str | None, stvae: str | None, out: str, config, vae_config) -> dict[str, str]:
     """Converts whichever released files are given into runs under `out` (J-DiT `config`, ST-VAE
-    `vae_config`); returns their paths."""
+    `vae_config`, both left unchanged); returns their paths. Both files' names and shapes are
+    checked before anything is written; on any failure `out` is removed again."""
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"--out={out!r} is not empty; conversions write into a new directory.")
-    written = {}
-    scratch = os.path.join(out, ".scratch")
-    try:
-        _convert(jdit, stvae, out, config, vae_config, written, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return written
-
-
-def _convert(jdit, stvae, out, config, vae_config, written, scratch) -> None:
+    jobs = []  # (name, config, rules, reader)
     if stvae:
-        vae_config = train.data_parallel(vae_config)
-        state = torch_files.load(stvae)
-        reader = DictReader(official.stvae_state(state, stvae), stvae)
-        params = to_ours(official.stvae_rules(vae_config.model), _our_shapes(vae_config.model), reader, "stvae", os.path.join(scratch, "stvae"))
-        written["stvae"] = os.path.join(out, "stvae")
-        write_run(written["stvae"], vae_config, params)
-        with open(os.path.join(written["stvae"], latents.STATS_FILE), "w") as f:
-            json.dump({"shift": latents.OFFICIAL_SHIFT, "scale": latents.OFFICIAL_SCALE, "examples": 0, "source": "official"}, f, indent=2)
+        vae_config = train.data_parallel(vae_config.copy_and_resolve_references())
+        reader = DictReader(official.stvae_state(torch_files.load(stvae), stvae), stvae)
+        jobs.append(("stvae", vae_config, official.stvae_rules(vae_config.model), reader))
     if jdit:
+        config = train.data_parallel(config.copy_and_resolve_references())
         if stvae:
-            config.vae.checkpoint = os.path.abspath(written["stvae"])
-        reader = SafetensorsReader(jdit)
-        params = to_ours(official.jdit_rules(config.model), _our_shapes(config.model), reader, "jdit", os.path.join(scratch, "jdit"))
-        written["jdit"] = os.path.join(out, "jdit")
-        write_run(written["jdit"], train.data_parallel(config), params)
+            config.vae.checkpoint = os.path.abspath(os.path.join(out, "stvae"))
+        jobs.append(("jdit", config, official.jdit_rules(config.model), SafetensorsReader(jdit)))
+    for name, job_config, rules, reader in jobs:
+        check_names(rules, _our_shapes(job_config.model), reader, name)
+    written = {}
+    try:
+        for name, job_config, rules, reader in jobs:
+            written[name] = os.path.join(out, name)
+            write_run(written[name], job_config, to_ours(rules, reader, os.path.join(out, ".scratch", name)))
+            shutil.rmtree(os.path.join(out, ".scratch", name))
+        if stvae:
+            with open(os.path.join(written["stvae"], latents.STATS_FILE), "w") as f:
+                json.dump({"shift": latents.OFFICIAL_SHIFT, "scale": latents.OFFICIAL_SCALE, "examples": 0, "source": "official"}, f, indent=2)
+        os.rmdir(os.path.join(out, ".scratch"))
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return written
 
 
 def export(run: str, out: str, dtype=np.float32) -> int:
@@ -200,7 +217,8 @@ _DTYPES_BY_NAME = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.floa
 
 def write_safetensors(path: str, shapes: dict[str, tuple], tensors, dtype: np.dtype) -> int:
     """A .safetensors file written as `tensors` (name, array) come, in `shapes`' order: the header
-    first (all sizes are known from the shapes), then each tensor's bytes, so no two are held."""
+    first (all sizes are known from the shapes), then each tensor's bytes, so no two are held.
+    Written beside `path` and moved there at the end: a failure leaves no partial file."""
     offsets, start = {}, 0
     for name, shape in shapes.items():
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
@@ -208,6 +226,18 @@ def write_safetensors(path: str, shapes: dict[str, tuple], tensors, dtype: np.dt
         start += size
     header = json.dumps(offsets, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes.
+    written, partial = 0, path + ".partial"
+    try:
+        written = _write_tensors(partial, header, offsets, tensors, dtype)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    os.replace(partial, path)
+    return written
+
+
+def _write_tensors(path, header, offsets, tensors, dtype) -> int:
     written = 0
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header)
@@ -252,6 +282,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    if sum(map(bool, (f.random, f.export, f.jdit or f.stvae))) > 1:
+        raise app.UsageError("--random, --export and --jdit/--stvae are separate jobs: give one.")
     if f.random:
         print(f"Wrote {write_random(f.config, f.out, DTYPES[f.dtype])} tensors to {f.out}.")
     elif f.export:

@@ -9,16 +9,21 @@ Items are uint8 images [H, W, 3], clips [T, H, W, 3] (T = the run's `data.video_
 paths of image or video files. Every item is fitted into the model's square frame, by default by
 the `pad` rule (long side to `data.image_size`, centred on black; `fit="stretch"` scales both
 sides), and the prediction is cut out of its frame and scaled back to the query's own size.
+Many episodes go through `predict_batch`, in batches of `batch_size` (padded to it, so each kind
+of episode compiles once); episode i of a call draws its noise from (seed, i) alone, so its
+answer does not depend on the batch size or on the other episodes of the call.
 
 The released inference script's recipe is a preset: 4 pairs drawn (with replacement) from a
 template folder of `<id>_input.png` / `<id>_target.png` files, items stretched with bicubic
-resampling, the official 20-point time grid with Euler steps, guidance 1.5:
+resampling, the official 20-point time grid with Euler steps, guidance 1.5. The script works at
+512 px by default, so load the run with {"data.image_size": 512}:
 
+    predictor = inference.Predictor.from_workdir(run, overrides={"data.image_size": 512})
     pairs = inference.template_pairs("template/depth_estimation", seed=0)
-    answer = predictor.predict(pairs, "query.png", **inference.OFFICIAL) Many episodes go through `predict_batch`, in
-batches of `batch_size` (padded to it, so each kind of episode compiles once); episode i of a call
-draws its noise from (seed, i) alone, so its answer does not depend on the batch size or on the
-other episodes of the call.
+    answer = predictor.predict(pairs, "query.png", **inference.OFFICIAL)
+
+Two differences remain: the script encodes the prompts with a sample of the ST-VAE's posterior
+(ours: its mode) and returns the 512 px square (ours: the query's own size).
 """
 
 from __future__ import annotations
@@ -149,6 +154,8 @@ class Predictor:
         targets). Further options (steps, cfg_scale, sampler, time_grid) as `sample`'s."""
         if fit not in FITS:
             raise ValueError(f"fit={fit!r} must be one of {', '.join(FITS)}.")
+        if resample not in records.RESAMPLE:
+            raise ValueError(f"resample={resample!r} must be one of {', '.join(records.RESAMPLE)}.")
         prepared = [self._prepare(pairs, query, fit, resample, f"episodes[{i}]") for i, (pairs, query) in enumerate(episodes)]
         groups = collections.defaultdict(list)  # by frames and shape: a 9-item episode may be 9 images or 3 clips.
         for i, (cond, query, _) in enumerate(prepared):

@@ -39,11 +39,9 @@ from typing import Callable
 
 import numpy as np
 
-# Nesting keys, then the name prefix, of each released file (see the module docstring).
-JDIT_NESTING: tuple[str, ...] = ()
-JDIT_PREFIX = ""
+# The keys under which `stvae.pt` nests its state dict (see the module docstring); the J-DiT's
+# file is flat, and neither prefixes its names.
 STVAE_NESTING: tuple[str, ...] = ("state_dict",)
-STVAE_PREFIX = ""
 
 # Per family, (regex, why) for tensors a released file may hold that no rule consumes. The
 # official loaders use `load_state_dict(strict=False)`, which drops any name the official model
@@ -68,17 +66,13 @@ def ignored(name: str, family: str) -> bool:
 
 
 def stvae_state(checkpoint: dict, path: str) -> dict:
-    """The ST-VAE's official state dict from the loaded `stvae.pt` at `path`: its nesting walked,
-    its prefix stripped."""
+    """The ST-VAE's official state dict from the loaded `stvae.pt` at `path`: its nesting walked."""
     state = checkpoint
     for key in STVAE_NESTING:
         if not isinstance(state, dict) or key not in state:
             raise ValueError(f"{path} holds no {key!r} entry; the released ST-VAE keeps its weights under it.")
         state = state[key]
-    unprefixed = [name for name in state if not name.startswith(STVAE_PREFIX)]
-    if unprefixed:
-        raise ValueError(f"{path}: {unprefixed[0]!r} lacks the prefix {STVAE_PREFIX!r} of the released ST-VAE.")
-    return {name[len(STVAE_PREFIX):]: value for name, value in state.items()}
+    return dict(state)
 
 
 @dataclasses.dataclass(frozen=True)

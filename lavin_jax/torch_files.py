@@ -33,11 +33,17 @@ _STORAGES = {
 
 
 def _rebuild_tensor(storage, offset, size, stride, *_):
-    """A tensor as a view of its storage (element offset and strides, as torch stores them)."""
+    """A tensor as a copy of its view of the storage (element offset and strides, as torch stores
+    them), after checking that the view lies inside the storage: the file says where, and a file
+    must not make the reader look past the bytes it holds."""
+    size, stride = tuple(size), tuple(stride)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+    if not isinstance(storage, np.ndarray) or offset < 0 or min(stride, default=0) < 0 or len(size) != len(stride) or last >= len(storage):
+        raise ValueError(f"A tensor of size {size}, stride {stride} at offset {offset} does not lie inside its storage.")
     if not size:
         return np.array(storage[offset])
     itemsize = storage.dtype.itemsize
-    return np.lib.stride_tricks.as_strided(storage[offset:], tuple(size), tuple(s * itemsize for s in stride))
+    return np.lib.stride_tricks.as_strided(storage[offset:], size, tuple(s * itemsize for s in stride)).copy()
 
 
 def _rebuild_parameter(data, *_):
@@ -56,12 +62,13 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, file, archive: zipfile.ZipFile, root: str, path: str):
         super().__init__(file)
         self._archive, self._root, self._path = archive, root, path
+        self._storages = {}  # key -> array: views of one storage share it, as in torch.
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
             raise ValueError(
-                f"{self._path} asks for {module}.{name}, which a plain state dict does not need; it is "
-                "not read without torch (pip install torch to read it with torch.load(weights_only=True))."
+                f"{self._path} asks for {module}.{name}, which a plain state dict does not need, so it is "
+                "not read (torch.load(weights_only=True), where torch is installed, allows a few more types)."
             )
         return _ALLOWED[module, name]
 
@@ -69,8 +76,13 @@ class _Unpickler(pickle.Unpickler):
         kind, storage, key, _location, numel = pid
         if kind != "storage" or storage not in _STORAGES:
             raise ValueError(f"{self._path} holds a storage of kind {kind!r} / {storage!r}, which cannot be read.")
-        data = self._archive.read(f"{self._root}/data/{key}")
-        return np.frombuffer(data, _STORAGES[storage], count=numel)
+        if key not in self._storages:
+            data = self._archive.read(f"{self._root}/data/{key}")
+            dtype = np.dtype(_STORAGES[storage])
+            if numel * dtype.itemsize > len(data):
+                raise ValueError(f"{self._path}: storage {key} holds {len(data)} bytes, fewer than its {numel} elements.")
+            self._storages[key] = np.frombuffer(data, dtype, count=numel)
+        return self._storages[key]
 
 
 def load(path: str):

@@ -272,6 +272,14 @@ class _Preemption:
         return self._requested
 
 
+def _agreed(step: int | None) -> int | None:
+    """Process 0's view of a checkpoint step, on every process (one may see a save land late)."""
+    if jax.process_count() == 1:
+        return step
+    step = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if step is None else step)))
+    return None if step < 0 else step
+
+
 def train(config, workdir: str) -> dict:
     """Trains until config.total_steps, resuming from the newest checkpoint in workdir.
 
@@ -280,12 +288,15 @@ def train(config, workdir: str) -> dict:
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
     objective = objectives.get(config)
     objective.check_files()
-    init_step = check_init_from(config)
+    if os.path.exists(os.path.join(workdir, checkpoint.CONVERTED)):
+        raise ValueError(
+            f"--workdir={workdir!r} is a conversion, which holds EMA weights only: start a run from it "
+            f"with --config.init_from={workdir} and a new --workdir."
+        )
     checkpoint_dir = os.path.join(workdir, "checkpoints")
-    latest = checkpoint.latest_step(checkpoint_dir)
-    if jax.process_count() > 1:  # every host starts where process 0 sees the newest checkpoint.
-        latest = int(multihost_utils.broadcast_one_to_all(np.int32(-1 if latest is None else latest)))
-        latest = None if latest < 0 else latest
+    latest = _agreed(checkpoint.latest_step(checkpoint_dir))
+    # A fresh run only: a resumed fine-tune has its own checkpoints and no longer needs init_from.
+    init_step = _agreed(check_init_from(config)) if latest is None else None
     # The data position is the step (data/pipeline.py): a resumed run, in any number of
     # processes, reads on from its checkpoint's step.
     data = pipeline.make_iterator(config, jax.process_index(), jax.process_count(), latest or 0)
@@ -296,7 +307,7 @@ def train(config, workdir: str) -> dict:
     s = setup(config, mesh, objective)
     constants = place_constants(s)
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, save_every=config.checkpoint_every)
-    if latest is None and init_step is not None:
+    if init_step is not None:
         logging.info("Starting from the EMA weights of %s, step %d.", config.init_from, init_step)
         state = init_state(config, s, restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
     elif latest is None:

@@ -198,7 +198,7 @@ def save_torch_archive(path, obj):
 
         def reducer_override(self, obj):
             if isinstance(obj, np.ndarray):
-                obj = TorchView(obj, 0, obj.shape, tuple(s // obj.itemsize for s in np.ascontiguousarray(obj).strides))
+                obj = TorchView(obj, 0, obj.shape, tuple(int(np.prod(obj.shape[i + 1 :])) for i in range(obj.ndim)))  # C order
             if isinstance(obj, TorchView):
                 return _TORCH_UTILS._rebuild_tensor_v2, (_Storage(storage(obj.base)), obj.offset, tuple(obj.size), tuple(obj.stride), False, collections.OrderedDict())
             return NotImplemented

@@ -100,3 +100,8 @@ def test_the_converted_model_is_prompted_and_fine_tuned_from(converted, tmp_path
         train.check_init_from(small_config(**{"init_from": converted["jdit"], "model.depth": 3}))
     with pytest.raises(FileNotFoundError, match=r"config.init_from=.* holds no checkpoint"):
         train.check_init_from(small_config(**{"init_from": str(tmp_path)}))
+
+
+def test_a_conversion_is_refused_as_a_run_to_resume(converted):
+    with pytest.raises(ValueError, match=r"is a conversion, which holds EMA weights only: start a run from it with --config.init_from="):
+        train.train(small_config(), converted["jdit"])

@@ -45,3 +45,13 @@ def test_a_file_that_asks_for_other_code_is_refused(tmp_path, monkeypatch):
     (tmp_path / "legacy.pt").write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(ValueError, match=r"legacy.pt is not a torch.save zip archive"):
         torch_files.load(str(tmp_path / "legacy.pt"))
+
+
+def test_a_tensor_outside_its_storage_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    storage = np.arange(2, dtype=np.float32)
+    for view in (TorchView(storage, 0, (8,), (1,)), TorchView(storage, -1, (1,), (1,)), TorchView(storage, 1, (2,), (1,))):
+        path = str(tmp_path / "bad.pt")
+        save_torch_archive(path, {"w": view})
+        with pytest.raises(ValueError, match="does not lie inside its storage"):
+            torch_files.load(path)

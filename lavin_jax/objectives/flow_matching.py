@@ -72,6 +72,10 @@ class FlowMatching(Objective):
         require(f.t_std > 0, f"config.flow.t_std={f.t_std} must be positive.")
         require(f.sample_steps >= 1, f"config.flow.sample_steps={f.sample_steps} must be at least 1.")
         require(f.time_grid in flow.TIME_GRIDS, f"config.flow.time_grid={f.time_grid!r} must be one of {', '.join(flow.TIME_GRIDS)}.")
+        require(
+            f.time_grid != "official" or f.sample_steps == len(flow.OFFICIAL_GRID) - 1,
+            f"config.flow.time_grid='official' has {len(flow.OFFICIAL_GRID) - 1} steps but config.flow.sample_steps={f.sample_steps}.",
+        )
         require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
         require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
