@@ -199,6 +199,30 @@ class JDiT(nnx.Module):
         out = self.final(h, t_target).astype(jnp.float32)
         return layers.unpatchify(out, p, t_frames, height // p, width // p)
 
+    @staticmethod
+    def forward_flops(cfg, cond_frames: int, target_frames: int, height: int, width: int) -> int:
+        """Forward FLOPs of one example (a multiply-add is 2), in closed form: every matrix
+        product (embeddings, projections, SwiGLU, modulations) and both attention products
+        (scores and the weighted sum, over the joint sequence of both streams) that the output
+        needs. The last block's condition stream after attention feeds nothing (only the target
+        is decoded), so it is not counted; XLA removes it too. Elementwise work, norms and RoPE
+        are left out, as in the papers' tables. `height`, `width`: of a model input frame (latent
+        pixels in latent space)."""
+        d, p = cfg.hidden, cfg.patch_size
+        kv = cfg.num_kv_heads * (d // cfg.num_heads)
+        mlp = cfg.mlp_hidden or layers.swiglu_hidden(d)
+        per_frame = (height // p) * (width // p)
+        n_cond, n_target = cond_frames * per_frame, target_frames * per_frame
+        n = n_cond + n_target
+        patch = p * p * cfg.in_channels
+        # Per token of either stream in a block: q and out (d x d), k and v (d x kv), SwiGLU.
+        token = 2 * (2 * d * d + 2 * d * kv + 3 * d * mlp)
+        block = n * token + 4 * n * n * d + 2 * (2 * d * 4 * d)  # + attention + both modulations
+        embed = 2 * n * patch * d + 2 * 256 * d + 2 * d * d  # patches, timestep MLP
+        final = 2 * d * d + 2 * n_target * d * patch
+        dead = n_cond * 2 * (d * d + 3 * d * mlp)  # the last block's condition out-projection and SwiGLU
+        return cfg.depth * block + embed + final - dead
+
     def _run_blocks(self, c, h, t_cond, t_target, rope):
         graphdef, params = nnx.split(self.blocks)
 
