@@ -55,7 +55,7 @@ class SafetensorsReader:
             self.shapes = {name: tuple(entry["shape"]) for name, entry in header.items()}
             for name, entry in header.items():
                 begin, end = entry["data_offsets"]
-                if entry["dtype"] not in _DTYPES_BY_NAME or end - begin != np.prod(entry["shape"], dtype=np.int64) * np.dtype(_DTYPES_BY_NAME[entry["dtype"]]).itemsize:
+                if entry["dtype"] not in _SAFETENSORS_TYPES or end - begin != np.prod(entry["shape"], dtype=np.int64) * _SAFETENSORS_TYPES[entry["dtype"]].itemsize:
                     raise ValueError(f"tensor {name} ({entry['dtype']}, {entry['shape']}) has a type or byte range that cannot be read")
         except (ValueError, KeyError, TypeError, struct.error) as error:
             raise ValueError(f"{path} is not a readable .safetensors file: {error}.") from None
@@ -64,7 +64,7 @@ class SafetensorsReader:
 
     def get(self, name: str) -> np.ndarray:
         entry = self._entries[name]
-        dtype = np.dtype(_DTYPES_BY_NAME[entry["dtype"]])
+        dtype = _SAFETENSORS_TYPES[entry["dtype"]]
         begin, end = entry["data_offsets"]
         data = np.fromfile(self.path, dtype, count=(end - begin) // dtype.itemsize, offset=self._start + begin)
         return data.reshape(self.shapes[name])
@@ -117,8 +117,7 @@ def to_ours(rules: list[official.Rule], reader, scratch: str) -> dict:
         mapped = np.lib.format.open_memmap(os.path.join(scratch, f"{index}.npy"), mode="w+", dtype=np.float32, shape=value.shape)
         mapped[...] = value
         mapped.flush()
-        del mapped, value
-        value = np.load(os.path.join(scratch, f"{index}.npy"), mmap_mode="r")
+        value = mapped
         *parents, leaf = _keys(rule.ours)
         node = params
         for part in parents:
@@ -175,8 +174,8 @@ def convert(jdit: str | None, stvae: str | None, out: str, config, vae_config) -
 def export(run: str, out: str, dtype=np.float32) -> int:
     """The EMA weights of `run` (a J-DiT or ST-VAE) written to `out` (.safetensors) under the
     official names and layouts, one tensor at a time; returns how many tensors."""
-    family = _saved_config(run)["model"]["name"]
-    config, step = train.trained_config(run, family)
+    config, step = train.trained_config(run)
+    family = config.model.name
     s = train.setup(config, parallel.make_mesh(config))
     params = train.restore_ema(run, step, s.abstract_state["ema"])
     rules = official.jdit_rules(config.model) if family == "jdit" else official.stvae_rules(config.model)
@@ -198,21 +197,10 @@ def _get(tree: dict, path: str):
     return tree
 
 
-def _saved_config(run: str) -> dict:
-    directory = os.path.join(run, "checkpoints")
-    step = checkpoint.latest_step(directory) if os.path.isdir(directory) else None
-    if step is None:
-        raise FileNotFoundError(f"--export={run!r} holds no checkpoint.")
-    reader = checkpoint.Checkpointer(directory, keep=1, save_every=1)
-    try:
-        return reader.read_config(step)
-    finally:
-        reader.close()
-
-
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-_DTYPE_NAMES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16): "BF16"}
-_DTYPES_BY_NAME = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64}
+DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # the command line's names
+# safetensors' names of the types read (all) and written (the first two).
+_SAFETENSORS_TYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F64": np.dtype(np.float64)}
+_SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_TYPES.items()}
 
 
 def write_safetensors(path: str, shapes: dict[str, tuple], tensors, dtype: np.dtype) -> int:
@@ -222,7 +210,7 @@ def write_safetensors(path: str, shapes: dict[str, tuple], tensors, dtype: np.dt
     offsets, start = {}, 0
     for name, shape in shapes.items():
         size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        offsets[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [start, start + size]}
+        offsets[name] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": list(shape), "data_offsets": [start, start + size]}
         start += size
     header = json.dumps(offsets, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes.

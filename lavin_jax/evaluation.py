@@ -29,6 +29,7 @@ from absl import logging
 
 from lavin_jax import metrics
 from lavin_jax.data import episodes, scoring
+from lavin_jax.models import i3d, inception
 
 ANSWERS = ("model", "query_copied", "mean_target")
 
@@ -58,17 +59,19 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sum((mean_a - mean_b) ** 2) + np.sum(a * a) + np.sum(b * b) - 2.0 * cross)
 
 
+# (video items?, distance, config.eval field, feature network): FID of images, FVD of clips.
+DISTANCES = ((False, "fid", "fid_weights", inception), (True, "fvd", "fvd_weights", i3d))
+
+
 def feature_networks(eval_config) -> dict[bool, tuple[str, object]]:
     """{video: (distance name, frames [N, T, H, W, 3] -> features [N, D])} for the configured
     FID (image items) and FVD (video items) weight files."""
-    from lavin_jax.models import i3d, inception
 
     def network(module, path, video):
         weights, apply = jax.device_put(module.load(path)), jax.jit(module.features)  # on the device once.
         return lambda frames: np.asarray(apply(weights, frames if video else frames[:, 0]))
 
-    files = ((False, "fid", eval_config.fid_weights, inception), (True, "fvd", eval_config.fvd_weights, i3d))
-    return {video: (name, network(module, path, video)) for video, name, path, module in files if path}
+    return {video: (name, network(module, eval_config[field], video)) for video, name, field, module in DISTANCES if eval_config[field]}
 
 
 def eval_data(config):
@@ -85,10 +88,8 @@ def check_files(config) -> None:
     """Whatever the evaluation reads, checked before anything runs: the FID and FVD weight files
     (present, each tensor of its shape, and able to score the config's episodes) and the record
     directories."""
-    from lavin_jax.models import i3d, inception
-
     e = config.eval
-    for field, module in (("fid_weights", inception), ("fvd_weights", i3d)):
+    for _, _, field, module in DISTANCES:
         if e[field] and not os.path.exists(e[field]):
             raise FileNotFoundError(f"config.eval.{field}={e[field]!r} does not exist; make it with: {module.CONVERT_COMMAND}")
     if (e.fid_weights or e.fvd_weights) and e.episodes < 2:
@@ -98,7 +99,7 @@ def check_files(config) -> None:
             f"config.eval.fvd_weights is set but config.data.video_frames={config.data.video_frames}: "
             f"I3D needs clips of at least {i3d.MIN_FRAMES} frames."
         )
-    for field, module in (("fid_weights", inception), ("fvd_weights", i3d)):
+    for _, _, field, module in DISTANCES:
         if e[field]:
             module.load(e[field])  # every tensor named and shaped, not only the file present.
     episodes.components(eval_data(config))

@@ -135,10 +135,10 @@ def data_parallel(config):
     return config
 
 
-def trained_config(workdir: str, family: str, *, step: int | None = None, overrides: dict | None = None):
+def trained_config(workdir: str, family: str | None = None, *, step: int | None = None, overrides: dict | None = None):
     """(config, step) of a run's checkpoint (default: the newest): the run's own config with
     `overrides` (dotted names) applied, made `data_parallel` and validated, so a bad override is
-    named before any array is read."""
+    named before any array is read. `family`: the model the run must have trained (None: any)."""
     directory = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"Run {workdir!r} has no checkpoints directory {directory!r}.")
@@ -151,6 +151,7 @@ def trained_config(workdir: str, family: str, *, step: int | None = None, overri
     finally:
         checkpointer.close()
     trained = saved.get("model", {}).get("name")
+    family = family or trained
     if trained != family:
         raise ValueError(f"Run {workdir!r} trained model {trained!r}, not {family!r}.")
     config = config_lib.base(family)

@@ -69,10 +69,9 @@ class RecordTask:
     def make(self, rng: np.random.Generator, size: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
         index = int(rng.integers(self.source.tasks[self.task].count))
         flip = rng.random() < self.flip_prob
-        nearest = self.metric in records.NEAREST_METRICS
         pair = []
         for item in self.source.read(self.task, index):
-            item = records.resize(item[:frames], size, "stretch", "nearest" if nearest else "bilinear")
+            item = records.resize(item[:frames], size, "stretch", records.resample_for(self.metric))
             pair.append(scoring.from_uint8(item[:, :, ::-1] if flip else item))
         return pair[0], pair[1]
 

@@ -344,7 +344,7 @@ def _write_item(item: Item, writer: records.RecordWriter, metric: str, flip: boo
             if task is not None and task.frames != len(inputs):
                 raise Skip(f"it has {len(inputs)}-frame items but task {item.task!r} has {task.frames}-frame items")
             inputs = records.resize(inputs, size, rule, "bilinear")
-            targets = records.resize(targets, size, rule, "nearest" if metric in records.NEAREST_METRICS else "bilinear")
+            targets = records.resize(targets, size, rule, records.resample_for(metric))
             writer.add(item.task, inputs, targets, item.id + label, metric=metric, flip=flip)
             written += 1
     except Skip as skip:

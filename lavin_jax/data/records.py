@@ -162,6 +162,12 @@ def decode_frames(frames: dict) -> np.ndarray:
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
+def resample_for(metric: str) -> str:
+    """How frames scored by `metric` are resized: nearest for class-coloured targets (every pixel
+    stays an encoded value), bilinear otherwise."""
+    return "nearest" if metric in NEAREST_METRICS else "bilinear"
+
+
 def pad_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a height x width frame inside the size x size square that
     the `pad` rule makes of it: the long side scaled to size, centred."""
