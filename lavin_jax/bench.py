@@ -1,29 +1,64 @@
-"""The benchmark harness: how much of the accelerator the train step turns into model progress.
+"""The benchmark harness: how much of the accelerator the system turns into model progress.
 
-    python -m lavin_jax.bench --config=configs/s.py --steps=20 --out=bench.json
-    python -m lavin_jax.bench --config=configs/tiny.py --config.model.scan_layers=False
+    python -m lavin_jax.bench --config=configs/s.py --out=bench.json
+    python -m lavin_jax.bench --config=configs/l.py --parts=train,sample --profile=/tmp/profile
+    python -m lavin_jax.bench --config=configs/tiny.py --config.model.scan_layers=False --parts=train
 
-Times the jitted train step (compilation reported apart) on a fixed random batch of the largest
-shape the pipeline makes for J-DiT (max_pairs pairs; video items if the mixture has video tasks),
-and reports, as a table and as JSON: examples/s, tokens/s, model TFLOP/s and MFU against the
-device's peak, peak device memory, compile time. Model FLOPs are the closed form of
-`JDiT.forward_flops` times 3 (forward and backward), whatever the remat policy recomputes; an
-ST-VAE encoding inside the step is not counted. Not part of the test suite: figures go to
-BENCHMARKS.md with device, config, date and commit.
+For a J-DiT config, on this host's devices, each part measures:
+
+    train       the jitted train step on a fixed batch of the largest shape the pipeline makes
+                (max_pairs pairs; video items if the mixture has video tasks): examples/s,
+                tokens/s, model TFLOP/s and MFU against the device's peak, peak device memory,
+                compile time.
+    sample      sampling latency: config.flow.sample_steps Euler steps with guidance, for one
+                image episode and for a batch of them (the ST-VAE's encoding and decoding
+                inside); TFLOP/s and MFU.
+    vae         the ST-VAE's encode and decode, frames/s and TFLOP/s, of images and of clips
+                (latent configs).
+    data        the pipeline alone (this host's examples/s), and what it costs the step: steps
+                reading the pipeline live against the same batches read beforehand.
+    checkpoint  saving the train state: the seconds the step waits for, the seconds until it is
+                written, and the waiting's share of step time at config.checkpoint_every.
+
+Model FLOPs are `JDiT.forward_flops` (closed form, checked against XLA's cost analysis in the
+tests): 3 forward passes a train step (forward and backward, whatever remat recomputes), two a
+sampling step (the conditional and the unconditional branch). The ST-VAE's work is not in the
+MFU; its FLOPs are counted from its jaxpr (`summary.jaxpr_flops`) and reported beside: in a
+pixel-source step the encoding of the episode can outweigh the J-DiT.
+Weights are random: throughput does not depend on their values. An ST-VAE run that
+config.vae.checkpoint names is used if it exists, else random weights of the released ST-VAE's
+shapes, so a fresh clone can measure any config. `--profile` traces a few more calls of the
+train step and the sampler (jax.profiler) and reports where their time went.
+
+Prints a table and writes the report as JSON with the device, date and commit; every figure
+published goes to BENCHMARKS.md. Not part of the test suite (no timing is asserted anywhere).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import datetime
+import glob
+import gzip
+import itertools
 import json
+import os
+import re
+import subprocess
+import tempfile
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
+from lavin_jax import checkpoint, flow, models, parallel, summary, train
 from lavin_jax import config as config_lib
-from lavin_jax import parallel, train
+from lavin_jax.data import pipeline
 from lavin_jax.models import jdit
 from lavin_jax.objectives import flow_matching
 
@@ -39,61 +74,178 @@ PEAK_TFLOPS = {
     "TPU v5p": 459.0,
     "TPU v6 lite": 918.0,
 }
+PARTS = ("train", "sample", "vae", "data", "checkpoint")
+PROFILED_CALLS = 3
+# Trace threads whose events span others' (a whole module or step): counting them would count
+# their ops twice.
+_SPANNING_THREADS = ("XLA Modules", "Steps")
+# The CPU runtime's threads record their waits for each other as events: one bucket, not ops.
+_WAITING = re.compile(r"wait|rendezvous", re.IGNORECASE)
 
 
-def _random_batch(abstract: dict, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else rng.uniform(-1, 1, x.shape).astype(x.dtype)
-        for name, x in abstract.items()
-    }
+@dataclasses.dataclass
+class Bench:
+    """What the parts share for one config: the mesh, the train setup, a random train state and
+    the objective's constants, built once."""
+
+    config: object
+    mesh: Mesh
+    s: train.Setup
+    state: dict
+    constants: dict
+    peak_tflops: float
+    profile_dir: str = ""
+
+    @property
+    def device(self):
+        return jax.devices()[0]
+
+    def mfu(self, tflops_per_device: float) -> float | None:
+        return tflops_per_device / self.peak_tflops if self.peak_tflops else None
+
+    def flops(self, cond_items: int, item_frames: int, pixel_items: bool = True) -> int:
+        """Forward FLOPs of one example with `cond_items` condition items of `item_frames` frames
+        (pixel frames, or model frames when not `pixel_items`) and one target item."""
+        frames = self.s.objective.model_frames(item_frames) if pixel_items else item_frames
+        size, _ = flow_matching.frame_shape(self.config)
+        return jdit.JDiT.forward_flops(self.config.model, cond_items * frames, frames, size, size)
+
+    def counted_flops(self, fn, *args) -> int:
+        """FLOPs of fn(*args) counted from its jaxpr (`summary.jaxpr_flops`): the ST-VAE's."""
+        return summary.jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr)
 
 
-def train_step(config, steps: int, peak_tflops: float = 0.0) -> dict:
-    """Times `steps` train steps of the config on this host's devices; returns the report."""
+def prepare(config, peak_tflops: float = 0.0, profile_dir: str = "") -> Bench:
+    """Checks the config, then builds the state and constants on this host's devices."""
     if config.model.name != "jdit":
-        raise ValueError(f"config.model.name={config.model.name!r}: the train-step benchmark counts J-DiT FLOPs.")
+        raise ValueError(f"config.model.name={config.model.name!r}: the benchmark harness measures J-DiT configs.")
     config_lib.validate(config, jax.device_count(), jax.process_count())
     mesh = parallel.make_mesh(config)
     s = train.setup(config, mesh)
-    s.objective.check_files()
-    state = train.init_state(config, s)
-    constants = train.place_constants(s)
-    abstract = s.objective.largest_batch(config.global_batch_size)
-    batch = parallel.global_batch(_random_batch(abstract), mesh, config.mesh.rules)
-    phase = s.objective.phase(config.total_steps)
-    step_fn = train.make_train_step(config, s)
-    started = time.perf_counter()
-    compiled = step_fn.lower(state, constants, batch, phase).compile()
-    compile_seconds = time.perf_counter() - started
-    state, stats = compiled(state, constants, batch)  # warm-up
-    jax.block_until_ready(stats)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
-        state, stats = compiled(state, constants, batch)
-        jax.block_until_ready(stats)
-        times.append(time.perf_counter() - started)
-    step_seconds = float(np.median(times))
+    constants = _constants(config, s, mesh)
+    peak = peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind, 0.0)
+    return Bench(config, mesh, s, train.init_state(config, s), constants, peak, profile_dir)
 
+
+def _constants(config, s: train.Setup, mesh: Mesh) -> dict:
+    """The objective's constants: from the ST-VAE run config.vae.checkpoint names, or, where there
+    is none yet, random weights of the released ST-VAE's shapes."""
+    v = config.vae
+    if v.name != "stvae" or os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
+        s.objective.check_files()
+        return train.place_constants(s)
+    s.objective.abstract_constants(mesh)  # the released ST-VAE's config and latent statistics.
+    model_config = s.objective.autoencoder.config.model
+    init = lambda: nnx.split(models.build(model_config, nnx.Rngs(0)), nnx.Param)[1].to_pure_dict()
+    return {"vae": jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()}
+
+
+def _random(shape, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def _seconds(call, repeats: int) -> tuple[float, float]:
+    """(seconds of the first call, which compiles; median seconds of `repeats` more calls).
+    `call` must block until its results are ready."""
+    started = time.perf_counter()
+    call()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return first, float(np.median(times))
+
+
+def _profiled(b: Bench, name: str, call) -> dict | None:
+    """With --profile, where the time of PROFILED_CALLS more calls went (`profile_summary`)."""
+    if not b.profile_dir:
+        return None
+    directory = os.path.join(b.profile_dir, name)
+    with jax.profiler.trace(directory, create_perfetto_trace=True):
+        for _ in range(PROFILED_CALLS):
+            call()
+    return profile_summary(directory)
+
+
+def profile_summary(directory: str, top: int = 12) -> dict:
+    """The op time of the newest trace under `directory` (jax.profiler's perfetto file): each op
+    name's self time (its own duration less that of the events nested inside it on its thread),
+    summed, on the accelerators' threads or, on a CPU backend, on XLA's own threads (not the
+    Python thread that dispatches), where the runtime's waits count as one `(waiting)`. Returns the trace's path, the total, and the `top` ops with
+    their milliseconds and share of the total."""
+    paths = sorted(glob.glob(os.path.join(directory, "plugins", "profile", "*", "perfetto_trace.json.gz")))
+    if not paths:
+        raise FileNotFoundError(f"{directory!r} holds no perfetto trace (jax.profiler.trace(..., create_perfetto_trace=True)).")
+    with gzip.open(paths[-1]) as f:
+        events = json.load(f)["traceEvents"]
+    names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] in ("process_name", "thread_name")}
+    devices = {pid for (pid, tid), name in names.items() if tid is None and name.startswith("/device:")}
+
+    def counted(e) -> bool:
+        thread = names.get((e["pid"], e.get("tid")), "")
+        if thread in _SPANNING_THREADS:
+            return False
+        return e["pid"] in devices if devices else not thread.startswith("python")
+
+    by_thread = collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and "dur" in e and counted(e):
+            by_thread[e["pid"], e.get("tid")].append(e)
+    own = collections.Counter()
+    for thread_events in by_thread.values():
+        # Sorted by start, longest first: a stack of open events gives each one's direct children.
+        stack: list[list] = []  # [end, name, self time]
+        for e in sorted(thread_events, key=lambda e: (e["ts"], -e["dur"])):
+            while stack and stack[-1][0] <= e["ts"]:
+                _, name, own_time = stack.pop()
+                own[name] += own_time
+            if stack:
+                stack[-1][2] -= e["dur"]
+            stack.append([e["ts"] + e["dur"], "(waiting)" if _WAITING.search(e["name"]) else e["name"], e["dur"]])
+        for _, name, own_time in stack:
+            own[name] += own_time
+    total = sum(own.values())
+    return {
+        "trace": paths[-1],
+        "op_ms": total / 1e3,
+        "top": [[name, round(us / 1e3, 3), round(us / total, 4)] for name, us in own.most_common(top)],
+    }
+
+
+def train_step(b: Bench, steps: int) -> dict:
+    """The train step on a fixed batch of the largest shape the pipeline makes."""
+    c, s = b.config, b.s
+    abstract = s.objective.largest_batch(c.global_batch_size)
+    batch = parallel.global_batch(
+        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape) for name, x in abstract.items()},
+        b.mesh, c.mesh.rules,
+    )
+    started = time.perf_counter()
+    compiled = train.make_train_step(c, s).lower(b.state, b.constants, batch, s.objective.phase(c.total_steps)).compile()
+    compile_seconds = time.perf_counter() - started
+
+    def call():
+        b.state, stats = compiled(b.state, b.constants, batch)
+        jax.block_until_ready(stats)
+
+    _, step_seconds = _seconds(call, steps)
     item_frames = abstract["target"].shape[1]
     items = abstract["cond"].shape[1] // item_frames
-    # Pixel items reach the model as latents of fewer frames; a latent cache's already are.
-    frames = item_frames if config.data.source == "latents" else s.objective.model_frames(item_frames)
-    cond_frames = items * frames
-    size, _ = flow_matching.frame_shape(config)
-    tokens = (cond_frames + frames) * (size // config.model.patch_size) ** 2
-    flops = 3 * jdit.JDiT.forward_flops(config.model, cond_frames, frames, size, size)
-    examples_per_sec = config.global_batch_size / step_seconds
-    device = jax.devices()[0]
-    peak = peak_tflops or PEAK_TFLOPS.get(device.device_kind, 0.0)
+    # A latent cache's items are model frames already; pixel items are encoded in the step.
+    flops = 3 * b.flops(items, item_frames, pixel_items=c.data.source != "latents")
+    size, _ = flow_matching.frame_shape(c)
+    model_frames = item_frames if c.data.source == "latents" else s.objective.model_frames(item_frames)
+    encode_flops = 0
+    if c.vae.name == "stvae" and c.data.source == "synthetic":  # pixels are encoded inside the step.
+        one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in abstract.items()}
+        encode_flops = b.counted_flops(lambda constants, batch: s.objective.encoded(batch, constants, item_frames), b.constants, one)
+    tokens = (items + 1) * model_frames * (size // c.model.patch_size) ** 2
+    examples_per_sec = c.global_batch_size / step_seconds
     achieved = flops * examples_per_sec / jax.device_count() / 1e12
-    memory = device.memory_stats() or {}
+    memory = b.device.memory_stats() or {}
     return {
-        "config": {"model": dict(config.model), "global_batch_size": config.global_batch_size, "image_size": config.data.image_size,
-                   "pairs": config.data.max_pairs},
-        "device_kind": device.device_kind,
-        "devices": jax.device_count(),
         "compile_seconds": round(compile_seconds, 2),
         "step_seconds": step_seconds,
         "examples_per_sec": examples_per_sec,
@@ -101,22 +253,219 @@ def train_step(config, steps: int, peak_tflops: float = 0.0) -> dict:
         "tokens_per_sec": tokens * examples_per_sec,
         "model_flops_per_example": flops,
         "tflops_per_sec_per_device": achieved,
-        "mfu": achieved / peak if peak else None,
+        "mfu": b.mfu(achieved),
+        # The frozen ST-VAE's encoding in the step, not in the MFU: its share of all FLOPs done.
+        "vae_encode_flops_per_example": encode_flops,
+        "vae_share_of_flops": encode_flops / (encode_flops + flops),
         "peak_bytes_per_device": memory.get("peak_bytes_in_use"),
+        "profile": _profiled(b, "train", call),
     }
 
 
-def table(report: dict) -> str:
-    rows = [(name, value) for name, value in report.items() if name != "config"]
-    return "\n".join(f"{name:>28}  {value:.4g}" if isinstance(value, float) else f"{name:>28}  {value}" for name, value in rows)
+def sample(b: Bench, batch: int, repeats: int) -> dict:
+    """Latency of guided Euler sampling of image episodes with `sample.num_pairs` (or max_pairs)
+    pairs, for 1 episode and for `batch`."""
+    c = b.config
+    pairs, steps = c.sample.num_pairs or c.data.max_pairs, c.flow.sample_steps
+    sampler = b.s.objective.sampler(b.s.graphdefs["model"], b.mesh)
+    grid = flow.time_grid(steps, c.flow.time_grid)
+    # Every step runs the model on the episode and on its unconditional branch, [0, query].
+    flops = steps * (b.flops(2 * pairs + 1, 1) + b.flops(2, 1))
+    report = {"steps": steps, "pairs": pairs, "cfg_scale": c.flow.cfg_scale, "model_flops_per_episode": flops}
+    for n in sorted({1, batch}):
+        cond = parallel.replicate(_random((n, 2 * pairs + 1, c.data.image_size, c.data.image_size, 3)), b.mesh)
+        indices = np.arange(n)
+        call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, cond, 0, indices, grid, c.flow.cfg_scale, 1, True, "euler"))
+        first, seconds = _seconds(call, repeats)
+        achieved = flops * n / seconds / jax.device_count() / 1e12
+        report[f"batch_{n}"] = {
+            "compile_seconds": round(first - seconds, 2),
+            "seconds": seconds,
+            "seconds_per_episode": seconds / n,
+            "tflops_per_sec_per_device": achieved,
+            "mfu": b.mfu(achieved),
+        }
+        if n == batch:
+            report["profile"] = _profiled(b, "sample", call)
+    return report
+
+
+def autoencoder(b: Bench, batch: int, repeats: int) -> dict:
+    """Frames per second of the frozen ST-VAE's encode and decode, for `batch` images and for
+    `batch` clips of data.video_frames frames."""
+    c = b.config
+    vae, params = b.s.objective.autoencoder, b.constants["vae"]
+    encode, decode = jax.jit(vae.encode), jax.jit(vae.decode)
+    report = {}
+    for kind, frames in (("image", 1), ("clip", int(c.data.video_frames))):
+        pixels = parallel.replicate(_random((batch, frames, c.data.image_size, c.data.image_size, 3)), b.mesh)
+        latents = encode(params, pixels)
+        _, encode_seconds = _seconds(lambda: jax.block_until_ready(encode(params, pixels)), repeats)
+        _, decode_seconds = _seconds(lambda: jax.block_until_ready(decode(params, latents)), repeats)
+        encode_flops, decode_flops = b.counted_flops(vae.encode, params, pixels), b.counted_flops(vae.decode, params, latents)
+        report[kind] = {
+            "pixels": [batch, frames, c.data.image_size, c.data.image_size, 3],
+            "latents": list(latents.shape),
+            "encode_frames_per_sec": batch * frames / encode_seconds,
+            "decode_frames_per_sec": batch * frames / decode_seconds,
+            "encode_flops_per_frame": encode_flops // (batch * frames),
+            "decode_flops_per_frame": decode_flops // (batch * frames),
+            "encode_tflops_per_sec_per_device": encode_flops / encode_seconds / jax.device_count() / 1e12,
+            "decode_tflops_per_sec_per_device": decode_flops / decode_seconds / jax.device_count() / 1e12,
+        }
+    return report
+
+
+def _run_steps(b: Bench, step_fn, batches) -> tuple[float, float]:
+    """Trains on every batch of `batches` (this host's rows) as the trainer does; returns (the
+    seconds until the last step finished, the seconds spent waiting for a batch)."""
+    phase = b.s.objective.phase(b.config.total_steps)
+    waited, started = 0.0, time.perf_counter()
+    while True:
+        asked = time.perf_counter()
+        local = next(batches, None)
+        waited += time.perf_counter() - asked
+        if local is None:
+            break
+        b.state, stats = step_fn(b.state, b.constants, parallel.global_batch(local, b.mesh, b.config.mesh.rules), phase)
+    jax.block_until_ready(b.state)
+    return time.perf_counter() - started, waited
+
+
+def data(b: Bench, steps: int) -> dict:
+    """The pipeline's examples/s on this host alone; then `steps` train steps reading it live
+    against the same steps on its first `steps` batches read beforehand (the step compiled for
+    every shape among them first): the difference is what the pipeline costs the step. Each is
+    run twice, alternating, and the faster run counts."""
+    c = b.config
+    rows = c.global_batch_size // jax.process_count()
+    make = lambda: pipeline.make_iterator(c, jax.process_index(), jax.process_count())
+    alone = make()
+    next(alone)  # threads (and workers) started, first reads done.
+    started = time.perf_counter()
+    for _ in itertools.islice(alone, steps):
+        pass
+    pipeline_rate = steps * rows / (time.perf_counter() - started)
+    del alone
+
+    read = list(itertools.islice(make(), steps))
+    step_fn = train.make_train_step(c, b.s)
+    _run_steps(b, step_fn, iter(read))  # compiles.
+    runs = {"read_before": [], "live": []}
+    for _ in range(2):
+        runs["read_before"].append(_run_steps(b, step_fn, iter(read)))
+        runs["live"].append(_run_steps(b, step_fn, itertools.islice(make(), steps)))
+    before, live = min(runs["read_before"]), min(runs["live"])
+    return {
+        "pipeline_examples_per_sec": pipeline_rate,
+        "shapes": len({tuple(sorted((k, v.shape) for k, v in batch.items())) for batch in read}),
+        "step_seconds_read_before": before[0] / steps,
+        "step_seconds_live": live[0] / steps,
+        "waited_seconds_per_step": live[1] / steps,
+        "share_of_step": live[0] / before[0] - 1,
+    }
+
+
+def checkpointing(b: Bench, repeats: int, step_seconds: float | None) -> dict:
+    """Saves of the train state to a temporary directory: the median seconds a save holds the
+    step (the copy off the devices) and until it is written, and the holding's share of
+    `step_seconds` over config.checkpoint_every steps."""
+    c = b.config
+    jax.block_until_ready(b.state)  # time the save, not the steps still in flight.
+    held, written = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
+        for step in range(1, repeats + 1):
+            started = time.perf_counter()
+            checkpointer.save(step, b.state, c, force=True)
+            held.append(time.perf_counter() - started)
+            checkpointer.wait()
+            written.append(time.perf_counter() - started)
+        checkpointer.close()
+    hold = float(np.median(held))
+    return {
+        "state_bytes": sum(x.nbytes for x in jax.tree.leaves(b.state)),
+        "save_hold_seconds": hold,
+        "save_written_seconds": float(np.median(written)),
+        "checkpoint_every": c.checkpoint_every,
+        "share_of_step": hold / (c.checkpoint_every * step_seconds) if step_seconds else None,
+    }
+
+
+def check_parts(config, parts) -> list[str]:
+    """The parts asked for, checked; none: every part that applies to the config."""
+    applies = [p for p in PARTS if p != "vae" or config.vae.name == "stvae"]
+    if not parts:
+        return applies
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"--parts: unknown part(s) {', '.join(unknown)}; the parts: {', '.join(PARTS)}.")
+    if "vae" in parts and "vae" not in applies:
+        raise ValueError("--parts=vae: config.vae.name='none' trains on pixels, there is no ST-VAE to measure.")
+    return list(parts)
+
+
+def _commit() -> str | None:
+    """The checkout's commit, `-dirty` when files differ from it."""
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run(config, parts=(), *, steps: int = 10, sample_batch: int = 8, vae_batch: int = 4, peak_tflops: float = 0.0, profile_dir: str = "") -> dict:
+    """Measures `parts` (default: all that apply) of the config; returns the report."""
+    parts = check_parts(config, parts)
+    b = prepare(config, peak_tflops, profile_dir)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "commit": _commit(),
+        "device_kind": b.device.device_kind,
+        "devices": jax.device_count(),
+        "peak_tflops": b.peak_tflops or None,
+        "config": {"model": dict(config.model), "global_batch_size": config.global_batch_size,
+                   "image_size": config.data.image_size, "max_pairs": config.data.max_pairs},
+    }
+    if "train" in parts:
+        report["train"] = train_step(b, steps)
+    if "sample" in parts:
+        report["sample"] = sample(b, sample_batch, steps)
+    if "vae" in parts:
+        report["vae"] = autoencoder(b, vae_batch, steps)
+    if "data" in parts:
+        report["data"] = data(b, steps)
+    if "checkpoint" in parts:
+        step_seconds = report.get("train", {}).get("step_seconds") or report.get("data", {}).get("step_seconds_read_before")
+        report["checkpoint"] = checkpointing(b, 3, step_seconds)
+    return report
+
+
+def table(report: dict, prefix: str = "") -> str:
+    """The report as `name  value` lines, nested parts as dotted names."""
+    lines = []
+    for name, value in report.items():
+        if name == "config":
+            continue
+        if isinstance(value, dict):
+            lines.append(table(value, f"{prefix}{name}."))
+        elif name == "top":
+            lines.extend(f"{'':>44}  {ms:>10.3f} ms  {share:6.1%}  {op}" for op, ms, share in value)
+        else:
+            lines.append(f"{prefix + name:>44}  {value:.4g}" if isinstance(value, float) else f"{prefix + name:>44}  {value}")
+    return "\n".join(lines)
 
 
 def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (as a library
     it must not claim --config, which lavin_jax.main defines)."""
     config_flags.DEFINE_config_file("config", None, "A J-DiT config.", lock_config=True)
-    flags.DEFINE_integer("steps", 10, "Timed steps, after one compiling step and one warm-up step.")
+    flags.DEFINE_list("parts", [], f"What to measure, of {', '.join(PARTS)}; empty: all that apply to the config.")
+    flags.DEFINE_integer("steps", 10, "Timed calls of each measurement, after those that compile.")
+    flags.DEFINE_integer("sample_batch", 8, "Episodes of the batched sampling call.")
+    flags.DEFINE_integer("vae_batch", 4, "Images, and clips, per ST-VAE call.")
     flags.DEFINE_float("peak_tflops", 0.0, "The device's peak dense TFLOP/s for MFU; 0: from PEAK_TFLOPS by device kind.")
+    flags.DEFINE_string("profile", "", "Trace the train step and the sampler into this directory and summarise the traces.")
     flags.DEFINE_string("out", "", "Also write the report here as JSON.")
     flags.mark_flags_as_required(["config"])
 
@@ -125,7 +474,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    report = train_step(f.config, f.steps, f.peak_tflops)
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+    report = run(f.config, f.parts, steps=f.steps, sample_batch=f.sample_batch, vae_batch=f.vae_batch,
+                 peak_tflops=f.peak_tflops, profile_dir=f.profile)
     print(table(report))
     if f.out:
         with open(f.out, "w") as out:

@@ -123,3 +123,19 @@ def test_a_missing_stvae_run_is_named_before_the_workdir_is_touched(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config.vae.checkpoint=.*nowhere.* has no checkpoints directory"):
         train.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_the_benchmark_measures_the_stvae_a_config_names(vae_with_stats):
+    """(lavin_jax.bench's `vae` part, and the ST-VAE's share of a pixel-source train step.)"""
+    from lavin_jax import bench
+
+    report = bench.run(latent_config(vae_with_stats), ["train", "vae"], steps=1, vae_batch=2)
+    vae = report["vae"]
+    # 16 px frames, 8x smaller latents of 16 channels; a 5-frame clip makes 2 latent frames.
+    assert vae["image"]["latents"] == [2, 1, 2, 2, 16] and vae["clip"]["latents"] == [2, 2, 2, 2, 16]
+    assert all(vae[kind][f"{op}_frames_per_sec"] > 0 for kind in ("image", "clip") for op in ("encode", "decode"))
+    # The step encodes the episode's 2 pairs, its query and its answer: 6 images.
+    train = report["train"]
+    assert train["vae_encode_flops_per_example"] == 6 * vae["image"]["encode_flops_per_frame"] > 0
+    assert train["vae_share_of_flops"] == train["vae_encode_flops_per_example"] / (
+        train["vae_encode_flops_per_example"] + train["model_flops_per_example"])

@@ -284,3 +284,13 @@ def test_time_chunks_restart_the_causal_model(model, encode, decode, clip9_poste
 def test_bad_tiling_arguments_name_the_argument(model, method, kwargs, name):
     with pytest.raises(ValueError, match=f"{method} {name}="):
         getattr(model, method)(jnp.zeros((1, 1, SIZE, SIZE, 3 if method == "tiled_encode" else 16)), **kwargs)
+
+
+def test_an_image_takes_the_2d_path_of_a_causal_conv_with_a_third_of_the_flops():
+    conv = stvae.CausalConv3d(4, 6, rngs=nnx.Rngs(0))
+    conv.conv.bias.value = jax.random.normal(jax.random.key(1), (6,))
+    clip = jax.random.normal(jax.random.key(2), (2, 3, 5, 5, 4))
+    # A clip's first frame sees only itself, so it must come out as that frame alone does.
+    np.testing.assert_allclose(conv(clip[:, :1]), conv(clip)[:, :1], rtol=1e-5, atol=1e-5)
+    flops = lambda x: summary.jaxpr_flops(jax.make_jaxpr(conv)(x).jaxpr)
+    assert flops(clip[:, :1]) * 3 == flops(clip) // 3
