@@ -79,6 +79,8 @@ PROFILED_CALLS = 3
 # Trace threads whose events span others' (a whole module or step): counting them would count
 # their ops twice.
 _SPANNING_THREADS = ("XLA Modules", "Steps")
+# On a CPU backend XLA runs ops on threads named so; the dispatching thread is named after the program.
+_XLA_CPU_THREADS = "tf_XLA"
 # The CPU runtime's threads record their waits for each other as events: one bucket, not ops.
 _WAITING = re.compile(r"wait|rendezvous", re.IGNORECASE)
 
@@ -131,7 +133,8 @@ def _constants(config, s: train.Setup, mesh: Mesh) -> dict:
     """The objective's constants: from the ST-VAE run config.vae.checkpoint names, or, where there
     is none yet, random weights of the released ST-VAE's shapes."""
     v = config.vae
-    if v.name != "stvae" or os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
+    directory = os.path.join(v.checkpoint, "checkpoints")
+    if v.name != "stvae" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
         s.objective.check_files()
         return train.place_constants(s)
     s.objective.abstract_constants(mesh)  # the released ST-VAE's config and latent statistics.
@@ -172,8 +175,8 @@ def _profiled(b: Bench, name: str, call) -> dict | None:
 def profile_summary(directory: str, top: int = 12) -> dict:
     """The op time of the newest trace under `directory` (jax.profiler's perfetto file): each op
     name's self time (its own duration less that of the events nested inside it on its thread),
-    summed, on the accelerators' threads or, on a CPU backend, on XLA's own threads (not the
-    Python thread that dispatches), where the runtime's waits count as one `(waiting)`. Returns the trace's path, the total, and the `top` ops with
+    summed, on the accelerators' threads (their `XLA Ops` line where there is one) or, on a CPU backend, on XLA's own threads (not the
+    thread that dispatches), where the runtime's waits count as one `(waiting)`. Returns the trace's path, the total, and the `top` ops with
     their milliseconds and share of the total."""
     paths = sorted(glob.glob(os.path.join(directory, "plugins", "profile", "*", "perfetto_trace.json.gz")))
     if not paths:
@@ -182,12 +185,17 @@ def profile_summary(directory: str, top: int = 12) -> dict:
         events = json.load(f)["traceEvents"]
     names = {(e["pid"], e.get("tid")): e["args"]["name"] for e in events if e.get("ph") == "M" and e["name"] in ("process_name", "thread_name")}
     devices = {pid for (pid, tid), name in names.items() if tid is None and name.startswith("/device:")}
+    # Where the device has a line of XLA ops (beside its streams' kernels), that line alone.
+    op_lines = {key for key, name in names.items() if key[0] in devices and name == "XLA Ops"}
 
     def counted(e) -> bool:
-        thread = names.get((e["pid"], e.get("tid")), "")
+        key = (e["pid"], e.get("tid"))
+        thread = names.get(key, "")
+        if op_lines:
+            return key in op_lines
         if thread in _SPANNING_THREADS:
             return False
-        return e["pid"] in devices if devices else not thread.startswith("python")
+        return e["pid"] in devices if devices else thread.startswith(_XLA_CPU_THREADS)
 
     by_thread = collections.defaultdict(list)
     for e in events:
@@ -219,7 +227,7 @@ def train_step(b: Bench, steps: int) -> dict:
     c, s = b.config, b.s
     abstract = s.objective.largest_batch(c.global_batch_size)
     batch = parallel.global_batch(
-        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape) for name, x in abstract.items()},
+        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape).astype(x.dtype) for name, x in abstract.items()},
         b.mesh, c.mesh.rules,
     )
     started = time.perf_counter()
@@ -272,12 +280,14 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     # Every step runs the model on the episode and on its unconditional branch, [0, query].
     flops = steps * (b.flops(2 * pairs + 1, 1) + b.flops(2, 1))
     report = {"steps": steps, "pairs": pairs, "cfg_scale": c.flow.cfg_scale, "model_flops_per_episode": flops}
+    shards = parallel.batch_shards(b.mesh, c.mesh.rules)
     for n in sorted({1, batch}):
         cond = parallel.replicate(_random((n, 2 * pairs + 1, c.data.image_size, c.data.image_size, 3)), b.mesh)
         indices = np.arange(n)
         call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, cond, 0, indices, grid, c.flow.cfg_scale, 1, True, "euler"))
         first, seconds = _seconds(call, repeats)
-        achieved = flops * n / seconds / jax.device_count() / 1e12
+        # A batch the mesh cannot split is worked whole by every batch shard.
+        achieved = flops * n / seconds / (jax.device_count() // (1 if n % shards == 0 else shards)) / 1e12
         report[f"batch_{n}"] = {
             "compile_seconds": round(first - seconds, 2),
             "seconds": seconds,
@@ -310,8 +320,9 @@ def autoencoder(b: Bench, batch: int, repeats: int) -> dict:
             "decode_frames_per_sec": batch * frames / decode_seconds,
             "encode_flops_per_frame": encode_flops // (batch * frames),
             "decode_flops_per_frame": decode_flops // (batch * frames),
-            "encode_tflops_per_sec_per_device": encode_flops / encode_seconds / jax.device_count() / 1e12,
-            "decode_tflops_per_sec_per_device": decode_flops / decode_seconds / jax.device_count() / 1e12,
+            # Replicated: every device encodes the whole batch.
+            "encode_tflops_per_sec_per_device": encode_flops / encode_seconds / 1e12,
+            "decode_tflops_per_sec_per_device": decode_flops / decode_seconds / 1e12,
         }
     return report
 
@@ -327,16 +338,17 @@ def _run_steps(b: Bench, step_fn, batches) -> tuple[float, float]:
         waited += time.perf_counter() - asked
         if local is None:
             break
-        b.state, stats = step_fn(b.state, b.constants, parallel.global_batch(local, b.mesh, b.config.mesh.rules), phase)
+        b.state, _ = step_fn(b.state, b.constants, parallel.global_batch(local, b.mesh, b.config.mesh.rules), phase)
     jax.block_until_ready(b.state)
     return time.perf_counter() - started, waited
 
 
 def data(b: Bench, steps: int) -> dict:
     """The pipeline's examples/s on this host alone; then `steps` train steps reading it live
-    against the same steps on its first `steps` batches read beforehand (the step compiled for
-    every shape among them first): the difference is what the pipeline costs the step. Each is
-    run twice, alternating, and the faster run counts."""
+    against the same steps on the same batches read beforehand (the step compiled for every
+    shape among them first): the difference is what the pipeline costs the step. A live run's
+    clock starts once its iterator has delivered a first batch (threads and workers started),
+    so batches 1..steps are timed. Each is run twice, alternating, and the faster run counts."""
     c = b.config
     rows = c.global_batch_size // jax.process_count()
     make = lambda: pipeline.make_iterator(c, jax.process_index(), jax.process_count())
@@ -348,13 +360,16 @@ def data(b: Bench, steps: int) -> dict:
     pipeline_rate = steps * rows / (time.perf_counter() - started)
     del alone
 
-    read = list(itertools.islice(make(), steps))
+    read = list(itertools.islice(make(), 1, steps + 1))
     step_fn = train.make_train_step(c, b.s)
     _run_steps(b, step_fn, iter(read))  # compiles.
     runs = {"read_before": [], "live": []}
     for _ in range(2):
         runs["read_before"].append(_run_steps(b, step_fn, iter(read)))
-        runs["live"].append(_run_steps(b, step_fn, itertools.islice(make(), steps)))
+        live = make()
+        next(live)
+        runs["live"].append(_run_steps(b, step_fn, itertools.islice(live, steps)))
+        del live
     before, live = min(runs["read_before"]), min(runs["live"])
     return {
         "pipeline_examples_per_sec": pipeline_rate,

@@ -127,7 +127,7 @@ class CausalConv3d(nnx.Module):
     first frame (so a first frame sees only itself), space is zero-padded to keep H and W.
 
     An image is a 1-frame clip: every time tap then sees the same frame, and the convolution is
-    exactly one 2D convolution with the kernel summed over time, k times fewer FLOPs (most
+    one 2D convolution with the kernel summed over time (the same sum, rounded differently), k times fewer FLOPs (most
     episodes are images, and J-DiT encodes every item of them)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, *, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -141,11 +141,11 @@ class CausalConv3d(nnx.Module):
         p = k // 2
         if x.shape[1] == 1:
             dtype = self.conv.dtype
-            kernel = jnp.sum(self.conv.kernel.value, axis=0).astype(dtype)  # (k, k, in, out)
+            kernel = jnp.sum(self.conv.kernel[...], axis=0).astype(dtype)  # (k, k, in, out)
             y = jax.lax.conv_general_dilated(
                 x[:, 0].astype(dtype), kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
-            return (y + self.conv.bias.value.astype(dtype))[:, None]
+            return (y + self.conv.bias[...].astype(dtype))[:, None]
         x = causal_time_pad(x, k)
         x = jnp.pad(x, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)))
         return self.conv(x)
