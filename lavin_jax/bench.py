@@ -105,10 +105,14 @@ class Bench:
     def mfu(self, tflops_per_device: float) -> float | None:
         return tflops_per_device / self.peak_tflops if self.peak_tflops else None
 
+    def model_frames(self, item_frames: int, pixel_items: bool = True) -> int:
+        """The frames the model sees of an item of `item_frames` frames: pixel frames are encoded
+        into fewer latent frames; items that are not `pixel_items` (a latent cache's) already are."""
+        return self.s.objective.model_frames(item_frames) if pixel_items else item_frames
+
     def flops(self, cond_items: int, item_frames: int, pixel_items: bool = True) -> int:
-        """Forward FLOPs of one example with `cond_items` condition items of `item_frames` frames
-        (pixel frames, or model frames when not `pixel_items`) and one target item."""
-        frames = self.s.objective.model_frames(item_frames) if pixel_items else item_frames
+        """Forward FLOPs of one example with `cond_items` condition items and one target item."""
+        frames = self.model_frames(item_frames, pixel_items)
         size, _ = flow_matching.frame_shape(self.config)
         return jdit.JDiT.forward_flops(self.config.model, cond_items * frames, frames, size, size)
 
@@ -143,8 +147,13 @@ def _constants(config, s: train.Setup, mesh: Mesh) -> dict:
     return {"vae": jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()}
 
 
-def _random(shape, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+def _random(shape, dtype=np.float32) -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, shape).astype(dtype)
+
+
+def _tflops(flops: float, seconds: float, devices: int) -> float:
+    """TFLOP/s of each of `devices` that share `flops` of work done in `seconds`."""
+    return flops / seconds / devices / 1e12
 
 
 def _seconds(call, repeats: int) -> tuple[float, float]:
@@ -227,7 +236,7 @@ def train_step(b: Bench, steps: int) -> dict:
     c, s = b.config, b.s
     abstract = s.objective.largest_batch(c.global_batch_size)
     batch = parallel.global_batch(
-        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape).astype(x.dtype) for name, x in abstract.items()},
+        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape, x.dtype) for name, x in abstract.items()},
         b.mesh, c.mesh.rules,
     )
     started = time.perf_counter()
@@ -241,17 +250,16 @@ def train_step(b: Bench, steps: int) -> dict:
     _, step_seconds = _seconds(call, steps)
     item_frames = abstract["target"].shape[1]
     items = abstract["cond"].shape[1] // item_frames
-    # A latent cache's items are model frames already; pixel items are encoded in the step.
-    flops = 3 * b.flops(items, item_frames, pixel_items=c.data.source != "latents")
+    pixel_items = c.data.source != "latents"
+    flops = 3 * b.flops(items, item_frames, pixel_items)
     size, _ = flow_matching.frame_shape(c)
-    model_frames = item_frames if c.data.source == "latents" else s.objective.model_frames(item_frames)
     encode_flops = 0
     if c.vae.name == "stvae" and c.data.source == "synthetic":  # pixels are encoded inside the step.
         one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in abstract.items()}
         encode_flops = b.counted_flops(lambda constants, batch: s.objective.encoded(batch, constants, item_frames), b.constants, one)
-    tokens = (items + 1) * model_frames * (size // c.model.patch_size) ** 2
+    tokens = (items + 1) * b.model_frames(item_frames, pixel_items) * (size // c.model.patch_size) ** 2
     examples_per_sec = c.global_batch_size / step_seconds
-    achieved = flops * examples_per_sec / jax.device_count() / 1e12
+    achieved = _tflops(flops * c.global_batch_size, step_seconds, jax.device_count())
     memory = b.device.memory_stats() or {}
     return {
         "compile_seconds": round(compile_seconds, 2),
@@ -287,7 +295,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
         call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, cond, 0, indices, grid, c.flow.cfg_scale, 1, True, "euler"))
         first, seconds = _seconds(call, repeats)
         # A batch the mesh cannot split is worked whole by every batch shard.
-        achieved = flops * n / seconds / (jax.device_count() // (1 if n % shards == 0 else shards)) / 1e12
+        achieved = _tflops(flops * n, seconds, jax.device_count() // (1 if n % shards == 0 else shards))
         report[f"batch_{n}"] = {
             "compile_seconds": round(first - seconds, 2),
             "seconds": seconds,
@@ -321,8 +329,8 @@ def autoencoder(b: Bench, batch: int, repeats: int) -> dict:
             "encode_flops_per_frame": encode_flops // (batch * frames),
             "decode_flops_per_frame": decode_flops // (batch * frames),
             # Replicated: every device encodes the whole batch.
-            "encode_tflops_per_sec_per_device": encode_flops / encode_seconds / 1e12,
-            "decode_tflops_per_sec_per_device": decode_flops / decode_seconds / 1e12,
+            "encode_tflops_per_sec_per_device": _tflops(encode_flops, encode_seconds, 1),
+            "decode_tflops_per_sec_per_device": _tflops(decode_flops, decode_seconds, 1),
         }
     return report
 

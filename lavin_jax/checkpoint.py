@@ -9,6 +9,7 @@ size or data is refused with a sentence naming the fields before any array is re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -162,6 +163,16 @@ class Checkpointer:
         self._manager.close()
 
 
+@contextlib.contextmanager
+def reading(directory: str):
+    """A Checkpointer that only reads `directory`'s checkpoints, closed when the block ends."""
+    checkpointer = Checkpointer(directory, keep=1, save_every=1)
+    try:
+        yield checkpointer
+    finally:
+        checkpointer.close()
+
+
 def _config_as_json(config: ml_collections.ConfigDict) -> dict:
     # A round trip through JSON text, so the current config compares like the saved one
     # (tuples become lists, non-JSON values become their best-effort form).
@@ -195,11 +206,8 @@ def _check_run_matches(step_dir: epath.Path, saved_config: dict, config) -> None
 def check_same_model(directory: str, step: int, config) -> None:
     """Raises ValueError naming the model fields in which the checkpoint `step` of `directory`
     differs from `config` (precision, attention kernel and remat may differ)."""
-    checkpointer = Checkpointer(directory, keep=1, save_every=1)
-    try:
+    with reading(directory) as checkpointer:
         saved = _run_fields(checkpointer.read_config(step))
-    finally:
-        checkpointer.close()
     current = _run_fields(_config_as_json(config))
     names = list(current) + [name for name in saved if name not in current]
     differing = [name for name in names if name.startswith("model.") and saved.get(name) != current.get(name)]

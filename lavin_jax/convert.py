@@ -81,10 +81,14 @@ class DictReader:
         return np.asarray(self._state[name])
 
 
+def _shapes(params) -> dict[str, tuple]:
+    """A parameter pure dict's "/"-joined paths and shapes."""
+    return {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
 def _our_shapes(model_config) -> dict[str, tuple]:
     """Our parameters' "/"-joined paths and shapes, by abstract evaluation."""
-    state = nnx.state(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))), nnx.Param).to_pure_dict()
-    return {"/".join(str(k.key) for k in path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    return _shapes(nnx.state(nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0))), nnx.Param).to_pure_dict())
 
 
 def check_names(rules: list[official.Rule], ours: dict[str, tuple], reader, family: str) -> None:
@@ -105,24 +109,18 @@ def check_names(rules: list[official.Rule], ours: dict[str, tuple], reader, fami
         raise ValueError(f"{reader.path} does not fit the model: " + "; ".join(problems) + ".")
 
 
-def to_ours(rules: list[official.Rule], reader, scratch: str) -> dict:
-    """Our parameter pure dict (float32), one rule at a time from `reader`. Each parameter lands
-    in a memory-mapped file in the directory `scratch`, so the parameters are file-backed pages
-    the kernel may write out rather than memory of the process: a 3.4B model's 13.6 GB plus what
-    saving needs would not fit in 24 GB otherwise."""
+def to_ours(rules: list[official.Rule], reader, ours: dict[str, tuple], scratch: str) -> dict:
+    """Our parameter pure dict (float32, `ours`' shapes), one official tensor at a time from
+    `reader`. Each parameter is a memory-mapped file in the directory `scratch`, filled in place,
+    so the parameters are file-backed pages the kernel may write out rather than memory of the
+    process: a 3.4B model's 13.6 GB plus what saving needs would not fit in 24 GB otherwise."""
     os.makedirs(scratch, exist_ok=True)
     params: dict = {}
     for index, rule in enumerate(rules):
-        value = rule.to_ours([reader.get(name) for name in rule.official])
-        mapped = np.lib.format.open_memmap(os.path.join(scratch, f"{index}.npy"), mode="w+", dtype=np.float32, shape=value.shape)
-        mapped[...] = value
+        mapped = np.lib.format.open_memmap(os.path.join(scratch, f"{index}.npy"), mode="w+", dtype=np.float32, shape=ours[rule.ours])
+        rule.fill(mapped, reader.get)
         mapped.flush()
-        value = mapped
-        *parents, leaf = _keys(rule.ours)
-        node = params
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        put(params, rule.ours, mapped)
     return params
 
 
@@ -143,27 +141,26 @@ def convert(jdit: str | None, stvae: str | None, out: str, config, vae_config) -
     checked before anything is written; on any failure `out` is removed again."""
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"--out={out!r} is not empty; conversions write into a new directory.")
-    jobs = []  # (name, config, rules, reader)
+    jobs = []  # (name, config, rules, reader, our shapes)
     if stvae:
         vae_config = train.data_parallel(vae_config.copy_and_resolve_references())
         reader = DictReader(official.stvae_state(torch_files.load(stvae), stvae), stvae)
-        jobs.append(("stvae", vae_config, official.stvae_rules(vae_config.model), reader))
+        jobs.append(("stvae", vae_config, official.stvae_rules(vae_config.model), reader, _our_shapes(vae_config.model)))
     if jdit:
         config = train.data_parallel(config.copy_and_resolve_references())
         if stvae:
             config.vae.checkpoint = os.path.abspath(os.path.join(out, "stvae"))
-        jobs.append(("jdit", config, official.jdit_rules(config.model), SafetensorsReader(jdit)))
-    for name, job_config, rules, reader in jobs:
-        check_names(rules, _our_shapes(job_config.model), reader, name)
+        jobs.append(("jdit", config, official.jdit_rules(config.model), SafetensorsReader(jdit), _our_shapes(config.model)))
+    for name, _, rules, reader, ours in jobs:
+        check_names(rules, ours, reader, name)
     written = {}
     try:
-        for name, job_config, rules, reader in jobs:
+        for name, job_config, rules, reader, ours in jobs:
             written[name] = os.path.join(out, name)
-            write_run(written[name], job_config, to_ours(rules, reader, os.path.join(out, ".scratch", name)))
+            write_run(written[name], job_config, to_ours(rules, reader, ours, os.path.join(out, ".scratch", name)))
             shutil.rmtree(os.path.join(out, ".scratch", name))
         if stvae:
-            with open(os.path.join(written["stvae"], latents.STATS_FILE), "w") as f:
-                json.dump({"shift": latents.OFFICIAL_SHIFT, "scale": latents.OFFICIAL_SCALE, "examples": 0, "source": "official"}, f, indent=2)
+            latents.write_stats(written["stvae"], {"shift": latents.OFFICIAL_SHIFT, "scale": latents.OFFICIAL_SCALE, "examples": 0, "source": "official"})
         os.rmdir(os.path.join(out, ".scratch"))
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
@@ -179,8 +176,7 @@ def export(run: str, out: str, dtype=np.float32) -> int:
     s = train.setup(config, parallel.make_mesh(config))
     params = train.restore_ema(run, step, s.abstract_state["ema"])
     rules = official.jdit_rules(config.model) if family == "jdit" else official.stvae_rules(config.model)
-    ours = _our_shapes(config.model)
-    shapes = official.official_shapes(rules, ours)
+    shapes = official.official_shapes(rules, _shapes(s.abstract_state["ema"]))
     leaf = lambda path: np.asarray(jax.device_get(_get(params, path)))
     tensors = ((name, array) for rule in rules for name, array in zip(rule.official, rule.to_official(leaf(rule.ours))))
     return write_safetensors(out, shapes, tensors, np.dtype(dtype))
@@ -189,6 +185,14 @@ def export(run: str, out: str, dtype=np.float32) -> int:
 def _keys(path: str) -> list:
     """A "/"-joined parameter path as pure-dict keys: list entries (nnx.List) are ints."""
     return [int(part) if part.isdigit() else part for part in path.split("/")]
+
+
+def put(tree: dict, path: str, value) -> None:
+    """Sets the "/"-joined `path` of a nested pure dict to `value`, making the dicts on the way."""
+    *parents, leaf = _keys(path)
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
 
 
 def _get(tree: dict, path: str):
@@ -214,7 +218,7 @@ def write_safetensors(path: str, shapes: dict[str, tuple], tensors, dtype: np.dt
         start += size
     header = json.dumps(offsets, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes.
-    written, partial = 0, path + ".partial"
+    partial = path + ".partial"
     try:
         written = _write_tensors(partial, header, offsets, tensors, dtype)
     except BaseException:
@@ -235,7 +239,7 @@ def _write_tensors(path, header, offsets, tensors, dtype) -> int:
             if tuple(array.shape) != tuple(entry["shape"]):
                 raise ValueError(f"Tensor {name} has shape {array.shape}, not {tuple(entry['shape'])}.")
             f.seek(8 + len(header) + entry["data_offsets"][0])
-            f.write(np.ascontiguousarray(array, dtype).tobytes())
+            f.write(np.ascontiguousarray(array, dtype).reshape(-1).view(np.uint8).data)  # no copy of bytes.
             written += 1
     if pending:
         raise ValueError(f"{len(pending)} tensors were not written, e.g. {next(iter(pending))}.")

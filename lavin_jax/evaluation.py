@@ -101,7 +101,7 @@ def check_files(config) -> None:
         )
     for _, _, field, module in DISTANCES:
         if e[field]:
-            module.load(e[field])  # every tensor named and shaped, not only the file present.
+            module.check_file(e[field])  # every tensor named and shaped, not only the file present.
     episodes.components(eval_data(config))
 
 
@@ -121,7 +121,7 @@ class Evaluation:
             drawn = [source.episode(i, self.pairs, task=index) for i in range(self.count)]
             self.tasks[component.name] = (component, {name: scoring.to_uint8(np.stack([e[name] for e in drawn])) for name in ("cond", "target")})
         self._networks = feature_networks(c.eval) if distances else {}
-        self._real = {}  # features of each task's targets, computed once.
+        self._fixed = {}  # per task, what no model changes: the baselines' scores, the targets' features.
 
     def run(self, predictor, **options) -> dict:
         """{"tasks": {task: {"metric", "video", "model", "query_copied", "mean_target"}}, "grids":
@@ -133,25 +133,33 @@ class Evaluation:
         for name, (component, drawn) in self.tasks.items():
             frames = drawn["target"].shape[1]
             model = predictor.sample(drawn["cond"], frames, seed=c.seed + 2, **options)
-            cond, target = scoring.from_uint8(drawn["cond"]), scoring.from_uint8(drawn["target"])
-            answers = {
-                "model": model,
-                "query_copied": cond[:, -frames:],
-                "mean_target": mean_target(cond, frames),
-            }
-            score = scoring.METRICS[component.metric]
-            row = {"metric": component.metric, "video": component.video, **{who: score(a, target) for who, a in answers.items()}}
-            if component.video in self._networks:
+            target = scoring.from_uint8(drawn["target"])
+            baselines, real = self._baselines(name, component, drawn, target)
+            row = {"metric": component.metric, "video": component.video, "model": scoring.METRICS[component.metric](model, target)}
+            if real is not None:
                 distance, features = self._networks[component.video]
-                if name not in self._real:
-                    self._real[name] = features(target)
-                real = self._real[name]
-                for who, answer in answers.items():
-                    row[who][distance] = frechet_distance(features(np.clip(answer, -1.0, 1.0)), real)
-            rows[name] = row
-            examples[name] = (cond[:shown], answers["model"][:shown], target[:shown])
+                row["model"][distance] = frechet_distance(features(np.clip(model, -1.0, 1.0)), real)
+            rows[name] = {**row, **{who: dict(scores) for who, scores in baselines.items()}}
+            examples[name] = (scoring.from_uint8(drawn["cond"][:shown]), model[:shown], target[:shown])
             grids[f"samples_{file_name(name)}"] = metrics.episode_grid(*examples[name], scale=metrics.display_scale(target.shape[2]))
         return {"pairs": self.pairs, "episodes": self.count, "tasks": rows, "grids": grids, "examples": examples}
+
+    def _baselines(self, name: str, component, drawn: dict, target: np.ndarray) -> tuple[dict, np.ndarray | None]:
+        """({baseline: its scores}, the targets' features or None) of a task, computed at the
+        first run: neither depends on the model."""
+        if name not in self._fixed:
+            frames = target.shape[1]
+            cond = scoring.from_uint8(drawn["cond"])
+            answers = {"query_copied": cond[:, -frames:], "mean_target": mean_target(cond, frames)}
+            scores = {who: scoring.METRICS[component.metric](a, target) for who, a in answers.items()}
+            real = None
+            if component.video in self._networks:
+                distance, features = self._networks[component.video]
+                real = features(target)
+                for who, answer in answers.items():
+                    scores[who][distance] = frechet_distance(features(np.clip(answer, -1.0, 1.0)), real)
+            self._fixed[name] = (scores, real)
+        return self._fixed[name]
 
 
 def file_name(task: str) -> str:

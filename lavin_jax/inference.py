@@ -129,8 +129,8 @@ class Predictor:
                 self.params, self._constants, self._place(cond, rows), np.int32(seed),
                 self._place(indices.astype(np.int32), rows), grid, np.float32(scale), int(frames), scale != 1.0, method,
             )
-            answers.append(np.asarray(jax.device_get(answer))[: stop - start])
-        return np.concatenate(answers)
+            answers.append(answer[: stop - start])
+        return np.concatenate(jax.device_get(answers))  # every batch dispatched before the first is awaited.
 
     def _place(self, array: np.ndarray, rows: np.ndarray) -> jax.Array:
         """`array[rows]` as one batch sharded by the batch rule; each device takes only its own

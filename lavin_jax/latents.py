@@ -122,7 +122,11 @@ def compute_stats(workdir: str, examples: int = 256, batch: int = 16) -> dict:
         total, total_sq, count = total + z.sum(), total_sq + np.square(z).sum(), count + z.size
     mean = total / count
     std = np.sqrt(max(total_sq / count - mean**2, 1e-12))
-    stats = {"shift": float(mean), "scale": float(1.0 / std), "examples": examples}
+    return write_stats(workdir, {"shift": float(mean), "scale": float(1.0 / std), "examples": examples})
+
+
+def write_stats(workdir: str, stats: dict) -> dict:
+    """`stats` (shift, scale and where they came from) as workdir/latent_stats.json, which `load` reads."""
     with open(os.path.join(workdir, STATS_FILE), "w") as f:
         json.dump(stats, f, indent=2)
     return stats

@@ -95,6 +95,7 @@ def evaluate_run(config, workdir: str, mode: str) -> dict:
     table, `DIR/eval/metrics.json`, TensorBoard) the newest checkpoint of the J-DiT run in
     `workdir`."""
     overrides = {name: functools.reduce(lambda node, part: node[part], name.split("."), config) for name in EVAL_FIELDS}
+    evaluation.check_files(train.trained_config(workdir, "jdit", overrides=overrides)[0])  # before any weight is read.
     predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
     shown = predictor.config.sample.num_examples if mode == "sample" else None
     report = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval").run(predictor)

@@ -39,48 +39,27 @@ from typing import Callable
 
 import numpy as np
 
-# The keys under which `stvae.pt` nests its state dict (see the module docstring); the J-DiT's
-# file is flat, and neither prefixes its names.
-STVAE_NESTING: tuple[str, ...] = ("state_dict",)
-
-# Per family, (regex, why) for tensors a released file may hold that no rule consumes. The
-# official loaders use `load_state_dict(strict=False)`, which drops any name the official model
-# lacks, so ignoring exactly those names is the official behaviour.
-IGNORED: dict[str, tuple[tuple[str, str], ...]] = {
-    # LaVinDiT's state dict is exactly what the rules consume (no buffers, see above).
-    "jdit": (),
-    "stvae": (
-        (
-            r"^(?!(?:encoder|decoder)\.)",
-            "outside the encoder and decoder: AutoencoderKLSTVAE as released has no other module "
-            "with weights (no quant convs), so such tensors (a training checkpoint's loss, "
-            "LPIPS or discriminator) are dropped by the official loader too",
-        ),
-    ),
-}
+# Tensors of a released file that no rule consumes, per family. The official loaders use
+# `load_state_dict(strict=False)`, which drops any name the official model lacks, so ignoring
+# exactly those names is the official behaviour. LaVinDiT's file is exactly what the rules
+# consume. AutoencoderKLSTVAE as released has no module with weights outside its encoder and
+# decoder (no quant convs): a training checkpoint's loss, LPIPS or discriminator tensors are
+# dropped by the official loader too.
+_IGNORED = {"jdit": None, "stvae": re.compile(r"^(?!(?:encoder|decoder)\.)")}
 
 
 def ignored(name: str, family: str) -> bool:
-    """Whether the released `family` file's tensor `name` is one no rule consumes (IGNORED)."""
-    return any(re.search(pattern, name) for pattern, _ in IGNORED[family])
+    """Whether the released `family` file's tensor `name` is one no rule consumes."""
+    pattern = _IGNORED[family]
+    return bool(pattern and pattern.search(name))
 
 
 def stvae_state(checkpoint: dict, path: str) -> dict:
-    """The ST-VAE's official state dict from the loaded `stvae.pt` at `path`: its nesting walked."""
-    state = checkpoint
-    for key in STVAE_NESTING:
-        if not isinstance(state, dict) or key not in state:
-            raise ValueError(f"{path} holds no {key!r} entry; the released ST-VAE keeps its weights under it.")
-        state = state[key]
-    return dict(state)
-
-
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    ours: str  # "/"-joined path into our parameter pure dict
-    official: tuple[str, ...]  # the official tensors it is made of, in order (one per block if stacked)
-    to_ours: Callable[[list[np.ndarray]], np.ndarray]  # official arrays (PyTorch layout) -> ours
-    to_official: Callable[[np.ndarray], list[np.ndarray]]  # the exact inverse
+    """The ST-VAE's official state dict from the loaded `stvae.pt` at `path`, which nests it
+    under `state_dict` (the J-DiT's file is flat; neither prefixes its names)."""
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} holds no 'state_dict' entry; the released ST-VAE keeps its weights under it.")
+    return dict(checkpoint["state_dict"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +79,43 @@ CONV3D = _Layout(lambda w: w.transpose(2, 3, 4, 1, 0), lambda k: k.transpose(4, 
 CONV2D = _Layout(lambda w: w.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1))
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One parameter of ours and the official tensors it is made of: one, or, when `stacked`,
+    one per block along our leading `layers` axis, each through `layout`."""
+
+    ours: str  # "/"-joined path into our parameter pure dict
+    official: tuple[str, ...]
+    layout: _Layout
+    stacked: bool = False
+
+    def to_ours(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Official arrays (PyTorch layout), in `official`'s order -> ours."""
+        if self.stacked:
+            return np.stack([self.layout.to_ours(a) for a in arrays])
+        (array,) = arrays
+        return self.layout.to_ours(array)
+
+    def fill(self, out: np.ndarray, get: Callable[[str], np.ndarray]) -> None:
+        """`to_ours` written into `out`, reading one official tensor at a time with `get`: a
+        stacked parameter's blocks are never all held at once."""
+        if self.stacked:
+            for index, name in enumerate(self.official):
+                out[index] = self.layout.to_ours(get(name))
+        else:
+            out[...] = self.layout.to_ours(get(self.official[0]))
+
+    def to_official(self, array: np.ndarray) -> list[np.ndarray]:
+        """The exact inverse of `to_ours`."""
+        return [self.layout.to_official(a) for a in array] if self.stacked else [self.layout.to_official(array)]
+
+
 def _one(ours: str, official: str, layout: _Layout) -> Rule:
-    return Rule(ours, (official,), lambda arrays: layout.to_ours(arrays[0]), lambda a: [layout.to_official(a)])
+    return Rule(ours, (official,), layout)
 
 
 def _stacked(ours: str, official: list[str], layout: _Layout) -> Rule:
-    """Ours stacks the official per-block tensors along a leading `layers` axis."""
-
-    def to_ours(arrays):
-        if len(arrays) != len(official):
-            raise ValueError(f"{ours} is made of {len(official)} official tensors, got {len(arrays)}.")
-        return np.stack([layout.to_ours(a) for a in arrays])
-
-    return Rule(ours, tuple(official), to_ours, lambda a: [layout.to_official(x) for x in a])
+    return Rule(ours, tuple(official), layout, stacked=True)
 
 
 def _linear(ours: str, official: str) -> list[Rule]:

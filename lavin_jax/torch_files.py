@@ -11,6 +11,7 @@ file that would run other code is refused, naming what it asked for. With torch 
 from __future__ import annotations
 
 import collections
+import os
 import pickle
 import zipfile
 
@@ -88,6 +89,8 @@ class _Unpickler(pickle.Unpickler):
 def load(path: str):
     """The object a `torch.save` file holds, tensors as numpy arrays: with torch when it is
     installed (`weights_only=True`), else with the restricted reader above."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist.")
     try:
         import torch
     except ImportError:

@@ -145,11 +145,8 @@ def trained_config(workdir: str, family: str | None = None, *, step: int | None 
     step = checkpoint.latest_step(directory) if step is None else step
     if step is None:
         raise FileNotFoundError(f"Run {workdir!r} has no checkpoint in {directory!r}.")
-    checkpointer = checkpoint.Checkpointer(directory, keep=1, save_every=1)
-    try:
+    with checkpoint.reading(directory) as checkpointer:
         saved = checkpoint.tuples(checkpointer.read_config(step))
-    finally:
-        checkpointer.close()
     trained = saved.get("model", {}).get("name")
     family = family or trained
     if trained != family:
@@ -170,11 +167,8 @@ def trained_config(workdir: str, family: str | None = None, *, step: int | None 
 
 def restore_ema(workdir: str, step: int, abstract_ema):
     """The EMA parameters of a run's checkpoint `step`, placed like `abstract_ema`."""
-    checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=1, save_every=1)
-    try:
+    with checkpoint.reading(os.path.join(workdir, "checkpoints")) as checkpointer:
         return checkpointer.restore_state(step, {"ema": abstract_ema})["ema"]
-    finally:
-        checkpointer.close()
 
 
 def place_constants(s: Setup) -> dict:
@@ -289,6 +283,8 @@ def train(config, workdir: str) -> dict:
     shape = config_lib.validate(config, jax.device_count(), jax.process_count())
     objective = objectives.get(config)
     objective.check_files()
+    if config.eval_every:
+        objective.check_eval_files()
     if os.path.exists(os.path.join(workdir, checkpoint.CONVERTED)):
         raise ValueError(
             f"--workdir={workdir!r} is a conversion, which holds EMA weights only: start a run from it "

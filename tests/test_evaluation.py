@@ -6,7 +6,7 @@ import pytest
 import scipy.linalg
 
 from conftest import small_config
-from lavin_jax import evaluation, main
+from lavin_jax import evaluation, main, train
 from lavin_jax.data import episodes, scoring
 
 
@@ -135,3 +135,10 @@ def test_eval_and_sample_modes_write_scores_grids_and_animations(trained_jdit, c
     samples = set(os.listdir(workdir / "samples"))
     assert {"samples_flip_0000001.png", "samples_edges_0000001.png", "samples_frame_prediction_0000001.png",
             "samples_frame_prediction_0000001.gif"} <= samples
+
+
+def test_eval_mode_names_a_missing_feature_network_before_any_weight_is_read(trained_jdit, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the evaluation's files were checked"))
+    flags = small_config(**{"eval.fid_weights": str(tmp_path / "inception.safetensors")})
+    with pytest.raises(FileNotFoundError, match=r"config.eval.fid_weights=.*inception.safetensors' does not exist"):
+        main.evaluate_run(flags, str(trained_jdit[1]), "eval")

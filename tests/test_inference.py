@@ -105,6 +105,14 @@ def test_a_missing_run_and_bad_settings_are_named_before_any_weight_is_read(trai
         inference.Predictor.from_workdir(str(trained_jdit[1]), overrides={"flow.time_grid": "cosine"})
 
 
+def test_prompting_a_run_needs_none_of_what_only_its_evaluation_reads(trained_jdit, tmp_path):
+    """Record directories and FID/FVD files of the training machine need not exist where a run is
+    prompted (--mode=eval checks them: test_evaluation)."""
+    gone = {"eval.fid_weights": str(tmp_path / "inception.safetensors"), "eval.records": (str(tmp_path / "records"),)}
+    predictor = inference.Predictor.from_workdir(str(trained_jdit[1]), overrides=gone)
+    assert predictor.config.eval.fid_weights == gone["eval.fid_weights"]
+
+
 def test_episodes_of_the_wrong_layout_are_named(predictor):
     with pytest.raises(ValueError, match=r"Episodes \(1, 4, 16, 16, 3\) with 1 noise indices: N >= 1 episodes of 1-frame items"):
         predictor.sample(np.zeros((1, 4, 16, 16, 3), np.float32), 1)

@@ -20,7 +20,7 @@ from conftest import QUICK_COMPILE
 from flax import nnx
 
 from lavin_jax import config as config_lib
-from lavin_jax import models, official
+from lavin_jax import convert, models, official
 from lavin_jax.models import layers, stvae
 
 
@@ -143,17 +143,6 @@ CASES = {
 SMALL_CASES = ("jdit-tiny", "stvae-tiny")
 
 
-def flat(tree: dict, prefix: str = "") -> dict:
-    """A nested parameter pure dict as "/"-joined path -> leaf (list indices as digits)."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}/")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 _SETUPS = {}
 
 
@@ -162,9 +151,7 @@ def setup(case: str):
     if case not in _SETUPS:
         make_config, make_rules, official_names = CASES[case]
         model_config = make_config()
-        abstract = nnx.eval_shape(lambda: models.build(model_config, nnx.Rngs(0)))
-        ours = {path: tuple(x.shape) for path, x in flat(nnx.split(abstract, nnx.Param)[1].to_pure_dict()).items()}
-        _SETUPS[case] = (model_config, make_rules(model_config), ours, official_names(model_config))
+        _SETUPS[case] = (model_config, make_rules(model_config), convert._our_shapes(model_config), official_names(model_config))
     return _SETUPS[case]
 
 
@@ -202,12 +189,15 @@ def test_round_trip_is_bit_exact(case):
         assert [tuple(a.shape) for a in arrays] == [expected[name] for name in rule.official]
         back = rule.to_ours([np.array(a) for a in arrays])  # copies: nothing rides on views
         assert back.dtype == value.dtype and np.array_equal(back, value), rule.ours
+        filled = np.full_like(value, np.nan)
+        rule.fill(filled, dict(zip(rule.official, arrays)).__getitem__)
+        assert np.array_equal(filled, value), rule.ours
 
 
 def test_ignored_and_stvae_nesting():
     assert official.ignored("loss.discriminator.main.0.weight", "stvae")
     assert not official.ignored("encoder.conv_in.conv.weight", "stvae")
-    assert official.IGNORED["jdit"] == ()
+    assert not official.ignored("loss.discriminator.main.0.weight", "jdit")  # a J-DiT file is all rules.
     weight = np.zeros(3)
     assert official.stvae_state({"state_dict": {"decoder.conv_out.conv.bias": weight}}, "stvae.pt") == {
         "decoder.conv_out.conv.bias": weight
@@ -318,11 +308,8 @@ def load_official(module, rules, prefix: str, weights: dict):
     for rule in rules:
         if prefix and not rule.ours.startswith(prefix + "/"):
             continue
-        *parents, leaf = rule.ours[len(prefix) + 1 if prefix else 0 :].split("/")
-        node = pure
-        for part in parents:
-            node = node.setdefault(int(part) if part.isdigit() else part, {})
-        node[leaf] = jnp.asarray(rule.to_ours([np.asarray(weights[name], np.float32) for name in rule.official]))
+        value = rule.to_ours([np.asarray(weights[name], np.float32) for name in rule.official])
+        convert.put(pure, rule.ours[len(prefix) + 1 if prefix else 0 :], jnp.asarray(value))
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(module, state)
     return module

@@ -55,3 +55,8 @@ def test_a_tensor_outside_its_storage_is_refused(tmp_path, monkeypatch):
         save_torch_archive(path, {"w": view})
         with pytest.raises(ValueError, match="does not lie inside its storage"):
             torch_files.load(path)
+
+
+def test_a_missing_file_is_named():
+    with pytest.raises(FileNotFoundError, match="nowhere.pth does not exist"):
+        torch_files.load("/nonexistent/nowhere.pth")

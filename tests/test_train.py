@@ -155,3 +155,10 @@ def test_real_and_video_tasks_train_and_bad_records_are_counted(tmp_path):
     assert last["skipped_records"] > 0 and np.isfinite(last["loss"])
     assert sorted(os.listdir(tmp_path / "run" / "samples")) == ["samples_frame_prediction_0000006.png", "samples_real_negate_0000006.png"]
 
+
+
+def test_a_run_that_evaluates_names_a_missing_evaluation_file_before_the_workdir_is_touched(tmp_path):
+    config = small_config(**{"eval_every": 2, "eval.fid_weights": str(tmp_path / "inception.safetensors")})
+    with pytest.raises(FileNotFoundError, match=r"config.eval.fid_weights=.*inception.safetensors' does not exist"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

@@ -125,9 +125,7 @@ class CausalConv(nnx.Module):
         return (1, 1 + n % 2) if self.stride == 2 else (1, 2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = stvae.causal_time_pad(x, KERNEL_T)
-        pad = ((0, 0), (0, 0), self._space_pad(x.shape[2]), self._space_pad(x.shape[3]), (0, 0))
-        return self.conv(jnp.pad(x, pad))
+        return stvae.causal_conv(self.conv, x, (self._space_pad(x.shape[2]), self._space_pad(x.shape[3])))
 
 
 class PatchDiscriminator3D(nnx.Module):

@@ -42,7 +42,6 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lavin_jax.models import frozen
 from lavin_jax.models.inception import (
@@ -52,7 +51,6 @@ from lavin_jax.models.inception import (
     Pool,
     apply,
     named_convs,
-    random_tensors,
     resize,
     tensor_shapes,
 )
@@ -111,12 +109,7 @@ TENSORS: dict[str, tuple[int, ...]] = {
 
 # `check(weights, source)` and `load(path)`: the file `lavin_jax.tools.convert_fid --i3d` makes.
 FILE = frozen.WeightsFile("FVD I3D", TENSORS, CONVERT_COMMAND)
-check, load = FILE.check, FILE.load
-
-
-def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights of the right names and shapes for tests and demos without the real file."""
-    return random_tensors(TENSORS, seed)
+check, check_file, load, random_weights = FILE.check, FILE.check_file, FILE.load, FILE.random
 
 
 def features(weights: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:

@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lavin_jax.models import frozen
 
@@ -145,20 +144,6 @@ def resize(x: jax.Array, size: int) -> jax.Array:
     (jax.image.resize would otherwise blur before shrinking, which the references do not)."""
     shape = (*x.shape[:-3], size, size, x.shape[-1])
     return jax.image.resize(x, shape, "linear", antialias=False)
-
-
-def random_tensors(tensors: Mapping[str, tuple[int, ...]], seed: int) -> dict[str, np.ndarray]:
-    """Arrays of the shapes in `tensors`: He-normal kernels (activations keep their scale through
-    the ReLUs), small biases. Structure only: the features they give mean nothing."""
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for name, shape in tensors.items():
-        if name.endswith("/kernel"):
-            std = np.sqrt(2.0 / np.prod(shape[:-1]))
-        else:
-            std = 0.01
-        weights[name] = (std * rng.standard_normal(shape)).astype(np.float32)
-    return weights
 
 
 def named_convs(block: str):
@@ -272,12 +257,7 @@ TENSORS, FEATURES = tensor_shapes(LAYERS, 3)
 
 # `check(weights, source)` and `load(path)`: the file `lavin_jax.tools.convert_fid --inception` makes.
 FILE = frozen.WeightsFile("FID Inception", TENSORS, CONVERT_COMMAND)
-check, load = FILE.check, FILE.load
-
-
-def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights of the right names and shapes for tests and demos without the real file."""
-    return random_tensors(TENSORS, seed)
+check, check_file, load, random_weights = FILE.check, FILE.check_file, FILE.load, FILE.random
 
 
 def features(weights: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:

@@ -68,27 +68,9 @@ _EPS = 1e-10
 
 # `check(weights, source)` and `load(path)`: the file's tensors checked against TENSORS.
 FILE = frozen.WeightsFile("LPIPS", TENSORS, CONVERT_COMMAND)
-check, load = FILE.check, FILE.load
-
-
-def random_weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """Weights of the right names and shapes for tests and demos without the real file.
-
-    These are NOT perceptual: the distance they give has LPIPS's structure but means nothing.
-    Convs are He-normal (so activations keep their scale through 13 ReLU layers) with small
-    biases; the heads are non-negative, like the trained ones, so the distance is >= 0.
-    """
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for name, shape in TENSORS.items():
-        if name.endswith("/kernel"):
-            std = np.sqrt(2.0 / (shape[0] * shape[1] * shape[2]))
-            weights[name] = (std * rng.standard_normal(shape)).astype(np.float32)
-        elif name.endswith("/bias"):
-            weights[name] = (0.01 * rng.standard_normal(shape)).astype(np.float32)
-        else:
-            weights[name] = (rng.uniform(size=shape) / shape[0]).astype(np.float32)
-    return weights
+# Random weights are NOT perceptual: the distance they give has LPIPS's structure but means
+# nothing (non-negative heads keep it >= 0).
+check, check_file, load, random_weights = FILE.check, FILE.check_file, FILE.load, FILE.random
 
 
 def _features(weights: Mapping[str, jax.Array], x: jax.Array) -> list[jax.Array]:

@@ -122,33 +122,37 @@ def causal_time_pad(x: jax.Array, kernel: int) -> jax.Array:
     return jnp.concatenate([jnp.repeat(x[:, :1], kernel - 1, axis=1), x], axis=1)
 
 
-class CausalConv3d(nnx.Module):
-    """Conv3d, stride 1, that never looks ahead: time is padded in front with k-1 copies of the
-    first frame (so a first frame sees only itself), space is zero-padded to keep H and W.
+def causal_conv(conv: nnx.Conv, x: jax.Array, space_pad: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+    """An unpadded 3D `conv` (stride 1 in time) made causal: time padded in front by
+    `causal_time_pad`, space zero-padded by `space_pad`.
 
-    An image is a 1-frame clip: every time tap then sees the same frame, and the convolution is
-    one 2D convolution with the kernel summed over time (the same sum, rounded differently), k times fewer FLOPs (most
-    episodes are images, and J-DiT encodes every item of them)."""
+    An image is a 1-frame clip: every time tap then sees the same frame, so the convolution is
+    one with the kernel summed over time (the same sum, rounded differently), k times fewer
+    FLOPs. Most episodes are images, and J-DiT encodes every item of them."""
+    k = conv.kernel_size[0]
+    if x.shape[1] > 1 or k == 1:
+        if k > 1:
+            x = causal_time_pad(x, k)
+        return conv(jnp.pad(x, ((0, 0), (0, 0), *space_pad, (0, 0))))
+    kernel = jnp.sum(conv.kernel[...], axis=0, keepdims=True)
+    strides = conv.strides if isinstance(conv.strides, tuple) else (conv.strides,) * 3
+    y = jax.lax.conv_general_dilated(
+        x.astype(conv.dtype), kernel.astype(conv.dtype), strides, ((0, 0), *space_pad),
+        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=conv.precision,
+    )
+    return y + conv.bias[...].astype(conv.dtype) if conv.use_bias else y
+
+
+class CausalConv3d(nnx.Module):
+    """Conv3d, stride 1, that never looks ahead (`causal_conv`), space zero-padded to keep H and W."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 3, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.kernel = kernel
         self.conv = conv(in_ch, out_ch, (kernel, kernel, kernel), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel
-        if k == 1:
-            return self.conv(x)
-        p = k // 2
-        if x.shape[1] == 1:
-            dtype = self.conv.dtype
-            kernel = jnp.sum(self.conv.kernel[...], axis=0).astype(dtype)  # (k, k, in, out)
-            y = jax.lax.conv_general_dilated(
-                x[:, 0].astype(dtype), kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            return (y + self.conv.bias[...].astype(dtype))[:, None]
-        x = causal_time_pad(x, k)
-        x = jnp.pad(x, ((0, 0), (0, 0), (p, p), (p, p), (0, 0)))
-        return self.conv(x)
+        p = self.kernel // 2
+        return causal_conv(self.conv, x, ((p, p), (p, p)))
 
 
 def per_frame(fn, x: jax.Array) -> jax.Array:

@@ -33,6 +33,10 @@ class Objective:
         """Raises, naming the field, when a file the run reads (weights, another run) is missing.
         Separate from `check` so that `--mode=summary` needs none of them."""
 
+    def check_eval_files(self) -> None:
+        """Like `check_files`, for what only evaluation reads (held-out data, metric networks):
+        checked where a run evaluates, not where its model is only loaded."""
+
     def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         raise NotImplementedError
 

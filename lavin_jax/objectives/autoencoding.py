@@ -81,7 +81,7 @@ class Autoencoding(Objective):
                 f"config.autoencoder.lpips_file={a.lpips_file!r} does not exist; make it with: "
                 f"{lpips.CONVERT_COMMAND}."
             )
-        lpips.load(a.lpips_file)  # names a missing or misshapen tensor now, not mid-run.
+        lpips.check_file(a.lpips_file)  # names a missing or misshapen tensor now, not mid-run.
 
     def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         modules = {"model": models.build(self.config.model, rngs)}

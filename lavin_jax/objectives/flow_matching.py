@@ -81,7 +81,6 @@ class FlowMatching(Objective):
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
 
     def check_files(self) -> None:
-        evaluation.check_files(self.config)
         v = self.config.vae
         if v.name == "stvae" and not v.checkpoint:
             raise ValueError(
@@ -92,6 +91,9 @@ class FlowMatching(Objective):
             raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not an ST-VAE run: it has no checkpoints directory.")
         if v.name == "stvae":
             self.autoencoder  # loads it: latent statistics and channels are checked now.
+
+    def check_eval_files(self) -> None:
+        evaluation.check_files(self.config)
 
     def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         return {"model": models.build(self.config.model, rngs)}

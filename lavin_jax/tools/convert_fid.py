@@ -32,13 +32,6 @@ from absl import app, flags
 from lavin_jax.models import i3d, inception
 from lavin_jax.tools import load_torch
 
-_INCEPTION = flags.DEFINE_string("inception", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
-_I3D = flags.DEFINE_string("i3d", None, "A piergiaj-style Kinetics-400 I3D state dict (i3d_pretrained_400.pt).")
-# convert_lpips defines --out too, and a test process imports both modules.
-_OUT = flags.DEFINE_string("out", None, "Where to write the .safetensors file.", allow_override=True)
-flags.mark_flags_as_required(["out"])
-flags.mark_flags_as_mutual_exclusive(["inception", "i3d"], required=True)
-
 # The batch norms' eps in both references: torchvision's BasicConv2d (pytorch-fid) and Sonnet's
 # BatchNorm (TF-Hub's I3D; piergiaj's port keeps it).
 EPS = 1e-3
@@ -135,17 +128,29 @@ def convert_i3d(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program (as a library,
+    imported beside convert_lpips, it must not claim --out)."""
+    flags.DEFINE_string("inception", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth.")
+    flags.DEFINE_string("i3d", None, "A piergiaj-style Kinetics-400 I3D state dict (i3d_pretrained_400.pt).")
+    flags.DEFINE_string("out", None, "Where to write the .safetensors file.")
+    flags.mark_flags_as_required(["out"])
+    flags.mark_flags_as_mutual_exclusive(["inception", "i3d"], required=True)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if _INCEPTION.value:
-        network, weights = inception, convert_inception(load_torch(_INCEPTION.value))
+    f = flags.FLAGS
+    if f.inception:
+        network, weights = inception, convert_inception(load_torch(f.inception))
     else:
-        network, weights = i3d, convert_i3d(load_torch(_I3D.value))
-    network.check(weights, f"The conversion for {_OUT.value}")
-    safetensors.numpy.save_file(weights, _OUT.value)
-    print(f"Wrote {len(weights)} tensors to {_OUT.value}.")
+        network, weights = i3d, convert_i3d(load_torch(f.i3d))
+    network.check({name: w.shape for name, w in weights.items()}, f"The conversion for {f.out}")
+    safetensors.numpy.save_file(weights, f.out)
+    print(f"Wrote {len(weights)} tensors to {f.out}.")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

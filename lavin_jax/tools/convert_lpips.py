@@ -26,11 +26,6 @@ from absl import app, flags
 from lavin_jax.models import lpips
 from lavin_jax.tools import load_torch
 
-_VGG16 = flags.DEFINE_string("vgg16", None, "torchvision's vgg16-397923af.pth.")
-_LIN = flags.DEFINE_string("lin", None, "The lpips package's lpips/weights/v0.1/vgg.pth.")
-_OUT = flags.DEFINE_string("out", None, "Where to write the .safetensors file.")
-flags.mark_flags_as_required(["vgg16", "lin", "out"])
-
 # Indices of the 13 convs in torchvision's `vgg16().features`, in lpips.CONVS order; the indices
 # between them are ReLUs and, after each block, a max-pool.
 TORCHVISION_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
@@ -64,14 +59,25 @@ def convert(vgg_state: Mapping[str, np.ndarray], lin_state: Mapping[str, np.ndar
     return out
 
 
+def define_flags() -> None:
+    """The command line's flags, defined only when this module runs as the program (as a library,
+    imported beside convert_fid, it must not claim --out)."""
+    flags.DEFINE_string("vgg16", None, "torchvision's vgg16-397923af.pth.")
+    flags.DEFINE_string("lin", None, "The lpips package's lpips/weights/v0.1/vgg.pth.")
+    flags.DEFINE_string("out", None, "Where to write the .safetensors file.")
+    flags.mark_flags_as_required(["vgg16", "lin", "out"])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    weights = convert(load_torch(_VGG16.value), load_torch(_LIN.value))
-    lpips.check(weights, f"The conversion for {_OUT.value}")
-    safetensors.numpy.save_file(weights, _OUT.value)
-    print(f"Wrote {len(weights)} LPIPS tensors to {_OUT.value}.")
+    f = flags.FLAGS
+    weights = convert(load_torch(f.vgg16), load_torch(f.lin))
+    lpips.check({name: w.shape for name, w in weights.items()}, f"The conversion for {f.out}")
+    safetensors.numpy.save_file(weights, f.out)
+    print(f"Wrote {len(weights)} LPIPS tensors to {f.out}.")
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

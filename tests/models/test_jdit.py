@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lavin_jax import models
+from lavin_jax import models, summary
+from lavin_jax.models import layers
 from lavin_jax.config import DEFAULT_RULES
 from conftest import QUICK_COMPILE, randomized, small_config
 
@@ -223,3 +224,8 @@ def test_closed_form_flops_are_what_xla_counts_in_the_compiled_forward(depth):
     counted = (cost[0] if isinstance(cost, list) else cost)["flops"]
     analytic = jdit.JDiT.forward_flops(config.model, context["cond"].shape[1], *x.shape[1:4])
     assert 1.0 <= counted / analytic < 1.04, (counted, analytic)
+    # Exactly: the matrix products of the traced forward (summary's jaxpr counter), which still
+    # holds the last block's condition stream after attention (out-projection and SwiGLU).
+    d, cond_tokens = config.model.hidden, context["cond"].shape[1] * (x.shape[2] // config.model.patch_size) ** 2
+    dead = cond_tokens * 2 * (d * d + 3 * d * layers.swiglu_hidden(d))
+    assert summary.forward_flops(config, (x, t, context)) == analytic + dead

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from lavin_jax import summary
-from lavin_jax.models import stvae
+from lavin_jax.models import discriminator, stvae
 from conftest import randomized, logical_axis_names
 
 SIZE = 16  # pixels per side: 2x2 latents.
@@ -286,11 +286,16 @@ def test_bad_tiling_arguments_name_the_argument(model, method, kwargs, name):
         getattr(model, method)(jnp.zeros((1, 1, SIZE, SIZE, 3 if method == "tiled_encode" else 16)), **kwargs)
 
 
-def test_an_image_takes_the_2d_path_of_a_causal_conv_with_a_third_of_the_flops():
-    conv = stvae.CausalConv3d(4, 6, rngs=nnx.Rngs(0))
-    conv.conv.bias.value = jax.random.normal(jax.random.key(1), (6,))
+@pytest.mark.parametrize("make", [
+    lambda: stvae.CausalConv3d(4, 6, rngs=nnx.Rngs(0)),
+    lambda: discriminator.CausalConv(4, 6, stride=2, use_bias=False, dtype=jnp.float32, rngs=nnx.Rngs(0)),
+])
+def test_an_image_takes_one_time_tap_of_a_causal_conv_with_a_ninth_of_a_3_frame_clips_flops(make):
+    conv = make()
+    if conv.conv.use_bias:
+        conv.conv.bias.value = jax.random.normal(jax.random.key(1), (6,))
     clip = jax.random.normal(jax.random.key(2), (2, 3, 5, 5, 4))
     # A clip's first frame sees only itself, so it must come out as that frame alone does.
     np.testing.assert_allclose(conv(clip[:, :1]), conv(clip)[:, :1], rtol=1e-5, atol=1e-5)
     flops = lambda x: summary.jaxpr_flops(jax.make_jaxpr(conv)(x).jaxpr)
-    assert flops(clip[:, :1]) * 3 == flops(clip) // 3
+    assert flops(clip) == 9 * flops(clip[:, :1])  # 3 output frames of 3 taps against 1 of 1.
