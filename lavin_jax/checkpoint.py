@@ -4,12 +4,15 @@ Each step directory holds two orbax items: `state` (the array pytree, written by
 its own shards, readable onto any mesh) and `config` (the run's config as JSON). The data
 position is the step itself (`data/pipeline.py`), so a checkpoint does not depend on how many
 processes wrote it. Restoring reads `config` first, so a checkpoint of another model, seed, batch
-size or data is refused with a sentence naming the fields before any array is read.
+size or data is refused with a sentence naming the fields before any array is read; one that
+cannot be read raises `Unreadable`, which the trainer answers by resuming from an older one and
+moving the damaged one aside (`set_aside`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 
@@ -31,6 +34,11 @@ _FREE_FIELDS = frozenset({
 
 # The file that marks a run directory as a conversion (EMA weights only, `lavin_jax.convert`).
 CONVERTED = "CONVERTED"
+
+
+class Unreadable(ValueError):
+    """A checkpoint item that is missing or cannot be read: damage (a save cut short, a bad disk),
+    unlike a checkpoint of another run, which reads fine and is refused."""
 
 
 def _path(directory: str) -> epath.Path:
@@ -65,11 +73,11 @@ class Checkpointer:
         """`host_copy=False` saves host (numpy) arrays synchronously, straight from their memory,
         two gigabytes at a time: for a state as large as the memory (a converted 3.4B model),
         which orbax's default would first copy whole."""
-        self._directory = _path(directory)
+        self.directory = _path(directory)
         self._host_copy = host_copy
         policies = ocp.checkpoint_managers
         self._manager = ocp.CheckpointManager(
-            self._directory,
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 # Orbax's default policy would also save the first step of a fresh run; only
                 # multiples of `save_every` are wanted, plus a last save when JAX announces a
@@ -115,7 +123,7 @@ class Checkpointer:
         """
         # A save of `step` still in flight has no step directory yet; let it land first.
         self.wait()
-        _check_run_matches(self._directory / str(step), self.read_config(step), config)
+        _check_run_matches(self.directory / str(step), self.read_config(step), config)
         return self._restore_item(step, "state", ocp.args.StandardRestore(abstract_state))
 
     def read_config(self, step: int) -> dict:
@@ -140,19 +148,36 @@ class Checkpointer:
 
     def _guarded(self, step: int, name: str, restore):
         """`restore(item_dir)`, with a missing or unreadable item named in one sentence."""
-        step_dir = self._directory / str(step)
+        step_dir = self.directory / str(step)
         if not step_dir.is_dir():
             raise FileNotFoundError(f"Checkpoint {step_dir} does not exist.")
         item_dir = step_dir / name
         if not item_dir.is_dir():
-            raise FileNotFoundError(f"Checkpoint item {item_dir} is missing.")
+            raise Unreadable(f"Checkpoint item {item_dir} is missing.")
         try:
             return restore(item_dir)
         except Exception as error:  # orbax, tensorstore and json each fail their own way.
-            raise ValueError(
-                f"Checkpoint item {item_dir} is corrupt or does not match what is being restored; "
-                f"the {type(error).__name__} above says why."
-            ) from error
+            raise Unreadable(f"Checkpoint item {item_dir} cannot be read: {_first_cause(error)}") from error
+
+    def steps(self) -> list[int]:
+        """The finished checkpoints' steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def set_aside(self, step: int) -> epath.Path:
+        """Renames the checkpoint `step` to `<step>.corrupt` (`<step>.corrupt.N` when taken) and
+        returns its new path: a damaged checkpoint is kept for a person to inspect, under a name
+        orbax neither lists, resumes from nor deletes. Every process calls `reload` afterwards."""
+        target = self.directory / f"{step}.corrupt"
+        for n in itertools.count(1):  # a copy of this step set aside before keeps its name.
+            if not target.exists():
+                break
+            target = self.directory / f"{step}.corrupt.{n}"
+        (self.directory / str(step)).rename(target)
+        return target
+
+    def reload(self):
+        """Lists the steps on disk again, after `set_aside` moved some."""
+        self._manager.reload()
 
     def wait(self):
         """Blocks until every started save is on disk, surfacing any error it hit."""
@@ -216,6 +241,15 @@ def check_same_model(directory: str, step: int, config) -> None:
             f"Checkpoint {directory}/{step} holds a model with {_describe(saved, differing)} "
             f"but the config has {_describe(current, differing)}."
         )
+
+
+def _first_cause(error: BaseException) -> str:
+    """The first line of the innermost error `error` was raised from: orbax wraps the error that
+    says what is wrong (tensorstore's byte range, json's position) in generic ones."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _describe(fields: dict, names: list[str]) -> str:

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import tensorboardX
+from absl import logging
 from PIL import Image
 
 from lavin_jax.data import scoring
@@ -26,21 +27,23 @@ class MetricWriter:
 
     def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None):
         """`resume_step`: the checkpoint step a resumed run starts from. Lines the interrupted
-        run logged after it are dropped, since the resumed run logs those steps again."""
-        self._workdir = workdir
+        run logged after it are dropped, since the resumed run logs those steps again, and so
+        are lines a killed write left unreadable, with a warning naming them."""
+        # Where each output goes, for the writer and for a person (the trainer's summary).
+        self.paths = {
+            "metrics": os.path.join(workdir, "metrics.jsonl"),
+            "samples": os.path.join(workdir, "samples"),
+            "tensorboard": os.path.join(workdir, "tensorboard"),
+        }
         self._enabled = enabled
         if not enabled:
             return
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
-        if resume_step is not None and os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                kept = [line for line in f if json.loads(line)["step"] <= resume_step]
-            with open(path, "w", encoding="utf-8") as f:
-                f.writelines(kept)
+        os.makedirs(self.paths["samples"], exist_ok=True)
+        if os.path.exists(self.paths["metrics"]):
+            _repair(self.paths["metrics"], resume_step)
         # Append: a resumed run continues the log of the run it resumes.
-        self._jsonl = open(path, "a", encoding="utf-8")
-        self._tensorboard = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._jsonl = open(self.paths["metrics"], "a", encoding="utf-8")
+        self._tensorboard = tensorboardX.SummaryWriter(self.paths["tensorboard"])
 
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self._enabled:
@@ -59,7 +62,7 @@ class MetricWriter:
             raise ValueError(
                 f"write_image({name!r}) needs a uint8 HxWx3 image, got {image.dtype} {image.shape}."
             )
-        path = os.path.join(self._workdir, "samples", f"{name}_{step:07d}.png")
+        path = os.path.join(self.paths["samples"], f"{name}_{step:07d}.png")
         Image.fromarray(image).save(path)
         self._tensorboard.add_image(name, image, global_step=step, dataformats="HWC")
 
@@ -72,13 +75,41 @@ class MetricWriter:
         if not self._enabled:
             return
         images = [Image.fromarray(frame) for frame in frames]
-        path = os.path.join(self._workdir, "samples", f"{name}_{step:07d}.gif")
+        path = os.path.join(self.paths["samples"], f"{name}_{step:07d}.gif")
         images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
 
     def close(self) -> None:
         if self._enabled:
             self._jsonl.close()
             self._tensorboard.close()
+
+
+def _repair(path: str, resume_step: int | None) -> None:
+    """Rewrites the log `path` without the lines after `resume_step` (when given) and without
+    lines that are not JSON records: a write cut short (kill -9, a full disk) leaves a partial
+    last line that would otherwise stop every later resume. Every other line is kept; the file is
+    replaced whole, so a kill during the repair loses nothing either."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    kept, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            step = int(json.loads(line)["step"])
+        except (ValueError, TypeError, KeyError):  # JSONDecodeError is a ValueError.
+            bad.append(number)
+            continue
+        if resume_step is None or step <= resume_step:
+            kept.append(line + "\n")
+    if bad:
+        logging.warning(
+            "%s: dropped unreadable line%s %s (a write cut short); kept the rest.",
+            path, "s" if len(bad) > 1 else "", ", ".join(map(str, bad)),
+        )
+    repaired = "".join(kept)
+    if repaired != text:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(repaired)
+        os.replace(path + ".tmp", path)
 
 
 def display_scale(side: int) -> int:

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import checkpoint, metrics, objectives, parallel, summary
+from lavin_jax import checkpoint, evaluation, metrics, objectives, parallel, summary
 from lavin_jax import config as config_lib
 from lavin_jax.data import pipeline
 
@@ -275,8 +275,54 @@ def _agreed(step: int | None) -> int | None:
     return None if step < 0 else step
 
 
+def _everywhere(ok: bool) -> bool:
+    """Whether `ok` holds in every process."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def restore_newest(checkpointer: checkpoint.Checkpointer, step: int, abstract_state, config) -> tuple[dict, int]:
+    """(state, its step) of the newest checkpoint, from `step` down, that every process reads.
+
+    One that cannot be read (a save cut short by a crash, a damaged disk) is passed over for the
+    one before it; once one restores, process 0 moves those passed over aside, never deleting
+    them, so that orbax neither lists nor overwrites them. When none restores, nothing is moved:
+    the same failure everywhere may be this process's (memory, a library version), not the files'.
+    A checkpoint of another run is refused (`Checkpointer.restore`): the config's mistake, not
+    damage. Damage that only some processes read (a shard file only they need) is not recovered:
+    orbax's restore ends at a barrier that a process which failed never reaches.
+    """
+    passed_over = []
+    while True:
+        try:
+            state = checkpointer.restore(step, abstract_state, config)
+        except checkpoint.Unreadable as error:
+            logging.warning("Passing over the checkpoint of step %d: %s", step, error)
+            state = None
+        if _everywhere(state is not None):
+            break
+        passed_over.append(step)
+        step = _agreed(max((s for s in checkpointer.steps() if s < step), default=None))
+        if step is None:
+            raise ValueError(
+                f"No checkpoint in {checkpointer.directory} can be restored (steps {', '.join(map(str, passed_over))}; "
+                "the warnings above say why): repair or move them, or use another --workdir."
+            )
+    if passed_over:
+        if jax.process_index() == 0:
+            for bad in passed_over:
+                moved = checkpointer.set_aside(bad)
+                logging.warning("Moved the unreadable checkpoint of step %d to %s; resuming from step %d.", bad, moved, step)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("unreadable checkpoints set aside")  # before anyone lists them.
+        checkpointer.reload()
+    return state, step
+
+
 def train(config, workdir: str) -> dict:
-    """Trains until config.total_steps, resuming from the newest checkpoint in workdir.
+    """Trains until config.total_steps, resuming from the newest checkpoint in workdir that
+    reads (`restore_newest`); process 0 ends by printing a summary.
 
     Everything a person can get wrong (config, data, checkpoint) is checked before the first
     compilation. Returns the final state (global arrays)."""
@@ -295,8 +341,10 @@ def train(config, workdir: str) -> dict:
     # A fresh run only: a resumed fine-tune has its own checkpoints and no longer needs init_from.
     init_step = _agreed(check_init_from(config)) if latest is None else None
     # The data position is the step (data/pipeline.py): a resumed run, in any number of
-    # processes, reads on from its checkpoint's step.
-    data = pipeline.make_iterator(config, jax.process_index(), jax.process_count(), latest or 0)
+    # processes, reads on from its checkpoint's step. Made here, so bad data is named before the
+    # workdir is touched.
+    reader = lambda step: pipeline.make_iterator(config, jax.process_index(), jax.process_count(), step)
+    data = reader(latest or 0)
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.make_mesh(config)
@@ -311,19 +359,23 @@ def train(config, workdir: str) -> dict:
         state = init_state(config, s)
     else:
         logging.info("Resuming from the checkpoint at step %d.", latest)
-        state = checkpointer.restore(latest, s.abstract_state, config)
+        state, restored = restore_newest(checkpointer, latest, s.abstract_state, config)
+        if restored != latest:  # an older checkpoint: the data go back with it.
+            data, latest = reader(restored), restored
     if primary:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary.summarize(config, s.abstract_state["params"]["model"])[0], f, indent=2)
 
     step_fn = make_train_step(config, s)
     writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest or 0)
+    logged, evaluated = {}, {}  # this run's last logged line and last evaluation, for the summary.
 
     def evaluate(step: int):
         images, scalars = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
         writer.write_images(step, images)
         if scalars:
             writer.write_scalars(step, scalars)
+            evaluated.update(step=step, scalars=scalars)
 
     step = int(jax.device_get(state["step"]))
     compiled: set = set()
@@ -331,6 +383,25 @@ def train(config, workdir: str) -> dict:
     # Throughput counts training only: compilations and evaluations move the clock forward.
     last_time, last_step = time.perf_counter(), step
     bar = tqdm.tqdm(total=config.total_steps, initial=step, disable=not primary, desc="train", dynamic_ncols=True)
+
+    def log(step: int):
+        """Logs the steps since the last log: their mean stats, and how many steps they are (a
+        resumed or stopped run's interval is shorter than log_every)."""
+        nonlocal pending, last_time, last_step
+        host = jax.device_get(pending)
+        now = time.perf_counter()
+        # Phases may log different stats (a GAN's start): average each over the steps with it;
+        # counts are summed over the interval.
+        reduce = lambda name: np.sum if name in _COUNTS else np.mean
+        scalars = {name: float(reduce(name)([p[name] for p in host if name in p])) for name in host[-1]}
+        scalars["steps_in_mean"] = len(host)
+        scalars["steps_per_sec"] = (step - last_step) / (now - last_time)
+        scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.global_batch_size
+        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+        logged.update(step=step, scalars=scalars)
+        pending, last_time, last_step = [], now, step
+
     with _Preemption() as preemption:
         while step < config.total_steps and not preemption.should_stop(step):
             local = next(data)
@@ -350,25 +421,55 @@ def train(config, workdir: str) -> dict:
             bar.update(1)
 
             if step % config.log_every == 0 or step == config.total_steps:
-                host = jax.device_get(pending)
-                now = time.perf_counter()
-                # Phases may log different stats (a GAN's start): average each over the steps with it;
-                # counts are summed over the interval.
-                reduce = lambda name: np.sum if name in _COUNTS else np.mean
-                scalars = {name: float(reduce(name)([p[name] for p in host if name in p])) for name in host[-1]}
-                scalars["steps_per_sec"] = (step - last_step) / (now - last_time)
-                scalars["examples_per_sec"] = scalars["steps_per_sec"] * config.global_batch_size
-                writer.write_scalars(step, scalars)
-                bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-                pending, last_time, last_step = [], now, step
+                log(step)
             checkpointer.save(step, state, config)
             if config.eval_every and (step % config.eval_every == 0 or step == config.total_steps):
                 started = time.perf_counter()
                 evaluate(step)
                 last_time += time.perf_counter() - started
+        if pending:  # stopped early: the steps since the last log are logged, not lost.
+            log(step)
         checkpointer.save(step, state, config, force=True)
         checkpointer.wait()
+    saved = checkpointer.steps()
     checkpointer.close()
     writer.close()
     bar.close()
+    if primary:
+        print(_summary(config, step, saved, checkpoint_dir, writer.paths, logged, evaluated))
     return state
+
+
+def _summary(config, step: int, saved: list[int], checkpoint_dir: str, outputs: dict[str, str], logged: dict, evaluated: dict) -> str:
+    """What a person reads when training ends: the step and loss it ended at, the last evaluation,
+    and where the run's files are. `logged` and `evaluated`: this run's last {step, scalars}."""
+    if step == config.total_steps:
+        lines = [f"Trained to step {step} of {config.total_steps}."]
+    else:
+        lines = [f"Stopped at step {step} of {config.total_steps} by SIGTERM; the same command resumes."]
+    if logged:
+        first = logged["step"] - logged["scalars"]["steps_in_mean"] + 1
+        span = f"step {first}" if first == logged["step"] else f"steps {first}-{logged['step']}"
+        lines.append(f"Loss {logged['scalars']['loss']:.4f} (the mean over {span}).")
+    if evaluated:
+        lines += [f"Evaluation at step {evaluated['step']}:", _eval_table(evaluated["scalars"])]
+    lines.append(f"{'checkpoints':<12} {os.path.abspath(checkpoint_dir)} (steps {', '.join(map(str, saved))})")
+    lines += [f"{name:<12} {os.path.abspath(path)}" for name, path in outputs.items()]
+    return "\n".join(lines)
+
+
+def _eval_table(scalars: dict[str, float]) -> str:
+    """Evaluation scalars as a table: those of `evaluation.scalars` (`eval/<task>/<value>` and a
+    baseline's `eval_<baseline>/<task>/<value>`) read back into `evaluation.table`, then any other
+    (an objective without baselines) by name."""
+    tasks, others = {}, {}
+    for name, value in scalars.items():
+        prefix, _, rest = name.partition("/")
+        task, _, field = rest.rpartition("/")  # record tasks are named <directory>/<task>.
+        who = "model" if prefix == "eval" else prefix.removeprefix("eval_")
+        if task and who in evaluation.ANSWERS:
+            tasks.setdefault(task, {}).setdefault(who, {})[field] = value
+        else:
+            others[name] = value
+    lines = [evaluation.table({"tasks": tasks})] if tasks else []
+    return "\n".join(lines + [f"{name:<42} {value:.4g}" for name, value in others.items()])

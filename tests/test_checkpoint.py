@@ -12,7 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from lavin_jax import config as config_lib
-from lavin_jax.checkpoint import Checkpointer, latest_step
+from lavin_jax.checkpoint import Checkpointer, Unreadable, latest_step
 
 TINY = pathlib.Path(__file__).parent.parent / "configs" / "tiny.py"
 
@@ -194,20 +194,43 @@ def _remove_state_metadata(step_dir):
 
 
 @pytest.mark.parametrize(
-    "damage, item, error_type",
+    "damage, item, cause",
     [
-        (_remove_state_item, "state", FileNotFoundError),
-        (_corrupt_config_item, "config", ValueError),
-        (_remove_state_metadata, "state", ValueError),
+        (_remove_state_item, "state", "is missing"),
+        (_corrupt_config_item, "config", "cannot be read: JSONDecodeError: Expecting property name"),
+        (_remove_state_metadata, "state", "cannot be read: "),
     ],
 )
-def test_damaged_item_error_names_its_path(saved, config, damage, item, error_type):
+def test_damaged_item_error_names_its_path_and_cause(saved, config, damage, item, cause):
     directory, abstract = saved
     damage(directory / "2")
-    with pytest.raises(error_type, match=str(directory / "2" / item)):
+    with pytest.raises(Unreadable) as error:
         Checkpointer(str(directory), keep=2, save_every=2).restore(
             2, abstract, config
         )
+    assert str(error.value).startswith(f"Checkpoint item {directory / '2' / item} {cause}")
+    assert "\n" not in str(error.value)
+
+
+def test_a_step_set_aside_leaves_orbax_view_and_keeps_its_files(tmp_path, mesh, config):
+    state = make_state(mesh)
+    checkpointer = Checkpointer(str(tmp_path), keep=3, save_every=2)
+    for step in (2, 4):
+        checkpointer.save(step, state, config)
+    checkpointer.wait()
+    files = sorted(p.relative_to(tmp_path / "4") for p in (tmp_path / "4").rglob("*"))
+    assert checkpointer.set_aside(4) == tmp_path / "4.corrupt"
+    checkpointer.reload()
+    assert checkpointer.steps() == [2] and latest_step(str(tmp_path)) == 2
+    assert sorted(p.relative_to(tmp_path / "4.corrupt") for p in (tmp_path / "4.corrupt").rglob("*")) == files
+    # The step is saved again, and goes bad again: the copy set aside first keeps its name.
+    assert checkpointer.save(4, state, config)
+    checkpointer.wait()
+    assert checkpointer.set_aside(4) == tmp_path / "4.corrupt.1"
+    checkpointer.reload()
+    checkpointer.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "4.corrupt", "4.corrupt.1"]
+    assert latest_step(str(tmp_path)) == 2
 
 
 def test_missing_step_error_names_its_path(saved, config):

@@ -49,6 +49,31 @@ def test_resumed_writer_drops_steps_logged_after_its_checkpoint(tmp_path):
     assert lines == [{"step": 10, "loss": 0.1}, {"step": 20, "loss": 0.2}, {"step": 30, "loss": 0.75}]
 
 
+def test_lines_a_killed_write_left_are_dropped_and_named_and_the_rest_kept(tmp_path, caplog):
+    first = MetricWriter(str(tmp_path))
+    first.write_scalars(10, {"loss": 0.1})
+    first.close()
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "a") as f:  # a crash that left zeros, a good line, then a kill -9 mid-line.
+        f.write("\0\0\0\n" + json.dumps({"step": 20, "loss": 0.2}) + '\n{"step": 30, "lo')
+    resumed = MetricWriter(str(tmp_path), resume_step=30)
+    resumed.write_scalars(40, {"loss": 0.4})
+    resumed.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines == [{"step": 10, "loss": 0.1}, {"step": 20, "loss": 0.2}, {"step": 40, "loss": 0.4}]
+    assert f"{path}: dropped unreadable lines 2, 4 (a write cut short); kept the rest." in caplog.text
+
+
+def test_a_last_line_without_its_newline_is_kept_whole(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 10, "loss": 0.1}))  # killed just before the newline.
+    writer = MetricWriter(str(tmp_path))
+    writer.write_scalars(20, {"loss": 0.2})
+    writer.close()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"step": 10, "loss": 0.1}, {"step": 20, "loss": 0.2}]
+    assert "dropped" not in caplog.text
+
+
 def test_disabled_writer_writes_nothing(tmp_path):
     workdir = tmp_path / "run"
     writer = MetricWriter(str(workdir), enabled=False)

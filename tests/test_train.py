@@ -1,12 +1,13 @@
 import json
 import os
+import re
 import signal
 
 import jax
 import numpy as np
 import pytest
 
-from lavin_jax import parallel, train
+from lavin_jax import evaluation, parallel, train
 from lavin_jax.data import pipeline
 from conftest import SMALL, small_config, write_inverted_pairs
 
@@ -91,13 +92,14 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatch):
+def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatch, capsys):
     # One number of pairs and no dropped batches: one step shape, compiled once per run.
-    config_fields = {"total_steps": 6, "log_every": 1, "checkpoint_every": 4, "eval_every": 6,
+    config_fields = {"total_steps": 6, "log_every": 2, "checkpoint_every": 4, "eval_every": 6,
                      "data.max_pairs": 1, "data.cond_drop_prob": 0.0}
     config = small_config(**config_fields)
     straight = tmp_path / "straight"
-    train.train(small_config(**{**config_fields, "eval_every": 0}), str(straight))  # losses only: no sampler to compile.
+    # Every step's loss, and no sampler to compile.
+    train.train(small_config(**{**config_fields, "log_every": 1, "eval_every": 0}), str(straight))
 
     # A preemption during step 3: the run finishes that step, saves it, and exits cleanly.
     interrupted = tmp_path / "interrupted"
@@ -111,20 +113,37 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatc
         return real_global_batch(batch, mesh, rules)
 
     monkeypatch.setattr(parallel, "global_batch", preempt_at_third_batch)
+    capsys.readouterr()
     state = train.train(config, str(interrupted))
     assert int(state["step"]) == 3
     assert sorted(os.listdir(interrupted / "checkpoints")) == ["3"]
+    assert capsys.readouterr().out.startswith("Stopped at step 3 of 6 by SIGTERM; the same command resumes.\nLoss ")
     monkeypatch.setattr(parallel, "global_batch", real_global_batch)
 
     train.train(config, str(interrupted))
-    expected = read_metrics(straight)
+    per_step = [m["loss"] for m in read_metrics(straight)]
     resumed = [line for line in read_metrics(interrupted) if "loss" in line]
     evaluated = [line for line in read_metrics(interrupted) if "loss" not in line]
     assert [line["step"] for line in evaluated] == [6] and "eval_query_copied/edges/f1" in evaluated[0]
-    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
-    assert [m["loss"] for m in resumed] == [m["loss"] for m in expected]
+    # Logged every 2 steps, stopped after step 3 and resumed there: the stop logs step 3 alone and
+    # the resumed run's first line step 4 alone. Each line's loss is the mean of the steps it
+    # counts, as the uninterrupted run computed them, bit for bit (a float32 mean, as logged).
+    spans = [(m["step"], int(m["steps_in_mean"])) for m in resumed]
+    assert spans == [(2, 2), (3, 1), (4, 1), (6, 2)]
+    assert [m["loss"] for m in resumed] == [float(np.mean(np.float32(per_step[step - n : step]))) for step, n in spans]
     for key in ("loss", "lr", "grad_norm", "steps_per_sec", "examples_per_sec"):
         assert key in resumed[-1]
+    # The summary: the end and its loss, the evaluation beside its baselines, where everything is.
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[:3] == ["Trained to step 6 of 6.", f"Loss {resumed[-1]['loss']:.4f} (the mean over steps 5-6).", "Evaluation at step 6:"]
+    assert summary[3].split() == ["task", "value", "model", "query", "copied", "mean", "target"]
+    assert {line.split()[0] for line in summary[4:-4]} == set(SMALL["data.tasks"])
+    assert summary[-4:] == [
+        f"checkpoints  {interrupted / 'checkpoints'} (steps 3, 4, 6)",
+        f"metrics      {interrupted / 'metrics.jsonl'}",
+        f"samples      {interrupted / 'samples'}",
+        f"tensorboard  {interrupted / 'tensorboard'}",
+    ]
     assert sorted(os.listdir(interrupted / "checkpoints")) == ["3", "4", "6"]
     assert sorted(os.listdir(interrupted / "samples")) == [f"samples_{task}_0000006.png" for task in sorted(SMALL["data.tasks"])]
     assert any(name.startswith("events") for name in os.listdir(interrupted / "tensorboard"))
@@ -132,13 +151,62 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(tmp_path, monkeypatc
     assert summary["params"] > 0 and summary["flops_per_example"] > 0
 
 
-def test_restoring_a_checkpoint_of_another_model_is_refused(tmp_path):
-    one_shape = {"data.max_pairs": 1, "data.cond_drop_prob": 0.0}  # one compilation.
-    train.train(small_config(**one_shape, **{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(tmp_path))
-    bigger = small_config(**one_shape, **{"total_steps": 4, "model.depth": 3})
+def test_the_summary_reads_evaluation_scalars_back_into_the_evaluation_table():
+    """Also record tasks (named <directory>/<task>) and an objective's scalars without baselines."""
+    scores = lambda psnr: {"psnr": psnr, "ssim": psnr / 100}
+    report = {"tasks": {
+        "flip": {"model": scores(20.0), "query_copied": scores(12.5), "mean_target": scores(9.0)},
+        "real/negate": {"model": scores(7.0), "query_copied": scores(8.0), "mean_target": scores(6.0)},
+    }}
+    scalars = {**evaluation.scalars(report), "eval/psnr_images": 21.5}
+    assert train._eval_table(scalars) == evaluation.table(report) + "\n" + f"{'eval/psnr_images':<42} 21.5"
+
+
+def truncate_array_file(step_dir) -> tuple:
+    """Cuts the largest array data file of a checkpoint's state to half; returns (its path
+    relative to `step_dir`, its bytes now)."""
+    path = max((p for p in (step_dir / "state").rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    return path.relative_to(step_dir), path.read_bytes()
+
+
+def test_another_models_checkpoint_is_refused_and_an_unreadable_one_set_aside(tmp_path, monkeypatch, caplog):
+    """Another model's checkpoint is the config's mistake: refused, nothing moved. A damaged one is
+    passed over for the one before it, whose step the data restart from, and moved aside, kept;
+    with none readable, the run stops naming the directory and moves nothing."""
+    fields = {"data.max_pairs": 1, "data.cond_drop_prob": 0.0,  # one compilation.
+              "total_steps": 2, "checkpoint_every": 1, "log_every": 1, "eval_every": 0}
+    with jax.threefry_partitionable(False):  # a faster init compile; any initialisation will do.
+        train.train(small_config(**fields), str(tmp_path))
+    checkpoints = tmp_path / "checkpoints"
+    bigger = small_config(**{**fields, "total_steps": 4, "model.depth": 3})
     with pytest.raises(ValueError, match=r"was written for model.depth=2 but the config has model.depth=3"):
         train.train(bigger, str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]  # saved work untouched.
+    assert sorted(os.listdir(checkpoints)) == ["1", "2"]  # saved work untouched.
+
+    damaged, damaged_bytes = truncate_array_file(checkpoints / "2")
+    starts = []
+    real_make_iterator = pipeline.make_iterator
+
+    def make_iterator(config, process_index, process_count, start_step):
+        starts.append(start_step)
+        return real_make_iterator(config, process_index, process_count, start_step)
+
+    monkeypatch.setattr(pipeline, "make_iterator", make_iterator)
+    # Step 1 is then the last step: nothing left to compile or train.
+    state = train.train(small_config(**{**fields, "total_steps": 1}), str(tmp_path))
+    assert int(state["step"]) == 1 and starts == [2, 1]
+    assert sorted(os.listdir(checkpoints)) == ["1", "2.corrupt"]
+    assert (checkpoints / "2.corrupt" / damaged).read_bytes() == damaged_bytes
+    assert f"Passing over the checkpoint of step 2: Checkpoint item {checkpoints / '2' / 'state'} cannot be read: " in caplog.text
+    assert f"Moved the unreadable checkpoint of step 2 to {checkpoints / '2.corrupt'}; resuming from step 1." in caplog.text
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1]  # step 2's line went with its checkpoint.
+
+    truncate_array_file(checkpoints / "1")
+    with pytest.raises(ValueError, match=rf"No checkpoint in {re.escape(str(checkpoints))} can be restored \(steps 1; "):
+        train.train(small_config(**fields), str(tmp_path))
+    assert sorted(os.listdir(checkpoints)) == ["1", "2.corrupt"]
 
 
 def test_real_and_video_tasks_train_and_bad_records_are_counted(tmp_path):
