@@ -6,7 +6,9 @@ person can make in a config into one sentence naming the field, before anything 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import os
 
 import ml_collections
 
@@ -54,6 +56,9 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     # A run, or a release converted by `python -m lavin_jax.convert`, whose newest EMA weights a
     # fresh run's model starts from (fine-tuning); its model config must match this one's.
     c.init_from = ""
+    # JAX's persistent compilation cache: a restarted or repeated run reads its compiled step
+    # variants from here instead of compiling them again; "" turns it off.
+    c.compile_cache = "~/.cache/lavin_jax/jax"
 
     c.model = models.default_config(model)
 
@@ -143,6 +148,8 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
 
 def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
     """Loads `get_config()` from a config file and applies dotted overrides (tests, notebooks)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist.")
     spec = importlib.util.spec_from_file_location("lavin_jax_user_config", path)
     if spec is None or spec.loader is None:
         raise ValueError(f"Config file {path!r} cannot be loaded as a Python module.")
@@ -154,20 +161,28 @@ def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
 def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
     """Sets each dotted name of `overrides` (e.g. "data.image_size") in `config`; returns it."""
     for key, value in overrides.items():
-        _set_dotted(config, key, value)
+        section, name = locate(config, key)
+        section[name] = value
     return config
 
 
-def _set_dotted(config, key, value):
-    *parents, leaf = key.split(".")
-    node = config
-    for part in parents:
-        if part not in node:
-            raise ValueError(f"Config override {key!r}: there is no field {part!r}.")
-        node = node[part]
-    if leaf not in node:
-        raise ValueError(f"Config override {key!r}: there is no field {leaf!r}.")
-    node[leaf] = value
+def locate(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+    """The section holding the dotted field `key` and the field's name: ("model.hidden") ->
+    (config.model, "hidden"). A field the config lacks is a ValueError naming it and the closest
+    existing name (a misspelt override, in code or on the command line)."""
+    parts = key.split(".")
+    section = config
+    for depth, part in enumerate(parts):
+        where = ".".join(["config", *parts[:depth]])
+        if not isinstance(section, ml_collections.ConfigDict):
+            raise ValueError(f"config.{key}: {where} is a value, not a section of fields.")
+        if part not in section:
+            close = difflib.get_close_matches(part, list(section), n=1)
+            hint = f"did you mean {where}.{close[0]}?" if close else f"{where} has {', '.join(section)}."
+            raise ValueError(f"{where}.{part} is not a field; {hint}")
+        if depth < len(parts) - 1:
+            section = section[part]
+    return section, parts[-1]
 
 
 def require(ok: bool, message: str) -> None:

@@ -14,7 +14,8 @@ image tasks also get FID, and with `eval.fvd_weights` (I3D) video tasks FVD, of 
 against the targets.
 
 The same evaluation runs every `eval_every` steps of training and as `--mode=eval`, which writes
-`DIR/eval/metrics.json`; `--mode=sample` writes a grid per task (and a GIF per video task).
+`DIR/eval/metrics.json`; `--mode=sample` writes a grid per task (and a GIF per video task), named
+apart from training's.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import jax
 import numpy as np
 import scipy.linalg
-from absl import logging
 
 from lavin_jax import metrics
 from lavin_jax.data import episodes, scoring
@@ -108,10 +108,12 @@ def check_files(config) -> None:
 class Evaluation:
     """The held-out episodes of every task, drawn once and kept as uint8 (a quarter of float32's
     memory); `run(predictor)` scores a model on them. `episodes_per_task` defaults to
-    `eval.episodes`; `distances`: FID/FVD where configured."""
+    `eval.episodes`; `distances`: FID/FVD where configured; `prefix`: the grids' names,
+    `<prefix>_<task>`."""
 
-    def __init__(self, config, *, episodes_per_task: int | None = None, distances: bool = True):
+    def __init__(self, config, *, episodes_per_task: int | None = None, distances: bool = True, prefix: str = "samples"):
         c = config
+        self.prefix = prefix
         source = episodes.Episodes(eval_data(c), c.seed + 1, c.global_batch_size)
         self.config = c
         self.pairs = int(c.sample.num_pairs or c.data.max_pairs)
@@ -141,8 +143,12 @@ class Evaluation:
                 row["model"][distance] = frechet_distance(features(np.clip(model, -1.0, 1.0)), real)
             rows[name] = {**row, **{who: dict(scores) for who, scores in baselines.items()}}
             examples[name] = (scoring.from_uint8(drawn["cond"][:shown]), model[:shown], target[:shown])
-            grids[f"samples_{file_name(name)}"] = metrics.episode_grid(*examples[name], scale=metrics.display_scale(target.shape[2]))
+            grids[self.grid_name(name)] = metrics.episode_grid(*examples[name], scale=metrics.display_scale(target.shape[2]))
         return {"pairs": self.pairs, "episodes": self.count, "tasks": rows, "grids": grids, "examples": examples}
+
+    def grid_name(self, task: str) -> str:
+        """The name of a task's grid (and a video task's animation): `<prefix>_<task>`."""
+        return f"{self.prefix}_{file_name(task)}"
 
     def _baselines(self, name: str, component, drawn: dict, target: np.ndarray) -> tuple[dict, np.ndarray | None]:
         """({baseline: its scores}, the targets' features or None) of a task, computed at the
@@ -201,5 +207,4 @@ def write(report: dict, workdir: str, step: int) -> str:
     kept = {name: report[name] for name in ("pairs", "episodes", "tasks")}
     with open(path, "w") as f:
         json.dump({"step": int(step), **kept}, f, indent=2)
-    logging.info("Wrote %s.", path)
     return path

@@ -1,15 +1,19 @@
 """Entry point: `python -m lavin_jax.main --config=configs/tiny.py --workdir=DIR [--mode=...]`.
 
 Run the same command on every host of a pod; run it again to resume. Any config field can be
-overridden, e.g. `--config.total_steps=1000 --config.mesh.fsdp=4`.
+overridden, e.g. `--config.total_steps=1000 --config.mesh.fsdp=4`. A mistake in the command, the
+config or the files it names stops the run with one line, `error: <sentence>`, and exit status 1.
 """
 
 from __future__ import annotations
 
+import dis
 import functools
 import json
 import logging as logging_std
 import os
+import re
+import sys
 import time
 
 import jax
@@ -26,15 +30,19 @@ _MODE = flags.DEFINE_enum(
     "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
     "its per-device memory); latent_stats (of the ST-VAE run in --workdir); latent_cache (encode "
     "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (a grid "
-    "per task of the J-DiT run in --workdir, in DIR/samples); eval (its per-task scores beside the "
-    "baselines, in DIR/eval/metrics.json). sample and eval take the model and data from the run's "
-    "checkpoint, and from --config the fields EVAL_FIELDS name (e.g. --config.eval.episodes=64).",
+    "per task of the J-DiT run in --workdir, in DIR/samples/sampled_<task>_<step>.png); eval (its "
+    "per-task scores beside the baselines, in DIR/eval/metrics.json). sample and eval take the model "
+    "and data from the run's checkpoint, and from --config the fields EVAL_FIELDS name (e.g. "
+    "--config.eval.episodes=64).",
 )
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "cpu:8", "compile: the devices to compile for: cpu:N (N CPU devices) or a TPU topology "
     "such as v5p:4x4x4 (abstract devices; needs libtpu).",
 )
 _EXAMPLES = flags.DEFINE_integer("examples", 256, "latent_stats / latent_cache: how many images or episodes to encode.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "sample / eval: the folder their files go to instead of --workdir (e.g. for a run that cannot be written).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -51,6 +59,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
+    use_compile_cache(config.compile_cache)
     if _MODE.value == "summary":
         # Abstract evaluation only: the mesh is for the pod, not this host, so it is not checked.
         config_lib.validate(config, num_devices=None)
@@ -81,7 +90,7 @@ def main(argv):
     parallel.initialize_distributed()
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(), jax.local_device_count())
     if _MODE.value in ("sample", "eval"):
-        evaluate_run(config, _WORKDIR.value, _MODE.value)
+        evaluate_run(config, _WORKDIR.value, _MODE.value, _OUTPUT_DIR.value)
         return
     train.train(config, _WORKDIR.value)
 
@@ -90,28 +99,72 @@ def main(argv):
 EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale")
 
 
-def evaluate_run(config, workdir: str, mode: str) -> dict:
-    """Samples (`sample`: a PNG grid per task, a GIF per video task) or scores (`eval`: the
-    table, `DIR/eval/metrics.json`, TensorBoard) the newest checkpoint of the J-DiT run in
-    `workdir`."""
+def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None) -> dict:
+    """Samples (`sample`: a PNG grid per task, a GIF per video task, in `samples/`) or scores
+    (`eval`: the table, `eval/metrics.json`, `metrics.jsonl`, TensorBoard) the newest checkpoint of
+    the J-DiT run in `workdir`, writing into `output_dir` (default: `workdir`). Where that cannot
+    be written it says so before any work: `eval` then only prints its table, `sample` stops."""
+    out = output_dir or workdir
+    blocked = unwritable(out)
+    if blocked and (output_dir or mode == "sample"):
+        raise PermissionError(f"--mode={mode} cannot write {blocked}; name a folder it can write with --output_dir.")
+    if blocked:
+        logging.warning("%s cannot be written: the scores are printed, not saved; --output_dir=DIR saves them in DIR.", blocked)
     overrides = {name: functools.reduce(lambda node, part: node[part], name.split("."), config) for name in EVAL_FIELDS}
     evaluation.check_files(train.trained_config(workdir, "jdit", overrides=overrides)[0])  # before any weight is read.
     predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
     shown = predictor.config.sample.num_examples if mode == "sample" else None
-    report = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval").run(predictor)
-    writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    # Named apart from the grids training writes, which --mode=sample's would overwrite.
+    held_out = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval", prefix="sampled")
+    report = held_out.run(predictor)
+    primary = jax.process_index() == 0
+    if mode == "eval" and primary:
+        print(evaluation.table(report))
+    if blocked:
+        return report
+    writer = metrics.MetricWriter(out, enabled=primary)
+    step = predictor.step
     if mode == "sample":
-        writer.write_images(predictor.step, report["grids"])
-        for task, examples in report["examples"].items():
-            if examples[2].shape[1] > 1:
-                writer.write_animation(predictor.step, f"samples_{evaluation.file_name(task)}", metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
+        writer.write_images(step, report["grids"])
+        videos = {task: examples for task, examples in report["examples"].items() if examples[2].shape[1] > 1}
+        for task, examples in videos.items():
+            writer.write_animation(step, held_out.grid_name(task), metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
+        if primary:
+            print(f"Wrote the grids of step {step} ({len(report['grids'])} PNGs, {len(videos)} GIFs) to {os.path.join(out, 'samples', held_out.prefix)}_*.")
     else:
-        writer.write_scalars(predictor.step, evaluation.scalars(report))
-        if jax.process_index() == 0:
-            evaluation.write(report, workdir, predictor.step)
-            print(evaluation.table(report))
+        writer.write_scalars(step, evaluation.scalars(report))
+        if primary:
+            print(f"Wrote the scores of step {step} to {evaluation.write(report, out, step)} and {os.path.join(out, 'metrics.jsonl')}.")
     writer.close()
     return report
+
+
+# What --mode=sample/eval write into their folder: MetricWriter's files and evaluation.write's.
+OUTPUTS = ("metrics.jsonl", "tensorboard", "samples", "eval", os.path.join("eval", "metrics.json"))
+
+
+def unwritable(directory: str) -> str | None:
+    """The first path of `directory` and its OUTPUTS that this process may not write (the path
+    itself where it exists, else the folder it would be made in), or None where all can be."""
+    for path in (directory, *(os.path.join(directory, name) for name in OUTPUTS)):
+        path = os.path.abspath(path)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.access(path, os.W_OK):
+            return path
+    return None
+
+
+def use_compile_cache(directory: str) -> None:
+    """Turns on JAX's persistent compilation cache in `directory` ("": leaves it off), so that a
+    restarted or repeated run reads its compiled programs instead of compiling them again."""
+    if not directory:
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+    # JAX keeps only programs that took a second or more to compile; the tiny config's train step,
+    # initialisation and samplers take about that on a fast CPU. The many programs under 0.1 s are
+    # as quick to compile again as to read.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def compile_report(config, topology: str) -> dict:
@@ -156,8 +209,58 @@ def _report_table(report: dict) -> str:
     return "\n".join(f"{name:>18}  {value}" for name, value in rows)
 
 
+# Where a --config.<field> override or the --config file appears on a command line, as
+# ml_collections finds them.
+_OVERRIDE = re.compile(r"-{1,2}(?:no)?config\.([^=]+)")
+_CONFIG_FILE = re.compile(r"-{1,2}config(?:=(.*))?$")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing of the command line, each mistake in it a ValueError sentence. The --config
+    file and the fields its --config.<field> flags name are checked first: ml_collections looks the
+    fields up while absl parses, and a misspelt one escapes as an AttributeError traceback."""
+    try:
+        args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+        path, fields = None, []
+        for i, arg in enumerate(args):
+            if file := _CONFIG_FILE.match(arg):
+                path = file.group(1) if file.group(1) is not None else (args[i + 1] if i + 1 < len(args) else None)
+            elif override := _OVERRIDE.match(arg):
+                fields.append(override.group(1))
+        if path is not None:
+            config = config_lib.load(path)
+            for name in fields:
+                config_lib.locate(config, name)
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        raise ValueError(str(error)) from None
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def for_a_person(error: BaseException) -> bool:
+    """Whether `error` is lavin_jax telling a person what to change: a ValueError or OSError made by
+    a `raise` statement of this package, each one sentence naming the field or file. The same
+    types raised anywhere else (inside jax or numpy, or by an operation of ours gone wrong) are
+    bugs, whose traceback says where."""
+    if not isinstance(error, (ValueError, OSError)):
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    code = frame.tb_frame.f_code
+    return code.co_filename.startswith(_PACKAGE + os.sep) and code.co_code[frame.tb_lasti] == dis.opmap["RAISE_VARARGS"]
+
+
 def run():
-    app.run(main)
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except (ValueError, OSError) as error:
+        if not for_a_person(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

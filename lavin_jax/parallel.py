@@ -93,12 +93,14 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
     if free:
         if num_devices % fixed:
             raise ValueError(
-                f"config.mesh: the fixed axes' product {fixed} does not divide the {num_devices} devices."
+                f"config.mesh: the fixed axes' product {fixed} does not divide the {num_devices} devices "
+                f"(on a CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count={fixed} to simulate {fixed} devices)."
             )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ValueError(
-            f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices."
+            f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices "
+            f"(on a CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count={fixed} to simulate {fixed} devices)."
         )
     return sizes
 

@@ -42,6 +42,7 @@ SMALL = {
     "sample.num_examples": 2,
     "flow.sample_steps": 3,
     "eval.episodes": 2,
+    "compile_cache": "",  # the command lines tests run keep no compiled programs in the user's home.
 }
 
 

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -128,13 +129,38 @@ def test_eval_and_sample_modes_write_scores_grids_and_animations(trained_jdit, c
     assert written["step"] == 1 and written["episodes"] == 2 and written["pairs"] == 1
     assert set(written["tasks"]) == {"flip", "edges", "frame_prediction"}
     assert set(written["tasks"]["edges"]) == {"metric", "video", "model", "query_copied", "mean_target"}
-    assert "frame_prediction" in capsys.readouterr().out  # the table.
+    printed = capsys.readouterr().out
+    assert "frame_prediction" in printed  # the table.
+    assert f"Wrote the scores of step 1 to {workdir / 'eval' / 'metrics.json'} and {workdir / 'metrics.jsonl'}." in printed
     logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert logged[-1]["step"] == 1 and "eval/edges/f1" in logged[-1] and "eval_mean_target/flip/psnr" in logged[-1]
     main.evaluate_run(flags, str(workdir), "sample")
-    samples = set(os.listdir(workdir / "samples"))
-    assert {"samples_flip_0000001.png", "samples_edges_0000001.png", "samples_frame_prediction_0000001.png",
-            "samples_frame_prediction_0000001.gif"} <= samples
+    # Named apart from training's samples_<task>_<step>.png, which a run of the same step has.
+    assert {"sampled_flip_0000001.png", "sampled_edges_0000001.png", "sampled_frame_prediction_0000001.png",
+            "sampled_frame_prediction_0000001.gif"} <= set(os.listdir(workdir / "samples"))
+    assert f"to {workdir / 'samples' / 'sampled'}_*." in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_be_written_is_found_before_any_work(trained_jdit, tmp_path, monkeypatch, capsys):
+    """--mode=eval prints its table and writes nowhere, or into --output_dir; --mode=sample asks for
+    --output_dir before reading a weight. Tests run as root, whom file modes do not stop, so the run
+    is made read-only where main asks: os.access."""
+    _, workdir = trained_jdit
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not (mode & os.W_OK and str(path).startswith(str(workdir))) and access(path, mode, **kw))
+    files = lambda: {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+    before = files()
+    flags = small_config(**{"eval.episodes": 1, "flow.sample_steps": 1})
+    main.evaluate_run(flags, str(workdir), "eval")
+    assert "frame_prediction" in capsys.readouterr().out  # the table.
+    assert files() == before
+    main.evaluate_run(flags, str(workdir), "eval", output_dir=str(tmp_path / "out"))
+    assert "frame_prediction" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())["episodes"] == 1
+    assert files() == before
+    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the run was found read-only"))
+    with pytest.raises(PermissionError, match=re.escape(f"--mode=sample cannot write {workdir}; name a folder it can write with --output_dir.")):
+        main.evaluate_run(flags, str(workdir), "sample")
 
 
 def test_eval_mode_names_a_missing_feature_network_before_any_weight_is_read(trained_jdit, tmp_path, monkeypatch):
