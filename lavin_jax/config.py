@@ -98,6 +98,8 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.flow.t_std = 1.0
     c.flow.shift = 1.0
     c.flow.l1_weight = 0.1
+    c.flow.prediction = "velocity"  # velocity (as the official code) | data (the clean answer; see flow.py).
+    c.flow.min_remaining = 0.05  # prediction='data': the floor of 1 - t in its velocity (x1 - x_t) / (1 - t).
     c.flow.sample_steps = 20
     c.flow.sampler = "euler"  # euler (as the official code) | heun (second order, 2 model calls a step).
     c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform; official (the release's, 19 steps).

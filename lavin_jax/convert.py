@@ -173,6 +173,11 @@ def export(run: str, out: str, dtype=np.float32) -> int:
     official names and layouts, one tensor at a time; returns how many tensors."""
     config, step = train.trained_config(run)
     family = config.model.name
+    if family == "jdit" and config.flow.prediction != "velocity":
+        raise ValueError(
+            f"Run {run!r} predicts {config.flow.prediction!r} (config.flow.prediction); the official code "
+            "reads a J-DiT's output as a velocity, so only a velocity model can be exported."
+        )
     s = train.setup(config, parallel.make_mesh(config))
     params = train.restore_ema(run, step, s.abstract_state["ema"])
     rules = official.jdit_rules(config.model) if family == "jdit" else official.stvae_rules(config.model)

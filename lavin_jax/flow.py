@@ -3,6 +3,12 @@
 Convention of the official code: t=0 is noise x0, t=1 is data x1, x_t = t*x1 + (1-t)*x0, and the
 model predicts the velocity x1 - x0. Sampling integrates t from 0 to 1 (Euler steps, as the
 official code, or Heun steps).
+
+`flow.prediction='data'` lets the model predict the clean answer x1 instead, as JiT ("Back to
+Basics: Let Denoising Generative Models Denoise", arXiv 2511.13720) does in pixel space: the
+velocity is then (x1_pred - x_t) / (1 - t), and loss and sampler are unchanged. A small model finds
+a clean image (often a copy or a transform of the query) far easier to produce than noise, and
+the last sampling step lands exactly on its answer instead of leaving unremoved noise.
 """
 
 from __future__ import annotations
@@ -25,6 +31,27 @@ def interpolate(x0: jax.Array, x1: jax.Array, t: jax.Array) -> jax.Array:
     return t * x1 + (1 - t) * x0
 
 
+PREDICTIONS = ("velocity", "data")
+
+
+def velocity(model, prediction: str = "velocity", min_remaining: float = 0.05) -> Callable[[jax.Array, jax.Array, dict], jax.Array]:
+    """(x_t, t, context) -> the velocity of `model`, which predicts `prediction`: the velocity
+    itself, or the clean data x1, whose velocity is (x1 - x_t) / (1 - t) with 1 - t floored at
+    `min_remaining` (JiT's clip). Without the floor the velocity loss weighs the nearly clean end
+    without bound (1 / (1 - t)^2); with it, training and sampling share one map from output to
+    velocity, and past t = 1 - min_remaining the output acts as a scaled velocity."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"Prediction {prediction!r} must be one of {', '.join(PREDICTIONS)}.")
+    if prediction == "velocity":
+        return model
+
+    def from_data(x, t, context):
+        remaining = jnp.maximum(1.0 - t, min_remaining).reshape(-1, *([1] * (x.ndim - 1)))
+        return (model(x, t, context) - x) / remaining
+
+    return from_data
+
+
 def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]:
     """Velocity MSE plus `l1_weight` times velocity L1, each a mean per example, then over the batch."""
     x1 = batch["target"]
@@ -32,7 +59,8 @@ def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]
     noise_key, time_key = jax.random.split(key)
     x0 = jax.random.normal(noise_key, x1.shape, x1.dtype)
     t = sample_time(time_key, x1.shape[0], flow_cfg)
-    error = model(interpolate(x0, x1, t), t, context) - (x1 - x0)
+    predicted = velocity(model, flow_cfg.prediction, flow_cfg.min_remaining)
+    error = predicted(interpolate(x0, x1, t), t, context) - (x1 - x0)
     axes = tuple(range(1, error.ndim))
     mse = jnp.mean(jnp.square(error), axis=axes)
     l1 = jnp.mean(jnp.abs(error), axis=axes)
@@ -108,19 +136,22 @@ def unconditional(context: dict, frames: int = 1) -> dict:
     return {**context, "cond": jnp.concatenate([jnp.zeros_like(query), query], axis=1)}
 
 
-def sample(model, context: dict, keys: jax.Array, shape, grid, *, cfg_scale=None, method: str = "euler") -> jax.Array:
+def sample(model, context: dict, keys: jax.Array, shape, grid, *, cfg_scale=None, method: str = "euler",
+           prediction: str = "velocity", min_remaining: float = 0.05) -> jax.Array:
     """Draws targets of `shape` (B, T, H, W, C) for `context`, whose query is its last T frames,
     integrating over the time `grid`, with classifier-free guidance of scale `cfg_scale` (may be
-    traced; None: no guidance, and no unconditional branch). Example b's noise comes from
-    `keys[b]` alone, so it does not depend on the batch it is in."""
+    traced; None: no guidance, and no unconditional branch). `model` predicts `prediction`
+    (`velocity`'s arguments). Example b's noise comes from `keys[b]` alone, so it does not depend
+    on the batch it is in."""
     uncond = unconditional(context, shape[1])
+    model_velocity = velocity(model, prediction, min_remaining)
 
-    def velocity(x, t):
-        v = model(x, t, context)
+    def guided(x, t):
+        v = model_velocity(x, t, context)
         if cfg_scale is None:
             return v
-        v_uncond = model(x, t, uncond)
+        v_uncond = model_velocity(x, t, uncond)
         return v_uncond + cfg_scale * (v - v_uncond)
 
     x0 = jax.vmap(lambda key: jax.random.normal(key, shape[1:], jnp.float32))(keys)
-    return integrate(velocity, x0, grid, method)
+    return integrate(guided, x0, grid, method)

@@ -150,6 +150,11 @@ def _jdit_block(stream: str) -> list[tuple[str, str, _Layout]]:
 
 def jdit_rules(model_config) -> list[Rule]:
     """The rules of a J-DiT (`config.model` of the jdit family) for `lavin_dit.safetensors`."""
+    if model_config.pos_embed != "none":
+        raise ValueError(
+            f"config.model.pos_embed={model_config.pos_embed!r}: the released J-DiT has 3D RoPE alone, "
+            "so only a model with pos_embed='none' has its layout."
+        )
     rules = []
     # Each patch embedding is nn.Sequential(Linear, LayerNorm).
     for ours, official in (("cond_embed", "cond_embedder"), ("target_embed", "x_embedder")):

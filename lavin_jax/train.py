@@ -459,17 +459,8 @@ def _summary(config, step: int, saved: list[int], checkpoint_dir: str, outputs: 
 
 
 def _eval_table(scalars: dict[str, float]) -> str:
-    """Evaluation scalars as a table: those of `evaluation.scalars` (`eval/<task>/<value>` and a
-    baseline's `eval_<baseline>/<task>/<value>`) read back into `evaluation.table`, then any other
-    (an objective without baselines) by name."""
-    tasks, others = {}, {}
-    for name, value in scalars.items():
-        prefix, _, rest = name.partition("/")
-        task, _, field = rest.rpartition("/")  # record tasks are named <directory>/<task>.
-        who = "model" if prefix == "eval" else prefix.removeprefix("eval_")
-        if task and who in evaluation.ANSWERS:
-            tasks.setdefault(task, {}).setdefault(who, {})[field] = value
-        else:
-            others[name] = value
+    """Evaluation scalars as `evaluation.table` prints them, then any others (an objective without
+    baselines) by name."""
+    tasks, others = evaluation.from_scalars(scalars)
     lines = [evaluation.table({"tasks": tasks})] if tasks else []
     return "\n".join(lines + [f"{name:<42} {value:.4g}" for name, value in others.items()])

@@ -158,7 +158,7 @@ def test_model_config_mismatch_names_fields_and_both_values(saved, config):
     )
 
 
-@pytest.mark.parametrize("field,value", [("seed", 7), ("global_batch_size", 16), ("data.max_pairs", 1)])
+@pytest.mark.parametrize("field,value", [("seed", 7), ("global_batch_size", 24), ("data.max_pairs", 1)])
 def test_checkpoint_of_another_data_stream_is_refused(saved, config, field, value):
     directory, abstract = saved
     node, leaf = (config.data, field[5:]) if field.startswith("data.") else (config, field)

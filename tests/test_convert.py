@@ -13,6 +13,12 @@ from conftest import save_torch_archive, shipped_config, small_config
 from lavin_jax import convert, inference, latents, official, parallel, train
 
 
+
+def released_kind(**overrides):
+    """The tests' small J-DiT of the released kind (3D RoPE alone, predicting the velocity)."""
+    return small_config(**{"model.pos_embed": "none", "flow.prediction": "velocity", **overrides})
+
+
 def official_arrays(rules, model_config, seed):
     rng = np.random.default_rng(seed)
     shapes = official.official_shapes(rules, convert._our_shapes(model_config))
@@ -23,7 +29,7 @@ def official_arrays(rules, model_config, seed):
 def release(tmp_path_factory):
     """(directory, J-DiT config, ST-VAE config, official J-DiT arrays, official ST-VAE arrays)."""
     directory = tmp_path_factory.mktemp("release")
-    config, vae_config = small_config(), shipped_config("stvae_tiny", {}, {})
+    config, vae_config = released_kind(), shipped_config("stvae_tiny", {}, {})
     jdit = official_arrays(official.jdit_rules(config.model), config.model, 0)
     stvae = official_arrays(official.stvae_rules(vae_config.model), vae_config.model, 1)
     safetensors.numpy.save_file(jdit, str(directory / "lavin_dit.safetensors"))
@@ -79,7 +85,7 @@ def test_mismatches_are_listed_before_any_tensor_is_read(release, tmp_path):
     with pytest.raises(ValueError, match=r"broken.safetensors does not fit the model: 1 missing: prompt_embed; 1 unused: blocks.0.extra.weight; "
                                          r"1 misshapen: blocks.0.x_mlp.gate_proj.weight \(\d+, \d+\) \(expected"):
         convert.convert(str(tmp_path / "broken.safetensors"), None, str(tmp_path / "out"), config, vae_config)
-    bigger = small_config(**{"model.depth": 3})
+    bigger = released_kind(**{"model.depth": 3})
     with pytest.raises(ValueError, match=r"22 missing: blocks.2.cond_mlp.down_proj.weight, .* and 14 more"):
         convert.convert(str(directory / "lavin_dit.safetensors"), None, str(tmp_path / "out"), bigger, vae_config)
 
@@ -87,7 +93,7 @@ def test_mismatches_are_listed_before_any_tensor_is_read(release, tmp_path):
 def test_the_converted_model_is_prompted_and_fine_tuned_from(converted, tmp_path):
     predictor = inference.Predictor.from_workdir(converted["jdit"])
     assert predictor.predict([], np.zeros((20, 12, 3), np.uint8), steps=2).shape == (20, 12, 3)
-    config = small_config(**{"init_from": converted["jdit"]})
+    config = released_kind(**{"init_from": converted["jdit"]})
     step = train.check_init_from(config)
     s = train.setup(config, parallel.make_mesh(config))
     state = train.init_state(config, s, train.restore_ema(config.init_from, step, s.abstract_state["ema"]))
@@ -97,11 +103,27 @@ def test_the_converted_model_is_prompted_and_fine_tuned_from(converted, tmp_path
     np.testing.assert_array_equal(jax.device_get(state["ema"]["answer_embed"]), params["answer_embed"])
     assert not np.any(jax.device_get(state["opt"]["model"][1][0].mu["answer_embed"]))  # Adam starts fresh.
     with pytest.raises(ValueError, match=r"holds a model with model.depth=2 but the config has model.depth=3"):
-        train.check_init_from(small_config(**{"init_from": converted["jdit"], "model.depth": 3}))
+        train.check_init_from(released_kind(**{"init_from": converted["jdit"], "model.depth": 3}))
     with pytest.raises(FileNotFoundError, match=r"config.init_from=.* holds no checkpoint"):
-        train.check_init_from(small_config(**{"init_from": str(tmp_path)}))
+        train.check_init_from(released_kind(**{"init_from": str(tmp_path)}))
 
 
 def test_a_conversion_is_refused_as_a_run_to_resume(converted):
     with pytest.raises(ValueError, match=r"is a conversion, which holds EMA weights only: start a run from it with --config.init_from="):
-        train.train(small_config(), converted["jdit"])
+        train.train(released_kind(), converted["jdit"])
+
+
+
+def test_only_a_model_of_the_released_kind_is_given_the_official_layout(converted, tmp_path, monkeypatch):
+    config, step = train.trained_config(converted["jdit"])
+    # A 2D position embedding is not in the released model, which would read the weights as another model.
+    config.model.pos_embed = "sincos"
+    with pytest.raises(ValueError, match=r"config.model.pos_embed='sincos': the released J-DiT has 3D RoPE alone"):
+        official.jdit_rules(config.model)
+    # The official code reads the output as a velocity: a data-predicting run is refused, nothing written.
+    config.model.pos_embed, config.flow.prediction = "none", "data"
+    monkeypatch.setattr(train, "trained_config", lambda run: (config, step))
+    out = tmp_path / "mine.safetensors"
+    with pytest.raises(ValueError, match=r"predicts 'data' \(config.flow.prediction\).*only a velocity model can be exported"):
+        convert.export(converted["jdit"], str(out))
+    assert not out.exists()

@@ -9,7 +9,8 @@ from lavin_jax import flow
 
 def flow_config(**fields):
     c = ml_collections.ConfigDict(
-        dict(t_mean=0.0, t_std=1.0, shift=1.0, l1_weight=0.1, sample_steps=7, time_grid="lavin", cfg_scale=1.0)
+        dict(t_mean=0.0, t_std=1.0, shift=1.0, l1_weight=0.1, sample_steps=7, time_grid="lavin", cfg_scale=1.0,
+             prediction="velocity", min_remaining=0.05)
     )
     c.update(fields)
     return c

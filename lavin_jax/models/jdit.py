@@ -118,6 +118,9 @@ class JDiT(nnx.Module):
         c.in_channels = 16  # ST-VAE latent channels; 3 in pixel space.
         c.mlp_hidden = 0  # 0: LaVin-DiT's SwiGLU rule, int(8 * hidden / 3 / 64) * 64.
         c.rope_base = 10_000.0
+        # none: 3D RoPE alone, as LaVin-DiT. sincos: also DiT's fixed 2D sin-cos embedding on every
+        # frame's tokens, which gives a small model its "same place in the query" attention far sooner.
+        c.pos_embed = "none"
         c.norm_eps = 1e-6
         c.dtype = "bfloat16"  # compute dtype; parameters stay float32.
         c.attention = "auto"  # auto | xla | cudnn
@@ -131,6 +134,7 @@ class JDiT(nnx.Module):
             ("dtype", tuple(layers.DTYPES)),
             ("attention", ("auto", "xla", "cudnn")),
             ("remat", ("none", "full", "dots")),
+            ("pos_embed", ("none", "sincos")),
         ):
             if cfg[field] not in allowed:
                 raise ValueError(f"config.model.{field}={cfg[field]!r} must be one of {allowed}.")
@@ -146,6 +150,8 @@ class JDiT(nnx.Module):
                 f"config.model.num_heads={cfg.num_heads} is not divisible by "
                 f"config.model.num_kv_heads={cfg.num_kv_heads}."
             )
+        if cfg.pos_embed == "sincos" and cfg.hidden % 4:
+            raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for config.model.pos_embed='sincos'.")
         if (cfg.hidden // cfg.num_heads) % 6:
             raise ValueError(
                 f"config.model: head_dim=hidden/num_heads={cfg.hidden // cfg.num_heads} must be divisible "
@@ -189,8 +195,14 @@ class JDiT(nnx.Module):
         rope = layers.rope_3d(grid, self.cfg.hidden // self.cfg.num_heads, self.cfg.rope_base)
 
         dtype = layers.DTYPES[self.cfg.dtype]
-        c = constrain(self.cond_embed(cond.astype(dtype)), "batch", "length", "act_embed")
-        h = constrain(self.target_embed(x.astype(dtype)), "batch", "length", "act_embed")
+        c = self.cond_embed(cond.astype(dtype))
+        h = self.target_embed(x.astype(dtype))
+        if self.cfg.pos_embed == "sincos":
+            pos = layers.posemb_sincos_2d(height // p, width // p, self.cfg.hidden).astype(dtype)
+            c = c + jnp.tile(pos, (t_cond_frames, 1))
+            h = h + jnp.tile(pos, (t_frames, 1))
+        c = constrain(c, "batch", "length", "act_embed")
+        h = constrain(h, "batch", "length", "act_embed")
         t_emb = self.t_embed(t)
         t_cond = t_emb + self.prompt_embed[...]
         t_target = t_emb + self.answer_embed[...]

@@ -130,6 +130,18 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(patchify(x, self.patch)))
 
 
+def posemb_sincos_2d(height: int, width: int, dim: int, base: float = 10_000.0) -> jax.Array:
+    """Fixed 2D sin-cos position embedding, (height*width, dim), rows then columns (as DiT and
+    big_vision): the first half of the features encodes the row, the second the column, each as
+    sines then cosines of base**(-i/(dim/4))."""
+    if dim % 4:
+        raise ValueError(f"A 2D sin-cos embedding needs a width divisible by 4, not {dim}.")
+    omega = 1.0 / base ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
+    y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
+    parts = [f(pos.reshape(-1)[:, None] * omega[None, :]) for pos in (y, x) for f in (jnp.sin, jnp.cos)]
+    return jnp.concatenate(parts, axis=1)
+
+
 def rope_3d(grid: tuple[int, int, int], head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:
     """cos and sin tables, (T*H*W, head_dim), for 3D rotary embedding over a (T, H, W) token grid.
 

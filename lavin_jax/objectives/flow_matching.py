@@ -76,6 +76,8 @@ class FlowMatching(Objective):
             f.time_grid != "official" or f.sample_steps == len(flow.OFFICIAL_GRID) - 1,
             f"config.flow.time_grid='official' has {len(flow.OFFICIAL_GRID) - 1} steps but config.flow.sample_steps={f.sample_steps}.",
         )
+        require(0.0 < f.min_remaining <= 1.0, f"config.flow.min_remaining={f.min_remaining} must be in (0, 1].")
+        require(f.prediction in flow.PREDICTIONS, f"config.flow.prediction={f.prediction!r} must be one of {', '.join(flow.PREDICTIONS)}.")
         require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
         require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
@@ -192,7 +194,8 @@ class FlowMatching(Objective):
                     context = self.encoded(context, constants, frames)
                 keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
                 shape = (cond.shape[0], self.model_frames(frames), size, size, channels)
-                prediction = flow.sample(model, context, keys, shape, grid, cfg_scale=cfg_scale if guided else None, method=method)
+                prediction = flow.sample(model, context, keys, shape, grid, cfg_scale=cfg_scale if guided else None,
+                                         method=method, prediction=c.flow.prediction, min_remaining=c.flow.min_remaining)
                 if c.vae.name == "stvae":
                     prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
                 return prediction
