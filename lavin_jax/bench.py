@@ -56,11 +56,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from lavin_jax import checkpoint, flow, models, parallel, summary, train
-from lavin_jax import config as config_lib
+from lavin_jax import checkpoint, models, parallel, summary, train, validation
+from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
 from lavin_jax.models import jdit
-from lavin_jax.objectives import flow_matching
+from lavin_jax.objectives import generative
 
 # Dense peak TFLOP/s per chip at the compute dtype the configs use (bfloat16), from the vendors'
 # data sheets; a device kind not listed reports no MFU unless --peak_tflops is given.
@@ -92,7 +92,7 @@ class Bench:
 
     config: object
     mesh: Mesh
-    s: train.Setup
+    s: state_lib.Setup
     state: dict
     constants: dict
     peak_tflops: float
@@ -113,7 +113,7 @@ class Bench:
     def flops(self, cond_items: int, item_frames: int, pixel_items: bool = True) -> int:
         """Forward FLOPs of one example with `cond_items` condition items and one target item."""
         frames = self.model_frames(item_frames, pixel_items)
-        size, _ = flow_matching.frame_shape(self.config)
+        size, _ = generative.frame_shape(self.config)
         return jdit.JDiT.forward_flops(self.config.model, cond_items * frames, frames, size, size)
 
     def counted_flops(self, fn, *args) -> int:
@@ -125,22 +125,22 @@ def prepare(config, peak_tflops: float = 0.0, profile_dir: str = "") -> Bench:
     """Checks the config, then builds the state and constants on this host's devices."""
     if config.model.name != "jdit":
         raise ValueError(f"config.model.name={config.model.name!r}: the benchmark harness measures J-DiT configs.")
-    config_lib.validate(config, jax.device_count(), jax.process_count())
+    validation.validate(config, jax.device_count(), jax.process_count())
     mesh = parallel.make_mesh(config)
-    s = train.setup(config, mesh)
+    s = state_lib.setup(config, mesh)
     constants = _constants(config, s, mesh)
     peak = peak_tflops or PEAK_TFLOPS.get(jax.devices()[0].device_kind, 0.0)
-    return Bench(config, mesh, s, train.init_state(config, s), constants, peak, profile_dir)
+    return Bench(config, mesh, s, state_lib.init_state(config, s), constants, peak, profile_dir)
 
 
-def _constants(config, s: train.Setup, mesh: Mesh) -> dict:
+def _constants(config, s: state_lib.Setup, mesh: Mesh) -> dict:
     """The objective's constants: from the ST-VAE run config.vae.checkpoint names, or, where there
     is none yet, random weights of the released ST-VAE's shapes."""
     v = config.vae
     directory = os.path.join(v.checkpoint, "checkpoints")
     if v.name != "stvae" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
         s.objective.check_files()
-        return train.place_constants(s)
+        return state_lib.place_constants(s)
     s.objective.abstract_constants(mesh)  # the released ST-VAE's config and latent statistics.
     model_config = s.objective.autoencoder.config.model
     init = lambda: nnx.split(models.build(model_config, nnx.Rngs(0)), nnx.Param)[1].to_pure_dict()
@@ -252,7 +252,7 @@ def train_step(b: Bench, steps: int) -> dict:
     items = abstract["cond"].shape[1] // item_frames
     pixel_items = c.data.source != "latents"
     flops = 3 * b.flops(items, item_frames, pixel_items)
-    size, _ = flow_matching.frame_shape(c)
+    size, _ = generative.frame_shape(c)
     encode_flops = 0
     if c.vae.name == "stvae" and c.data.source == "synthetic":  # pixels are encoded inside the step.
         one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in abstract.items()}
@@ -284,7 +284,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     c = b.config
     pairs, steps = c.sample.num_pairs or c.data.max_pairs, c.flow.sample_steps
     sampler = b.s.objective.sampler(b.s.graphdefs["model"], b.mesh)
-    grid = flow.time_grid(steps, c.flow.time_grid)
+    traced, static = b.s.objective.sample_options(sampler="euler")
     # Every step runs the model on the episode and on its unconditional branch, [0, query].
     flops = steps * (b.flops(2 * pairs + 1, 1) + b.flops(2, 1))
     report = {"steps": steps, "pairs": pairs, "cfg_scale": c.flow.cfg_scale, "model_flops_per_episode": flops}
@@ -292,7 +292,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     for n in sorted({1, batch}):
         cond = parallel.replicate(_random((n, 2 * pairs + 1, c.data.image_size, c.data.image_size, 3)), b.mesh)
         indices = np.arange(n)
-        call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, cond, 0, indices, grid, c.flow.cfg_scale, 1, True, "euler"))
+        call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, {"cond": cond}, 0, indices, traced, 1, static))
         first, seconds = _seconds(call, repeats)
         # A batch the mesh cannot split is worked whole by every batch shard.
         achieved = _tflops(flops * n, seconds, jax.device_count() // (1 if n % shards == 0 else shards))
@@ -359,7 +359,8 @@ def data(b: Bench, steps: int) -> dict:
     so batches 1..steps are timed. Each is run twice, alternating, and the faster run counts."""
     c = b.config
     rows = c.global_batch_size // jax.process_count()
-    make = lambda: pipeline.make_iterator(c, jax.process_index(), jax.process_count())
+    examples = b.s.objective.source(c.seed)
+    make = lambda: pipeline.make_iterator(c, examples, jax.process_index(), jax.process_count())
     alone = make()
     next(alone)  # threads (and workers) started, first reads done.
     started = time.perf_counter()

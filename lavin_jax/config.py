@@ -1,7 +1,8 @@
 """The one config schema every run shares, and its validation.
 
-`configs/*.py` start from `base()` and change a few fields; `validate()` turns every mistake a
-person can make in a config into one sentence naming the field, before anything is compiled.
+`configs/*.py` start from `base()` and change a few fields; `lavin_jax.validation` turns every
+mistake a person can make in a config into one sentence naming the field, before anything is
+compiled. This module is the house's ground floor: it imports no objective, trainer or runner.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 
 import ml_collections
 
-from lavin_jax import models, objectives, parallel
+from lavin_jax import models
 from lavin_jax.data import synthetic
 from lavin_jax.models import discriminator
 
@@ -61,6 +62,11 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.compile_cache = "~/.cache/lavin_jax/jax"
 
     c.model = models.default_config(model)
+    # What the run trains (`lavin_jax.objectives`: flow | ddpm | autoencoding) and how the model is
+    # told what to make (`lavin_jax.conditioning`: incontext episodes | class labels | none); both
+    # default to the family's own.
+    c.objective = models.FAMILIES[model].objective
+    c.conditioning = models.FAMILIES[model].conditioning
 
     c.vae = ml_collections.ConfigDict()
     c.vae.name = "stvae"  # stvae: J-DiT works on ST-VAE latents; none: on RGB pixels.
@@ -72,10 +78,13 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.data.latent_dir = ""  # source='latents': a cache written by --mode=latent_cache.
     c.data.image_size = 256
     c.data.max_pairs = 8  # K in [1, max_pairs] in-context pairs, drawn per batch.
-    c.data.cond_drop_prob = 0.1  # share of batches trained with the pairs dropped (CFG).
+    c.data.cond_drop_prob = 0.1  # share trained unconditionally (CFG): batches without pairs, or null labels.
     c.data.tasks = tuple(synthetic.TASKS)  # the built-in suite, all 27 tasks, images and videos.
     c.data.task_weights = ()  # "task=weight" entries for synthetic or record tasks; others weigh 1.
     c.data.records = ()  # directories of ArrayRecord shards written by `python -m lavin_jax.data.ingest`.
+    # conditioning='class': the labelled images, "digits" (scikit-learn's bundled 8x8 digits),
+    # "tfds:<name>" (an image classification dataset) or a directory written by ingest's `classes:`.
+    c.data.classes = "digits"
     c.data.video_frames = 5  # frames of each input and target clip of a video task (1+4k for the ST-VAE).
     c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
     c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).
@@ -104,6 +113,17 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.flow.sampler = "euler"  # euler (as the official code) | heun (second order, 2 model calls a step).
     c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform; official (the release's, 19 steps).
     c.flow.cfg_scale = 1.5
+
+    # Gaussian diffusion (objective='ddpm'), as DiT trains and samples it.
+    c.ddpm = ml_collections.ConfigDict()
+    c.ddpm.num_steps = 1000
+    c.ddpm.beta_start = 1e-4  # linear betas, scaled by 1000 / num_steps.
+    c.ddpm.beta_end = 0.02
+    c.ddpm.sample_steps = 250  # respaced, as DiT samples.
+    c.ddpm.sampler = "ddpm"  # ddpm (ancestral) | ddim
+    c.ddpm.eta = 0.0  # DDIM's noise.
+    c.ddpm.cfg_scale = 1.5
+    c.ddpm.guided_channels = 0  # guidance on the first N noise channels; 0: all (DiT's sample.py: 3).
 
     # ST-VAE training (model.name='stvae'): loss weights, the perceptual net, the discriminator.
     c.autoencoder = ml_collections.ConfigDict()
@@ -136,11 +156,12 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict()
     c.sample.num_examples = 4  # episodes per task shown in each sample grid.
     c.sample.num_pairs = 0  # pairs of each shown and evaluated episode; 0: data.max_pairs.
+    c.sample.num = 0  # conditioning='class', --mode=sample: images into samples/<step>.npz, classes balanced.
 
-    # J-DiT evaluation (--mode=eval, and every eval_every steps): held-out episodes of every task,
-    # scored beside the baselines.
+    # Evaluation (--mode=eval, and every eval_every steps): held-out episodes of every task scored
+    # beside the baselines, or samples of every class judged by a classifier of the real images.
     c.eval = ml_collections.ConfigDict()
-    c.eval.episodes = 16  # per task.
+    c.eval.episodes = 16  # per task, or per class.
     c.eval.records = ()  # record directories of held-out pairs (e.g. a test split); (): data.records.
     c.eval.fid_weights = ""  # Inception-v3 file for FID of image tasks (lavin_jax.tools.convert_fid).
     c.eval.fvd_weights = ""  # I3D file for FVD of video tasks.
@@ -191,48 +212,3 @@ def require(ok: bool, message: str) -> None:
     """Raises ValueError(message) unless `ok`: every config check's one sentence."""
     if not ok:
         raise ValueError(message)
-
-
-def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[str, int] | None:
-    """Raises ValueError naming the offending field; returns the mesh shape.
-
-    The model family checks its own fields (`models.check`), the objective its own sections
-    (`objectives.check`), and the data pipeline its sources and tasks when it is built, which the
-    trainer does next, before anything is compiled. With `num_devices=None` (abstract uses such as
-    `--mode=summary`) the mesh is not checked."""
-    for field in ("total_steps", "log_every", "checkpoint_every", "keep_checkpoints", "global_batch_size"):
-        require(int(config[field]) > 0, f"config.{field}={config[field]} must be positive.")
-    require(config.eval_every >= 0, f"config.eval_every={config.eval_every} must be non-negative (0: never).")
-    m = config.model
-    models.check(m)
-    objectives.check(config)
-    o = config.optim
-    require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
-    require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
-    require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
-    require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
-    require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
-
-    if num_devices is None:
-        return None
-    shape = parallel.mesh_shape(config.mesh, num_devices)
-    batch_shards = shape["data"] * shape["fsdp"]
-    require(
-        config.global_batch_size % batch_shards == 0,
-        f"config.global_batch_size={config.global_batch_size} is not divisible by the "
-        f"data-parallel size data*fsdp={batch_shards}.",
-    )
-    # Each process feeds its own rows, so every process must own whole data-parallel shards.
-    require(
-        batch_shards % num_processes == 0,
-        f"config.mesh: the data-parallel size data*fsdp={batch_shards} is not divisible by the "
-        f"{num_processes} processes, so hosts cannot each own whole batch shards.",
-    )
-    for field in ("num_heads", "num_kv_heads"):  # J-DiT's heads split over the tensor axis.
-        if field not in m:
-            continue
-        require(
-            m[field] % shape["tensor"] == 0,
-            f"config.model.{field}={m[field]} is not divisible by config.mesh.tensor={shape['tensor']}.",
-        )
-    return shape

@@ -35,7 +35,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from lavin_jax import checkpoint, latents, models, official, parallel, torch_files, train
+from lavin_jax import checkpoint, latents, models, official, parallel, runs, torch_files
 from lavin_jax import config as config_lib
 
 class SafetensorsReader:
@@ -143,11 +143,11 @@ def convert(jdit: str | None, stvae: str | None, out: str, config, vae_config) -
         raise FileExistsError(f"--out={out!r} is not empty; conversions write into a new directory.")
     jobs = []  # (name, config, rules, reader, our shapes)
     if stvae:
-        vae_config = train.data_parallel(vae_config.copy_and_resolve_references())
+        vae_config = runs.data_parallel(vae_config.copy_and_resolve_references())
         reader = DictReader(official.stvae_state(torch_files.load(stvae), stvae), stvae)
         jobs.append(("stvae", vae_config, official.stvae_rules(vae_config.model), reader, _our_shapes(vae_config.model)))
     if jdit:
-        config = train.data_parallel(config.copy_and_resolve_references())
+        config = runs.data_parallel(config.copy_and_resolve_references())
         if stvae:
             config.vae.checkpoint = os.path.abspath(os.path.join(out, "stvae"))
         jobs.append(("jdit", config, official.jdit_rules(config.model), SafetensorsReader(jdit), _our_shapes(config.model)))
@@ -171,17 +171,17 @@ def convert(jdit: str | None, stvae: str | None, out: str, config, vae_config) -
 def export(run: str, out: str, dtype=np.float32) -> int:
     """The EMA weights of `run` (a J-DiT or ST-VAE) written to `out` (.safetensors) under the
     official names and layouts, one tensor at a time; returns how many tensors."""
-    config, step = train.trained_config(run)
+    config, step = runs.trained_config(run)
     family = config.model.name
     if family == "jdit" and config.flow.prediction != "velocity":
         raise ValueError(
             f"Run {run!r} predicts {config.flow.prediction!r} (config.flow.prediction); the official code "
             "reads a J-DiT's output as a velocity, so only a velocity model can be exported."
         )
-    s = train.setup(config, parallel.make_mesh(config))
-    params = train.restore_ema(run, step, s.abstract_state["ema"])
+    _, abstract = runs.abstract_model(config.model, parallel.make_mesh(config), config.mesh.rules)
+    params = runs.restore_ema(run, step, abstract)
     rules = official.jdit_rules(config.model) if family == "jdit" else official.stvae_rules(config.model)
-    shapes = official.official_shapes(rules, _shapes(s.abstract_state["ema"]))
+    shapes = official.official_shapes(rules, _shapes(abstract))
     leaf = lambda path: np.asarray(jax.device_get(_get(params, path)))
     tensors = ((name, array) for rule in rules for name, array in zip(rule.official, rule.to_official(leaf(rule.ours))))
     return write_safetensors(out, shapes, tensors, np.dtype(dtype))

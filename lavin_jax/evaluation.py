@@ -1,4 +1,4 @@
-"""How good a J-DiT is, task by task, beside two baselines that show what it has learnt.
+"""How good an in-context model is, task by task, beside two baselines that show what it has learnt.
 
 Every task of the mixture (the configured synthetic tasks and the tasks of `eval.records`, or of
 `data.records` when that is empty) gets `eval.episodes` held-out episodes: drawn with seed
@@ -134,7 +134,7 @@ class Evaluation:
         rows, grids, examples = {}, {}, {}
         for name, (component, drawn) in self.tasks.items():
             frames = drawn["target"].shape[1]
-            model = predictor.sample(drawn["cond"], frames, seed=c.seed + 2, **options)
+            model = predictor.sample({"cond": drawn["cond"]}, frames, seed=c.seed + 2, **options)
             target = scoring.from_uint8(drawn["target"])
             baselines, real = self._baselines(name, component, drawn, target)
             row = {"metric": component.metric, "video": component.video, "model": scoring.METRICS[component.metric](model, target)}
@@ -145,6 +145,11 @@ class Evaluation:
             examples[name] = (scoring.from_uint8(drawn["cond"][:shown]), model[:shown], target[:shown])
             grids[self.grid_name(name)] = metrics.episode_grid(*examples[name], scale=metrics.display_scale(target.shape[2]))
         return {"pairs": self.pairs, "episodes": self.count, "tasks": rows, "grids": grids, "examples": examples}
+
+    # A conditioning's evaluator is read through these (`lavin_jax.conditioning`).
+    scalars = staticmethod(lambda report: scalars(report))
+    table = staticmethod(lambda report: table(report))
+    write = staticmethod(lambda report, workdir, step: write(report, workdir, step))
 
     def grid_name(self, task: str) -> str:
         """The name of a task's grid (and a video task's animation): `<prefix>_<task>`."""

@@ -126,29 +126,18 @@ def integrate(velocity: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Arr
     return jax.lax.scan(step, x0, (grid[:-1], grid[1:]))[0]
 
 
-def unconditional(context: dict, frames: int = 1) -> dict:
-    """The guidance branch LaVin-DiT samples against: the pairs dropped, the query kept.
-
-    As in the official inference code, the dropped pairs leave one zero item in front of the
-    query, so the unconditional condition stream is [0, query], each `frames` frames long."""
-    cond = context["cond"]
-    query = cond[:, -frames:]
-    return {**context, "cond": jnp.concatenate([jnp.zeros_like(query), query], axis=1)}
-
-
-def sample(model, context: dict, keys: jax.Array, shape, grid, *, cfg_scale=None, method: str = "euler",
-           prediction: str = "velocity", min_remaining: float = 0.05) -> jax.Array:
-    """Draws targets of `shape` (B, T, H, W, C) for `context`, whose query is its last T frames,
-    integrating over the time `grid`, with classifier-free guidance of scale `cfg_scale` (may be
-    traced; None: no guidance, and no unconditional branch). `model` predicts `prediction`
+def sample(model, context: dict, keys: jax.Array, shape, grid, *, uncond: dict | None = None, cfg_scale=None,
+           method: str = "euler", prediction: str = "velocity", min_remaining: float = 0.05) -> jax.Array:
+    """Draws targets of `shape` (B, T, H, W, C) for `context`, integrating over the time `grid`,
+    with classifier-free guidance of scale `cfg_scale` (may be traced) against the context
+    `uncond` (None: no guidance, and no unconditional branch). `model` predicts `prediction`
     (`velocity`'s arguments). Example b's noise comes from `keys[b]` alone, so it does not depend
     on the batch it is in."""
-    uncond = unconditional(context, shape[1])
     model_velocity = velocity(model, prediction, min_remaining)
 
     def guided(x, t):
         v = model_velocity(x, t, context)
-        if cfg_scale is None:
+        if uncond is None:
             return v
         v_uncond = model_velocity(x, t, uncond)
         return v_uncond + cfg_scale * (v - v_uncond)

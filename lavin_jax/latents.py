@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lavin_jax import checkpoint, parallel
+from lavin_jax import checkpoint, parallel, runs
 from lavin_jax import config as config_lib
 from lavin_jax.data import episodes, records, synthetic
 
@@ -83,18 +83,17 @@ def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=
 
     With `abstract`, only shapes: `params` are ShapeDtypeStructs, no array is read, and a workdir
     without checkpoints stands for the released ST-VAE (`--mode=compile` on a laptop)."""
-    from lavin_jax import train  # the trainer knows the state's layout; imported late (cycle).
-
     directory = os.path.join(workdir, "checkpoints")
     released = abstract and (not os.path.isdir(directory) or checkpoint.latest_step(directory) is None)
     if released:
-        config = train.data_parallel(config_lib.base("stvae"))  # its model config is the released ST-VAE's.
+        config = runs.data_parallel(config_lib.base("stvae"))  # its model config is the released ST-VAE's.
     else:
-        config, step = train.trained_config(workdir, "stvae")
-    s = train.setup(config, mesh or parallel.make_mesh(config))  # abstract: shapes and shardings only.
+        config, step = runs.trained_config(workdir, "stvae")
+    mesh = mesh or parallel.make_mesh(config)
+    graphdef, abstract_params = runs.abstract_model(config.model, mesh, config.mesh.rules)  # shapes and shardings only.
     if released:
-        return Autoencoder(config, s.graphdefs["model"], s.abstract_state["ema"], OFFICIAL_SHIFT, OFFICIAL_SCALE)
-    params = s.abstract_state["ema"] if abstract else train.restore_ema(workdir, step, s.abstract_state["ema"])
+        return Autoencoder(config, graphdef, abstract_params, OFFICIAL_SHIFT, OFFICIAL_SCALE)
+    params = abstract_params if abstract else runs.restore_ema(workdir, step, abstract_params)
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
     if os.path.exists(stats_path):
@@ -106,7 +105,7 @@ def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=
             f"ST-VAE run {workdir!r} has no {STATS_FILE}; compute it with: "
             f"python -m lavin_jax.main --mode=latent_stats --config=CONFIG --workdir={workdir}"
         )
-    return Autoencoder(config, s.graphdefs["model"], params, float(shift), float(scale))
+    return Autoencoder(config, graphdef, params, float(shift), float(scale))
 
 
 def compute_stats(workdir: str, examples: int = 256, batch: int = 16) -> dict:
@@ -200,7 +199,7 @@ class LatentEpisodes:
 
     Global batch b draws (K, video) as the pixel source does; its example i is cached episode
     i mod n of that kind (n of them), with its first K pairs and the query (K = 0: a zero latent
-    item, then the query, as `flow.unconditional` builds it)."""
+    item, then the query, as `incontext.InContext.null` builds it)."""
 
     def __init__(self, config):
         import grain

@@ -17,11 +17,13 @@ import sys
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lavin_jax import inference, latents, metrics, objectives, parallel, runs, summary, train, validation
 from lavin_jax import config as config_lib
-from lavin_jax import evaluation, inference, latents, metrics, parallel, summary, train
+from lavin_jax.data import scoring
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
@@ -29,9 +31,10 @@ _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache", "sample", "eval"],
     "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
     "its per-device memory); latent_stats (of the ST-VAE run in --workdir); latent_cache (encode "
-    "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (a grid "
-    "per task of the J-DiT run in --workdir, in DIR/samples/sampled_<task>_<step>.png); eval (its "
-    "per-task scores beside the baselines, in DIR/eval/metrics.json). sample and eval take the model "
+    "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (grids of "
+    "the run in --workdir, DIR/samples/sampled_<task or classes>_<step>.png; a class-conditional run "
+    "also writes config.sample.num images to DIR/samples/<step>.npz); eval (its scores, in "
+    "DIR/eval/metrics.json). sample and eval take the model "
     "and data from the run's checkpoint, and from --config the fields EVAL_FIELDS name (e.g. "
     "--config.eval.episodes=64).",
 )
@@ -62,7 +65,7 @@ def main(argv):
     use_compile_cache(config.compile_cache)
     if _MODE.value == "summary":
         # Abstract evaluation only: the mesh is for the pod, not this host, so it is not checked.
-        config_lib.validate(config, num_devices=None)
+        validation.validate(config, num_devices=None)
         result, table = summary.summarize(config)
         os.makedirs(_WORKDIR.value, exist_ok=True)
         with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
@@ -83,7 +86,7 @@ def main(argv):
         print(json.dumps(latents.compute_stats(_WORKDIR.value, _EXAMPLES.value)))
         return
     if _MODE.value == "latent_cache":
-        config_lib.validate(config, num_devices=None)
+        validation.validate(config, num_devices=None)
         written = latents.write_cache(config, _WORKDIR.value, _EXAMPLES.value)
         print(f"Wrote {written['examples']} episodes in {len(written['shards'])} shards to {_WORKDIR.value}.")
         return
@@ -95,15 +98,17 @@ def main(argv):
     train.train(config, _WORKDIR.value)
 
 
-# What --mode=sample/eval take from --config; the model, the data and the ST-VAE are the run's own.
-EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale")
+# What --mode=sample/eval take from --config; the model, the data and the autoencoder are the run's own.
+EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale",
+               "ddpm.sample_steps", "ddpm.sampler", "ddpm.eta", "ddpm.cfg_scale", "ddpm.guided_channels")
 
 
 def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None) -> dict:
-    """Samples (`sample`: a PNG grid per task, a GIF per video task, in `samples/`) or scores
-    (`eval`: the table, `eval/metrics.json`, `metrics.jsonl`, TensorBoard) the newest checkpoint of
-    the J-DiT run in `workdir`, writing into `output_dir` (default: `workdir`). Where that cannot
-    be written it says so before any work: `eval` then only prints its table, `sample` stops."""
+    """Samples (`sample`: the conditioning's grids in `samples/`, a GIF per video task, and for a
+    class-conditional run `sample.num` images in `samples/<step>.npz`) or scores (`eval`: the table,
+    `eval/metrics.json`, `metrics.jsonl`, TensorBoard) the newest checkpoint of the run in
+    `workdir`, writing into `output_dir` (default: `workdir`). Where that cannot be written it
+    says so before any work: `eval` then only prints its table, `sample` stops."""
     out = output_dir or workdir
     blocked = unwritable(out)
     if blocked and (output_dir or mode == "sample"):
@@ -111,32 +116,54 @@ def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None)
     if blocked:
         logging.warning("%s cannot be written: the scores are printed, not saved; --output_dir=DIR saves them in DIR.", blocked)
     overrides = {name: functools.reduce(lambda node, part: node[part], name.split("."), config) for name in EVAL_FIELDS}
-    evaluation.check_files(train.trained_config(workdir, "jdit", overrides=overrides)[0])  # before any weight is read.
+    trained = runs.trained_config(workdir, overrides=overrides)[0]
+    validation.validate(trained, num_devices=None)
+    objective = objectives.get(trained)
+    if not objective.samples:
+        raise ValueError(f"--mode={mode} samples a generative run; {workdir!r} trained config.objective={trained.objective!r}.")
+    objective.check_eval_files()  # before any weight is read.
     predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
     shown = predictor.config.sample.num_examples if mode == "sample" else None
     # Named apart from the grids training writes, which --mode=sample's would overwrite.
-    held_out = evaluation.Evaluation(predictor.config, episodes_per_task=shown, distances=mode == "eval", prefix="sampled")
-    report = held_out.run(predictor)
+    judged = predictor.conditioning.evaluator(count=shown, distances=mode == "eval", prefix="sampled")
+    report = judged.run(predictor)
     primary = jax.process_index() == 0
     if mode == "eval" and primary:
-        print(evaluation.table(report))
+        print(judged.table(report))
     if blocked:
         return report
     writer = metrics.MetricWriter(out, enabled=primary)
     step = predictor.step
     if mode == "sample":
         writer.write_images(step, report["grids"])
-        videos = {task: examples for task, examples in report["examples"].items() if examples[2].shape[1] > 1}
+        videos = {task: examples for task, examples in report.get("examples", {}).items() if examples[2].shape[1] > 1}
         for task, examples in videos.items():
-            writer.write_animation(step, held_out.grid_name(task), metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
+            writer.write_animation(step, judged.grid_name(task), metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
+        message = f"Wrote the grids of step {step} ({len(report['grids'])} PNGs, {len(videos)} GIFs) to {os.path.join(out, 'samples', judged.prefix)}_*"
+        if predictor.config.sample.num:
+            message += ", and " + write_npz(predictor, os.path.join(out, "samples", f"{step}.npz"), int(predictor.config.sample.num))
         if primary:
-            print(f"Wrote the grids of step {step} ({len(report['grids'])} PNGs, {len(videos)} GIFs) to {os.path.join(out, 'samples', held_out.prefix)}_*.")
+            print(message + ".")
     else:
-        writer.write_scalars(step, evaluation.scalars(report))
+        writer.write_scalars(step, judged.scalars(report))
         if primary:
-            print(f"Wrote the scores of step {step} to {evaluation.write(report, out, step)} and {os.path.join(out, 'metrics.jsonl')}.")
+            print(f"Wrote the scores of step {step} to {judged.write(report, out, step)} and {os.path.join(out, 'metrics.jsonl')}.")
     writer.close()
     return report
+
+
+def write_npz(predictor, path: str, num: int) -> str:
+    """`num` images of a class-conditional model, classes balanced (image i is of class i mod the
+    class count), image i's noise from (config.seed, i) on any mesh and batch size, into `path` as
+    ADM's evaluator reads them: `arr_0` uint8 [N, H, W, 3], and `labels`. Every process samples
+    its share of the devices' rows; process 0 writes."""
+    c = predictor.config
+    labels = np.arange(num, dtype=np.int32) % int(c.model.num_classes)
+    images = predictor.sample({"label": labels}, 1, seed=int(c.seed))
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path, arr_0=scoring.to_uint8(images[:, 0]), labels=labels)
+    return f"{num} images to {path}"
 
 
 # What --mode=sample/eval write into their folder: MetricWriter's files and evaluation.write's.
@@ -172,7 +199,7 @@ def compile_report(config, topology: str) -> dict:
     that would run out of memory on the pod is caught on a laptop."""
     devices = parallel.target_devices(topology)  # first: it sets the CPU device count.
     processes = len({device.process_index for device in devices})
-    shape = config_lib.validate(config, len(devices), processes)
+    shape = validation.validate(config, len(devices), processes)
     report = {
         "topology": topology,
         "device_kind": devices[0].device_kind,

@@ -1,19 +1,19 @@
 """The model-agnostic trainer: sharded train state, optimizers and EMA, one jitted step, the loop.
 
 What is trained, on what, with which loss is the objective's (`lavin_jax.objectives`, picked by
-`config.model.name`). The train state is a plain pytree of global jax.Arrays placed by the config's
-logical-axis rules: {step, params: {name: ...}, ema: the EMA of params["model"],
-opt: {name: optimizer state}}, one entry per module the objective trains.
+`config.objective`), and the examples are its source's. The train state (`lavin_jax.state`) is a
+plain pytree of global jax.Arrays placed by the config's logical-axis rules: {step, params:
+{name: ...}, ema: the EMA of params["model"], opt: {name: optimizer state}}. A generative model is
+judged by its samples: the trainer builds a `Predictor` around its EMA weights and the
+conditioning's evaluator.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
 import time
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,95 +21,12 @@ import numpy as np
 import optax
 import tqdm
 from absl import logging
-from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import checkpoint, evaluation, metrics, objectives, parallel, summary
-from lavin_jax import config as config_lib
+from lavin_jax import checkpoint, evaluation, inference, metrics, parallel, runs, summary, validation
+from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
-
-
-def make_optimizer(optim_cfg, total_steps: int):
-    """AdamW after global-norm clipping, with linear warmup then a constant or cosine rate."""
-    warmup = min(optim_cfg.warmup_steps, total_steps)
-    if optim_cfg.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, optim_cfg.lr, warmup, max(total_steps, warmup + 1))
-    else:
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, optim_cfg.lr, warmup), optax.constant_schedule(optim_cfg.lr)],
-            [warmup],
-        )
-    tx = optax.chain(
-        optax.clip_by_global_norm(optim_cfg.grad_clip),
-        optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay),
-    )
-    return tx, schedule
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What the step and the loop need besides the state itself."""
-
-    objective: objectives.Objective
-    graphdefs: dict[str, Any]
-    tx: optax.GradientTransformation  # one per trained module, each with its own state.
-    schedule: Callable
-    mesh: Mesh
-    abstract_state: dict  # ShapeDtypeStructs carrying each leaf's NamedSharding.
-
-
-def _split(modules: dict[str, nnx.Module]) -> tuple[dict, dict[str, nnx.State]]:
-    split = {name: nnx.split(module, nnx.Param) for name, module in modules.items()}
-    return {name: g for name, (g, _) in split.items()}, {name: p for name, (_, p) in split.items()}
-
-
-def setup(config, mesh: Mesh, objective: objectives.Objective | None = None) -> Setup:
-    """Shapes and shardings of the train state, by abstract evaluation: nothing is allocated."""
-    objective = objective or objectives.get(config)
-    graphdefs, states = _split(nnx.eval_shape(lambda: objective.build(nnx.Rngs(config.seed))))
-    param_sharding = {name: parallel.param_shardings(state, mesh, config.mesh.rules) for name, state in states.items()}
-    params = {name: state.to_pure_dict() for name, state in states.items()}
-    tx, schedule = make_optimizer(config.optim, config.total_steps)
-    opt = {name: jax.eval_shape(tx.init, tree) for name, tree in params.items()}
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_sharding = {
-        name: optax.tree_map_params(
-            tx, lambda _, sharding: sharding, opt[name], param_sharding[name],
-            transform_non_params=lambda _: replicated,
-        )
-        for name in params
-    }
-    with_sharding = lambda tree, shardings: jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
-    )
-    abstract_state = {
-        "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
-        "params": with_sharding(params, param_sharding),
-        "ema": with_sharding(params["model"], param_sharding["model"]),
-        "opt": with_sharding(opt, opt_sharding),
-    }
-    return Setup(objective, graphdefs, tx, schedule, mesh, abstract_state)
-
-
-def shardings(abstract) -> Any:
-    return jax.tree.map(lambda x: x.sharding, abstract)
-
-
-def init_state(config, s: Setup, model_params=None) -> dict:
-    """Initialises parameters directly into their shards; `model_params` (placed like the state's
-    EMA), when given, are the "model" module's and its EMA's starting point instead (fine-tuning:
-    the random ones are then never computed)."""
-
-    def init(model_params):
-        states = _split(s.objective.build(nnx.Rngs(config.seed)))[1]
-        params = {name: state.to_pure_dict() for name, state in states.items()}
-        if model_params is not None:
-            params["model"] = model_params
-        opt = {name: s.tx.init(tree) for name, tree in params.items()}
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["model"], "opt": opt}
-
-    return jax.jit(init, out_shardings=shardings(s.abstract_state))(model_params)
 
 
 def check_init_from(config) -> int | None:
@@ -128,55 +45,7 @@ def check_init_from(config) -> int | None:
     return step
 
 
-def data_parallel(config):
-    """`config` with a mesh of data parallelism alone, parameters replicated: how a trained model
-    is used elsewhere (a frozen ST-VAE, the predictor). Returns it."""
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    return config
-
-
-def trained_config(workdir: str, family: str | None = None, *, step: int | None = None, overrides: dict | None = None):
-    """(config, step) of a run's checkpoint (default: the newest): the run's own config with
-    `overrides` (dotted names) applied, made `data_parallel` and validated, so a bad override is
-    named before any array is read. `family`: the model the run must have trained (None: any)."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Run {workdir!r} has no checkpoints directory {directory!r}.")
-    step = checkpoint.latest_step(directory) if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"Run {workdir!r} has no checkpoint in {directory!r}.")
-    with checkpoint.reading(directory) as checkpointer:
-        saved = checkpoint.tuples(checkpointer.read_config(step))
-    trained = saved.get("model", {}).get("name")
-    family = family or trained
-    if trained != family:
-        raise ValueError(f"Run {workdir!r} trained model {trained!r}, not {family!r}.")
-    config = config_lib.base(family)
-    try:
-        for field, value in saved.items():
-            if isinstance(value, dict):
-                config[field].update(value)
-            else:
-                config[field] = value
-    except (AttributeError, KeyError, TypeError) as error:
-        raise ValueError(f"Run {workdir!r} was written with a config this version cannot read: {error}") from None
-    config_lib.override(data_parallel(config), overrides or {})
-    config_lib.validate(config, num_devices=None)
-    return config, step
-
-
-def restore_ema(workdir: str, step: int, abstract_ema):
-    """The EMA parameters of a run's checkpoint `step`, placed like `abstract_ema`."""
-    with checkpoint.reading(os.path.join(workdir, "checkpoints")) as checkpointer:
-        return checkpointer.restore_state(step, {"ema": abstract_ema})["ema"]
-
-
-def place_constants(s: Setup) -> dict:
-    """The objective's frozen arrays, replicated on every device (every host passes its copy)."""
-    return jax.tree.map(lambda a: parallel.replicate(a, s.mesh), s.objective.constants())
-
-
-def make_train_step(config, s: Setup):
+def make_train_step(config, s: state_lib.Setup):
     """The jitted step (state, constants, batch, phase) -> (state, metrics); the state is donated
     and `phase` (the objective's `phase(step)`) is static."""
     base_key = jax.random.key(config.seed)
@@ -201,7 +70,7 @@ def make_train_step(config, s: Setup):
         new_state = {"step": state["step"] + 1, "params": params, "ema": ema, "opt": opt}
         return new_state, {**stats, "lr": s.schedule(state["step"])}
 
-    state_sharding = shardings(s.abstract_state)
+    state_sharding = state_lib.shardings(s.abstract_state)
     replicated = NamedSharding(s.mesh, PartitionSpec())
     return jax.jit(
         train_step,
@@ -216,13 +85,33 @@ def compile_step(config, mesh: Mesh) -> jax.stages.Compiled:
     """The train step lowered and compiled ahead of time on `mesh`, whose devices may be abstract
     (a TPU topology on a laptop), for the largest batch the pipeline makes at the last step's
     phase. Nothing is allocated and no file of the run is read."""
-    s = setup(config, mesh)
+    s = state_lib.setup(config, mesh)
     place = lambda tree, sharding: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
     # Constants first: a latent objective learns its ST-VAE's geometry from them.
     constants = place(s.objective.abstract_constants(mesh), NamedSharding(mesh, PartitionSpec()))
     batch = place(s.objective.largest_batch(config.global_batch_size), parallel.batch_sharding(mesh, config.mesh.rules))
     step_fn = make_train_step(config, s)
     return step_fn.lower(s.abstract_state, constants, batch, s.objective.phase(config.total_steps)).compile()
+
+
+def evaluator(s: state_lib.Setup, constants: dict):
+    """EMA parameters -> (PNG grids by name, scalars): a generative model's samples judged by its
+    conditioning's evaluator (built once: held-out data, the compiled sampler), or the
+    objective's own evaluation."""
+    if not s.objective.samples:
+        return lambda params: s.objective.evaluate(s.graphdefs, params, constants, s.mesh)
+    judged = predictor = None
+
+    def evaluate(params):
+        nonlocal judged, predictor
+        if predictor is None:  # at the first evaluation: a run stopped before it pays nothing.
+            judged = s.objective.conditioning.evaluator()
+            predictor = inference.Predictor(s.objective, s.graphdefs["model"], params, constants, s.mesh)
+        predictor.params = params
+        report = judged.run(predictor)
+        return report["grids"], judged.scalars(report)
+
+    return evaluate
 
 
 # Stats that count events (logged as totals over the log interval, not means).
@@ -326,8 +215,10 @@ def train(config, workdir: str) -> dict:
 
     Everything a person can get wrong (config, data, checkpoint) is checked before the first
     compilation. Returns the final state (global arrays)."""
-    shape = config_lib.validate(config, jax.device_count(), jax.process_count())
-    objective = objectives.get(config)
+    shape = validation.validate(config, jax.device_count(), jax.process_count())
+    mesh = parallel.make_mesh(config)
+    s = state_lib.setup(config, mesh)
+    objective = s.objective
     objective.check_files()
     if config.eval_every:
         objective.check_eval_files()
@@ -343,20 +234,19 @@ def train(config, workdir: str) -> dict:
     # The data position is the step (data/pipeline.py): a resumed run, in any number of
     # processes, reads on from its checkpoint's step. Made here, so bad data is named before the
     # workdir is touched.
-    reader = lambda step: pipeline.make_iterator(config, jax.process_index(), jax.process_count(), step)
+    examples = objective.source(config.seed)
+    reader = lambda step: pipeline.make_iterator(config, examples, jax.process_index(), jax.process_count(), step)
     data = reader(latest or 0)
     primary = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
-    mesh = parallel.make_mesh(config)
     logging.info("Mesh %s over %d devices in %d processes.", shape, jax.device_count(), jax.process_count())
-    s = setup(config, mesh, objective)
-    constants = place_constants(s)
+    constants = state_lib.place_constants(s)
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, save_every=config.checkpoint_every)
     if init_step is not None:
         logging.info("Starting from the EMA weights of %s, step %d.", config.init_from, init_step)
-        state = init_state(config, s, restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
+        state = state_lib.init_state(config, s, runs.restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
     elif latest is None:
-        state = init_state(config, s)
+        state = state_lib.init_state(config, s)
     else:
         logging.info("Resuming from the checkpoint at step %d.", latest)
         state, restored = restore_newest(checkpointer, latest, s.abstract_state, config)
@@ -370,8 +260,10 @@ def train(config, workdir: str) -> dict:
     writer = metrics.MetricWriter(workdir, enabled=primary, resume_step=latest or 0)
     logged, evaluated = {}, {}  # this run's last logged line and last evaluation, for the summary.
 
+    judge = evaluator(s, constants) if config.eval_every else None
+
     def evaluate(step: int):
-        images, scalars = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
+        images, scalars = judge(state["ema"])
         writer.write_images(step, images)
         if scalars:
             writer.write_scalars(step, scalars)

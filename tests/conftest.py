@@ -30,6 +30,14 @@ def data_config(**fields):
     return c.data
 
 
+def iterate(config, process_index: int = 0, process_count: int = 1, start_step: int = 0):
+    """The pipeline's iterator over the source of `config`'s objective, as the trainer makes it."""
+    from lavin_jax import objectives
+    from lavin_jax.data import pipeline
+
+    return pipeline.make_iterator(config, objectives.get(config).source(config.seed), process_index, process_count, start_step)
+
+
 # configs/tiny.py shrunk further so a test compiles and steps in seconds.
 SMALL = {
     "model.hidden": 48,

@@ -8,8 +8,9 @@ import jax
 import pytest
 
 from conftest import shipped_config, small_config
-from lavin_jax import bench, parallel, train
+from lavin_jax import bench, parallel
 from lavin_jax.models import jdit
+from lavin_jax import state as state_lib
 
 # One pair of 1-frame items: the train step and the pipeline have one shape.
 CONFIG = {"data.max_pairs": 1, "data.cond_drop_prob": 0.0, "eval_every": 0, "checkpoint_every": 50}
@@ -62,7 +63,7 @@ def test_data_and_checkpoint_costs_are_shares_of_the_step(measured):
     assert d["shapes"] == 1 and d["pipeline_examples_per_sec"] > 0 and d["waited_seconds_per_step"] >= 0
     assert d["share_of_step"] == pytest.approx(d["step_seconds_live"] / d["step_seconds_read_before"] - 1)
     # step, params, EMA and Adam's two moments (and its count), in float32.
-    s = train.setup(config, parallel.make_mesh(config))
+    s = state_lib.setup(config, parallel.make_mesh(config))
     assert c["state_bytes"] == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract_state))
     assert 0 < c["save_hold_seconds"] <= c["save_written_seconds"]
     assert c["share_of_step"] == pytest.approx(c["save_hold_seconds"] / (50 * report["train"]["step_seconds"]))

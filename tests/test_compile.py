@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lavin_jax import parallel, train
+from lavin_jax import parallel
+from lavin_jax import state as state_lib
 from conftest import ROOT, SMALL, config_flags, small_config
 
 
@@ -33,7 +34,7 @@ def test_compile_mode_reports_what_each_device_holds(tmp_path):
 
     config = small_config(**fields)
     mesh = parallel.make_mesh(config, jax.devices()[:4])
-    s = train.setup(config, mesh)
+    s = state_lib.setup(config, mesh)
     state = sum(shard_bytes(x, x.sharding) for x in jax.tree.leaves(s.abstract_state))
     batch = s.objective.largest_batch(config.global_batch_size)
     assert batch["cond"].shape == (8, 5, 16, 16, 3)  # 2 pairs and the query.

@@ -2,19 +2,20 @@ import pytest
 
 from lavin_jax import config as config_lib
 from lavin_jax import train
+from lavin_jax import validation
 from conftest import ROOT, small_config
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae"])
 def test_shipped_configs_validate(name):
     config = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
-    config_lib.validate(config, num_devices=None)
+    validation.validate(config, num_devices=None)
 
 
 def test_tiny_config_runs_on_one_or_eight_devices():
     config = config_lib.load(str(ROOT / "configs" / "tiny.py"))
-    assert config_lib.validate(config, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
-    assert config_lib.validate(config, num_devices=8) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert validation.validate(config, num_devices=1) == {"data": 1, "fsdp": 1, "tensor": 1}
+    assert validation.validate(config, num_devices=8) == {"data": 8, "fsdp": 1, "tensor": 1}
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def test_tiny_config_runs_on_one_or_eight_devices():
 )
 def test_invalid_configs_name_the_field(overrides, devices, message):
     with pytest.raises(ValueError) as error:
-        config_lib.validate(small_config(**overrides), num_devices=devices)
+        validation.validate(small_config(**overrides), num_devices=devices)
     assert message in str(error.value)
 
 
@@ -94,6 +95,6 @@ def test_train_rejects_bad_input_before_touching_the_workdir(tmp_path, overrides
 
 def test_every_process_must_own_whole_batch_shards():
     config = small_config(**{"mesh.data": 2, "mesh.fsdp": 1, "mesh.tensor": 4, "model.num_heads": 4, "model.num_kv_heads": 4})
-    assert config_lib.validate(config, num_devices=8, num_processes=2)["tensor"] == 4
+    assert validation.validate(config, num_devices=8, num_processes=2)["tensor"] == 4
     with pytest.raises(ValueError, match=r"data-parallel size data\*fsdp=2 is not divisible by the 4 processes"):
-        config_lib.validate(config, num_devices=8, num_processes=4)
+        validation.validate(config, num_devices=8, num_processes=4)

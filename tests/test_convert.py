@@ -11,6 +11,8 @@ import safetensors.numpy
 
 from conftest import save_torch_archive, shipped_config, small_config
 from lavin_jax import convert, inference, latents, official, parallel, train
+from lavin_jax import state as state_lib
+from lavin_jax import runs
 
 
 
@@ -45,9 +47,9 @@ def converted(release):
 
 
 def restored(run, family):
-    config, step = train.trained_config(run, family)
-    s = train.setup(config, parallel.make_mesh(config))
-    return config, jax.device_get(train.restore_ema(run, step, s.abstract_state["ema"]))
+    config, step = runs.trained_config(run, family)
+    s = state_lib.setup(config, parallel.make_mesh(config))
+    return config, jax.device_get(runs.restore_ema(run, step, s.abstract_state["ema"]))
 
 
 @pytest.mark.parametrize("family", ["jdit", "stvae"])
@@ -95,8 +97,8 @@ def test_the_converted_model_is_prompted_and_fine_tuned_from(converted, tmp_path
     assert predictor.predict([], np.zeros((20, 12, 3), np.uint8), steps=2).shape == (20, 12, 3)
     config = released_kind(**{"init_from": converted["jdit"]})
     step = train.check_init_from(config)
-    s = train.setup(config, parallel.make_mesh(config))
-    state = train.init_state(config, s, train.restore_ema(config.init_from, step, s.abstract_state["ema"]))
+    s = state_lib.setup(config, parallel.make_mesh(config))
+    state = state_lib.init_state(config, s, runs.restore_ema(config.init_from, step, s.abstract_state["ema"]))
     _, params = restored(converted["jdit"], "jdit")
     for ours, loaded in zip(jax.tree.leaves(jax.device_get(state["params"]["model"])), jax.tree.leaves(params)):
         np.testing.assert_array_equal(ours, loaded)
@@ -115,14 +117,14 @@ def test_a_conversion_is_refused_as_a_run_to_resume(converted):
 
 
 def test_only_a_model_of_the_released_kind_is_given_the_official_layout(converted, tmp_path, monkeypatch):
-    config, step = train.trained_config(converted["jdit"])
+    config, step = runs.trained_config(converted["jdit"])
     # A 2D position embedding is not in the released model, which would read the weights as another model.
     config.model.pos_embed = "sincos"
     with pytest.raises(ValueError, match=r"config.model.pos_embed='sincos': the released J-DiT has 3D RoPE alone"):
         official.jdit_rules(config.model)
     # The official code reads the output as a velocity: a data-predicting run is refused, nothing written.
     config.model.pos_embed, config.flow.prediction = "none", "data"
-    monkeypatch.setattr(train, "trained_config", lambda run: (config, step))
+    monkeypatch.setattr(runs, "trained_config", lambda run: (config, step))
     out = tmp_path / "mine.safetensors"
     with pytest.raises(ValueError, match=r"predicts 'data' \(config.flow.prediction\).*only a velocity model can be exported"):
         convert.export(converted["jdit"], str(out))

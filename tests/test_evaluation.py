@@ -7,7 +7,7 @@ import pytest
 import scipy.linalg
 
 from conftest import small_config
-from lavin_jax import evaluation, main, train
+from lavin_jax import evaluation, main, runs
 from lavin_jax.data import episodes, scoring
 
 
@@ -19,7 +19,8 @@ class Oracle:
         self._targets = {drawn["cond"][i].tobytes(): drawn["target"][i] for _, drawn in evaluation_.tasks.values() for i in range(len(drawn["cond"]))}
         self._answer = answer
 
-    def sample(self, cond, frames, **options):
+    def sample(self, context, frames, **options):
+        cond = context["cond"]
         return np.stack([self._answer(scoring.from_uint8(c[-frames:]), scoring.from_uint8(self._targets[c.tobytes()])) for c in cond])
 
 
@@ -158,13 +159,13 @@ def test_a_run_that_cannot_be_written_is_found_before_any_work(trained_jdit, tmp
     assert "frame_prediction" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())["episodes"] == 1
     assert files() == before
-    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the run was found read-only"))
+    monkeypatch.setattr(runs, "restore_ema", lambda *_: pytest.fail("weights read before the run was found read-only"))
     with pytest.raises(PermissionError, match=re.escape(f"--mode=sample cannot write {workdir}; name a folder it can write with --output_dir.")):
         main.evaluate_run(flags, str(workdir), "sample")
 
 
 def test_eval_mode_names_a_missing_feature_network_before_any_weight_is_read(trained_jdit, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the evaluation's files were checked"))
+    monkeypatch.setattr(runs, "restore_ema", lambda *_: pytest.fail("weights read before the evaluation's files were checked"))
     flags = small_config(**{"eval.fid_weights": str(tmp_path / "inception.safetensors")})
     with pytest.raises(FileNotFoundError, match=r"config.eval.fid_weights=.*inception.safetensors' does not exist"):
         main.evaluate_run(flags, str(trained_jdit[1]), "eval")

@@ -106,22 +106,6 @@ def test_model_never_sees_the_target():
     assert set(seen) == {"cond"}
 
 
-def test_unconditional_drops_the_pairs_and_keeps_the_query():
-    cond = jax.random.normal(jax.random.key(6), (2, 5, 4, 4, 3))
-    uncond = flow.unconditional({"cond": cond})["cond"]
-    assert uncond.shape == (2, 2, 4, 4, 3)
-    np.testing.assert_array_equal(uncond[:, 0], 0.0)
-    np.testing.assert_array_equal(uncond[:, 1], cond[:, -1])
-
-
-def test_unconditional_keeps_a_whole_video_query():
-    cond = jax.random.normal(jax.random.key(6), (2, 9, 4, 4, 3))  # K=1 pair of 3-frame clips + query
-    uncond = flow.unconditional({"cond": cond}, frames=3)["cond"]
-    assert uncond.shape == (2, 6, 4, 4, 3)
-    np.testing.assert_array_equal(uncond[:, :3], 0.0)
-    np.testing.assert_array_equal(uncond[:, 3:], cond[:, -3:])
-
-
 def test_guidance_extrapolates_from_the_unconditional_velocity():
     """With v_cond = a and v_uncond = b constant, guided sampling moves by b + s(a - b)."""
     a, b = 2.0, 0.5
@@ -129,8 +113,9 @@ def test_guidance_extrapolates_from_the_unconditional_velocity():
     def model(x, t, context):
         return jnp.full_like(x, a if context["cond"].shape[1] == 5 else b)
 
-    context = {"cond": jnp.ones((1, 5, 2, 2, 1))}
+    context, uncond = {"cond": jnp.ones((1, 5, 2, 2, 1))}, {"cond": jnp.ones((1, 2, 2, 2, 1))}
     for scale in (1.0, 1.5, 3.0):
-        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3), cfg_scale=None if scale == 1.0 else scale)
+        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3),
+                          uncond=None if scale == 1.0 else uncond, cfg_scale=scale)
         x0 = jax.random.normal(jax.random.key(7), (1, 2, 2, 1))[None]
         np.testing.assert_allclose(out, x0 + b + scale * (a - b), atol=1e-5)

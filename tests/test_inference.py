@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lavin_jax import inference, train
+from lavin_jax import inference, runs
+from lavin_jax.conditioning import incontext
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_another_guidance_scale_reuses_the_compiled_sampler(predictor):
 def test_the_answer_is_cut_from_the_padded_frame_and_scaled_back(predictor, monkeypatch):
     """A model that answers with its query gives the query back, whatever the query's size: the
     query is the last item of the episode, and padding and scaling are undone exactly (nearest)."""
-    monkeypatch.setattr(predictor, "sample", lambda cond, frames, **_: cond[:, -frames:])
+    monkeypatch.setattr(predictor, "sample", lambda context, frames, **_: context["cond"][:, -frames:])
     rng = np.random.default_rng(2)
     tall = image(rng, 8, 4)  # to 16 px: scaled 2x, 4 px of black padding each side.
     ramp = np.linspace(0, 255, 32).astype(np.uint8)  # smooth, so scaling down and up keeps it.
@@ -71,7 +72,7 @@ def test_the_answer_is_cut_from_the_padded_frame_and_scaled_back(predictor, monk
 def test_image_and_clip_episodes_of_one_shape_are_sampled_apart(predictor, monkeypatch):
     """With 3-frame clips, 4 image pairs and 1 clip pair both make 9 frames of condition."""
     monkeypatch.setitem(predictor.config.data, "video_frames", 3)
-    monkeypatch.setattr(predictor, "sample", lambda cond, frames, **_: cond[:, -frames:])
+    monkeypatch.setattr(predictor, "sample", lambda context, frames, **_: context["cond"][:, -frames:])
     rng = np.random.default_rng(3)
     query = image(rng, 16, 16)
     clip = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
@@ -100,7 +101,7 @@ def test_bad_items_are_named(predictor, pairs, query, message):
 def test_a_missing_run_and_bad_settings_are_named_before_any_weight_is_read(trained_jdit, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
         inference.Predictor.from_workdir(str(tmp_path))
-    monkeypatch.setattr(train, "restore_ema", lambda *_: pytest.fail("weights read before the settings were checked"))
+    monkeypatch.setattr(runs, "restore_ema", lambda *_: pytest.fail("weights read before the settings were checked"))
     with pytest.raises(ValueError, match=r"config.flow.time_grid='cosine' must be one of lavin, uniform, official"):
         inference.Predictor.from_workdir(str(trained_jdit[1]), overrides={"flow.time_grid": "cosine"})
 
@@ -114,10 +115,10 @@ def test_prompting_a_run_needs_none_of_what_only_its_evaluation_reads(trained_jd
 
 
 def test_episodes_of_the_wrong_layout_are_named(predictor):
-    with pytest.raises(ValueError, match=r"Episodes \(1, 4, 16, 16, 3\) with 1 noise indices: N >= 1 episodes of 1-frame items"):
-        predictor.sample(np.zeros((1, 4, 16, 16, 3), np.float32), 1)
+    with pytest.raises(ValueError, match=r"Episodes \(1, 4, 16, 16, 3\): 1-frame items are needed, K pairs then the query"):
+        predictor.sample({"cond": np.zeros((1, 4, 16, 16, 3), np.float32)}, 1)
     with pytest.raises(ValueError, match="sampler='rk4' must be one of euler, heun"):
-        predictor.sample(np.zeros((1, 3, 16, 16, 3), np.float32), 1, sampler="rk4")
+        predictor.sample({"cond": np.zeros((1, 3, 16, 16, 3), np.float32)}, 1, sampler="rk4")
 
 
 def test_the_official_recipe_draws_template_pairs_and_runs(predictor, tmp_path):
@@ -125,11 +126,11 @@ def test_the_official_recipe_draws_template_pairs_and_runs(predictor, tmp_path):
     for name in ("a", "b", "c"):
         for role in ("input", "target"):
             Image.fromarray(image(rng, 20, 24)).save(tmp_path / f"{name}_{role}.png")
-    pairs = inference.template_pairs(str(tmp_path), 4, seed=1)
+    pairs = incontext.template_pairs(str(tmp_path), 4, seed=1)
     assert len(pairs) == 4 and all(target == source.replace("_input", "_target") for source, target in pairs)
-    assert pairs == inference.template_pairs(str(tmp_path), 4, seed=1) != inference.template_pairs(str(tmp_path), 4, seed=2)
-    answer = predictor.predict(pairs, image(rng, 30, 20), **inference.OFFICIAL)
+    assert pairs == incontext.template_pairs(str(tmp_path), 4, seed=1) != incontext.template_pairs(str(tmp_path), 4, seed=2)
+    answer = predictor.predict(pairs, image(rng, 30, 20), **incontext.OFFICIAL)
     assert answer.shape == (30, 20, 3)
     (tmp_path / "c_target.png").unlink()
     with pytest.raises(FileNotFoundError, match=r"has 3 <id>_input.png files and lacks .*c_target.png"):
-        inference.template_pairs(str(tmp_path))
+        incontext.template_pairs(str(tmp_path))

@@ -7,8 +7,8 @@ import pytest
 
 from lavin_jax import config as config_lib
 from lavin_jax import latents, train
-from lavin_jax.data import pipeline, synthetic
-from conftest import ROOT, small_config
+from lavin_jax.data import synthetic
+from conftest import ROOT, iterate, small_config
 
 
 def take(iterator, n):
@@ -74,7 +74,7 @@ def test_the_cache_holds_what_encoding_in_the_step_sees(vae_with_stats, tmp_path
     vae = latents.load(vae_run)
     encode = jax.jit(vae.encode_frames, static_argnums=2)
     kinds = set()
-    for from_cache, pixels in zip(take(pipeline.make_iterator(cached), 4), take(pipeline.make_iterator(config), 4)):
+    for from_cache, pixels in zip(take(iterate(cached), 4), take(iterate(config), 4)):
         frames = pixels["target"].shape[1]
         kinds.add(frames)
         assert from_cache["target"].shape[1] == (frames - 1) // 4 + 1
@@ -88,7 +88,7 @@ def test_the_cache_holds_what_encoding_in_the_step_sees(vae_with_stats, tmp_path
 
     other = latent_config(vae_run, **{"data.source": "latents", "data.latent_dir": str(tmp_path / "cache"), "seed": 5})
     with pytest.raises(ValueError, match=r"was written with seed=0 but the config has 5"):
-        pipeline.make_iterator(other)
+        iterate(other)
 
 
 @pytest.fixture(scope="module")

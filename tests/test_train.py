@@ -9,14 +9,15 @@ import pytest
 
 from lavin_jax import evaluation, parallel, train
 from lavin_jax.data import pipeline
-from conftest import SMALL, small_config, write_inverted_pairs
+from lavin_jax import state as state_lib
+from conftest import SMALL, iterate, small_config, write_inverted_pairs
 
 
 def run_steps(config, mesh, batches):
-    s = train.setup(config, mesh)
-    state = train.init_state(config, s)
+    s = state_lib.setup(config, mesh)
+    state = state_lib.init_state(config, s)
     step = train.make_train_step(config, s)
-    constants = train.place_constants(s)
+    constants = state_lib.place_constants(s)
     losses = []
     for i, batch in enumerate(batches):
         batch = parallel.global_batch(batch, mesh, config.mesh.rules)
@@ -26,7 +27,7 @@ def run_steps(config, mesh, batches):
 
 
 def batches(config, n):
-    data = pipeline.make_iterator(config)
+    data = iterate(config)
     return [next(data) for _ in range(n)]
 
 
@@ -62,7 +63,7 @@ def test_fsdp_and_tensor_parallelism_split_the_arrays_themselves():
     the parameter and optimizer bytes; tensor=2 gives each device half the heads; a batch is
     split over data x fsdp and repeated over tensor."""
     config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8, "model.hidden": 64})
-    state = train.init_state(config, train.setup(config, parallel.make_mesh(config)))
+    state = state_lib.init_state(config, state_lib.setup(config, parallel.make_mesh(config)))
     for part in ("params", "opt"):
         total = sum(x.nbytes for x in jax.tree.leaves(state[part]))
         for device in jax.devices():
@@ -70,7 +71,7 @@ def test_fsdp_and_tensor_parallelism_split_the_arrays_themselves():
 
     config = small_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "model.num_heads": 4, "model.num_kv_heads": 2})
     mesh = parallel.make_mesh(config)
-    state = train.init_state(config, train.setup(config, mesh))
+    state = state_lib.init_state(config, state_lib.setup(config, mesh))
     head_dim = config.model.hidden // config.model.num_heads
     q = state["params"]["model"]["blocks"]["cond"]["q"]["kernel"]  # (layers, embed, heads * head_dim)
     assert {shard.data.shape[-1] for shard in q.addressable_shards} == {2 * head_dim}
@@ -81,10 +82,10 @@ def test_fsdp_and_tensor_parallelism_split_the_arrays_themselves():
 
 def test_indivisible_parameter_axis_is_named():
     config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8})  # hidden 48 over 8 fsdp shards: fine
-    train.setup(config, parallel.make_mesh(config))
+    state_lib.setup(config, parallel.make_mesh(config))
     config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8, "model.hidden": 36, "model.num_heads": 1, "model.num_kv_heads": 1})
     with pytest.raises(ValueError, match=r"Parameter .* axis \d+ of size 36 cannot be split 8 ways"):
-        train.setup(config, parallel.make_mesh(config))
+        state_lib.setup(config, parallel.make_mesh(config))
 
 
 def read_metrics(workdir):
@@ -189,9 +190,9 @@ def test_another_models_checkpoint_is_refused_and_an_unreadable_one_set_aside(tm
     starts = []
     real_make_iterator = pipeline.make_iterator
 
-    def make_iterator(config, process_index, process_count, start_step):
+    def make_iterator(config, examples, process_index, process_count, start_step):
         starts.append(start_step)
-        return real_make_iterator(config, process_index, process_count, start_step)
+        return real_make_iterator(config, examples, process_index, process_count, start_step)
 
     monkeypatch.setattr(pipeline, "make_iterator", make_iterator)
     # Step 1 is then the last step: nothing left to compile or train.

@@ -197,7 +197,7 @@ class Episodes:
         for _ in range(num_pairs):
             items.extend(pair())
         if not items:
-            # Dropped context looks as it does to guidance at inference (`flow.unconditional`):
+            # Dropped context looks as it does to guidance at inference (`conditioning.incontext.InContext.null`):
             # one zero item in place of the pairs, then the query.
             items.append(np.zeros_like(query_input))
         items.append(query_input)

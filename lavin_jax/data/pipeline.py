@@ -1,4 +1,7 @@
-"""The grain pipeline: per-process batches of the objective's examples, a function of the step.
+"""The grain pipeline: per-process batches of a source's examples, a function of the step.
+
+The caller hands it the source (the objective's `source(seed)`): the pipeline knows batches and
+processes, not what an example is.
 
 Global batch s is examples s*G ... s*G + G - 1 (G = config.global_batch_size); process p of P
 reads rows p*B ... p*B + B - 1 of it (B = G // P). Every host thus reads only its own shard, and
@@ -14,13 +17,11 @@ from __future__ import annotations
 import grain
 from absl import flags
 
-from lavin_jax import objectives
 
-
-def make_dataset(config, process_index: int, process_count: int, start_step: int = 0) -> grain.IterDataset:
-    """This process's batches from global batch `start_step` on: dicts of numpy arrays whose
-    leading dim is config.global_batch_size // process_count (the objective's `source` has the
-    fields)."""
+def make_dataset(config, examples, process_index: int, process_count: int, start_step: int = 0) -> grain.IterDataset:
+    """This process's batches of `examples` (random access, a dict of numpy arrays each) from
+    global batch `start_step` on: dicts of arrays whose leading dim is
+    config.global_batch_size // process_count."""
     if not 0 <= process_index < process_count:
         raise ValueError(
             f"process_index={process_index} is not in [0, process_count={process_count})."
@@ -35,7 +36,6 @@ def make_dataset(config, process_index: int, process_count: int, start_step: int
         if value < 0:
             raise ValueError(f"config.data.{field}={value} must be non-negative.")
     per_process = config.global_batch_size // process_count
-    examples = objectives.get(config).source(config.seed)
     # Batches of B consecutive examples, of which process p takes every P-th starting at p: batch
     # s*P + p is exactly rows p*B ... p*B + B - 1 of global batch s.
     first = start_step * process_count + process_index
@@ -55,6 +55,6 @@ def make_dataset(config, process_index: int, process_count: int, start_step: int
     return batches
 
 
-def make_iterator(config, process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.DatasetIterator:
+def make_iterator(config, examples, process_index: int = 0, process_count: int = 1, start_step: int = 0) -> grain.DatasetIterator:
     """An iterator over `make_dataset`'s batches."""
-    return iter(make_dataset(config, process_index, process_count, start_step))
+    return iter(make_dataset(config, examples, process_index, process_count, start_step))

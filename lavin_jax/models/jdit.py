@@ -105,6 +105,9 @@ class FinalLayer(nnx.Module):
 
 
 class JDiT(nnx.Module):
+    objective = "flow"  # the defaults of config.objective and config.conditioning.
+    conditioning = "incontext"
+
     @staticmethod
     def default_config() -> ml_collections.ConfigDict:
         """LaVin-DiT-3.4B's shape at 12 layers; the size configs set hidden, depth and heads."""

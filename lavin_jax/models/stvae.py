@@ -391,6 +391,8 @@ class STVAE(nnx.Module):
 
     check_config = staticmethod(check_config)
     default_config = staticmethod(official_config)
+    objective = "autoencoding"  # the defaults of config.objective and config.conditioning.
+    conditioning = "none"
 
     def _check_input(self, x: jax.Array) -> None:
         b, t, h, w, c = x.shape

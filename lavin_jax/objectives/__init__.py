@@ -1,91 +1,41 @@
-"""What the trainer trains: one `Objective` per kind of model, picked by `config.model.name`.
+"""What the trainer trains: an `Objective`, picked by `config.objective`.
 
 The trainer (`lavin_jax.train`) owns what every run shares: the mesh, the sharded state
 {step, params, ema, opt}, optimizers, EMA, the jitted step, checkpoints, logs. An objective owns
 what differs: which modules are trained (`build`; `"model"` is the one kept with an EMA,
 evaluated and summarised, others such as a discriminator get their own optimizer state), where
 examples come from (`source`), the gradients of one step (`grads`), and evaluation
-(`evaluate`). `phase(step)` names a step's static variant (e.g. before/after a GAN starts), so
+(`evaluate`). Generative objectives (`flow`, `ddpm`) share `generative.Generative`: noise, loss
+and samplers are theirs, the rest is the run's conditioning's (`lavin_jax.conditioning`); their
+samples are judged by the conditioning's evaluator, which the caller builds. `phase(step)` names a step's static variant (e.g. before/after a GAN starts), so
 the step compiles once per phase.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable
-
-import jax
-import numpy as np
-from flax import nnx
-from jax.sharding import Mesh
-
-
-class Objective:
-    """The interface; subclasses override what they need."""
-
-    def __init__(self, config):
-        self.config = config
-
-    @staticmethod
-    def check(config) -> None:
-        """Raises ValueError, one sentence naming the field, for settings this objective cannot use."""
-
-    def check_files(self) -> None:
-        """Raises, naming the field, when a file the run reads (weights, another run) is missing.
-        Separate from `check` so that `--mode=summary` needs none of them."""
-
-    def check_eval_files(self) -> None:
-        """Like `check_files`, for what only evaluation reads (held-out data, metric networks):
-        checked where a run evaluates, not where its model is only loaded."""
-
-    def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
-        raise NotImplementedError
-
-    def source(self, seed: int):
-        """A random-access source (`__len__`, `__getitem__` -> dict of numpy arrays) for grain."""
-        raise NotImplementedError
-
-    def constants(self) -> dict[str, Any]:
-        """Host arrays the step reads but never trains (e.g. a frozen perceptual network); they are
-        passed to the jitted step replicated, not baked into it as constants."""
-        return {}
-
-    def phase(self, step: int) -> Hashable:
-        return None
-
-    def grads(self, graphdefs: dict, params: dict, constants: dict, batch: dict, key: jax.Array, phase):
-        """({name: gradient of params[name]}, {stat name: scalar}) for one global batch; the
-        stats include `loss`. A module left out of the gradients is not updated this step."""
-        raise NotImplementedError
-
-    def example_inputs(self) -> tuple:
-        """`ShapeDtypeStruct` arguments of one forward call of `build()["model"]` (for FLOPs)."""
-        raise NotImplementedError
-
-    def largest_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-        """The shapes of the largest global batch the step trains on (`--mode=compile`)."""
-        raise NotImplementedError
-
-    def abstract_constants(self, mesh: Mesh) -> dict:
-        """`constants()` as ShapeDtypeStructs, from no file where the shapes are known without
-        one (`--mode=compile` on a machine that lacks the run's files)."""
-        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), self.constants())
-
-    def evaluate(self, graphdefs: dict, params: dict, constants: dict, mesh: Mesh) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """(PNG grids by name, scalars) from the EMA parameters of `"model"` on held-out data."""
-        return {}, {}
+from lavin_jax.objectives.base import Objective
 
 
 def _objectives() -> dict[str, type[Objective]]:
     # Imported here: each objective module imports the models it trains.
     from lavin_jax.objectives import autoencoding, flow_matching
 
-    return {"jdit": flow_matching.FlowMatching, "stvae": autoencoding.Autoencoding}
+    return {"flow": flow_matching.FlowMatching, "autoencoding": autoencoding.Autoencoding}
 
 
 def get(config) -> Objective:
-    """The objective of `config.model.name` (already checked by `models.check`)."""
-    return _objectives()[config.model.name](config)
+    """The objective of `config.objective` (already checked by `check`)."""
+    return _objectives()[config.objective](config)
 
 
 def check(config) -> None:
-    _objectives()[config.model.name].check(config)
+    known = _objectives()
+    if config.objective not in known:
+        raise ValueError(f"config.objective={config.objective!r} is unknown; known objectives: {', '.join(known)}.")
+    autoencoder = config.objective == "autoencoding"
+    if autoencoder != (config.conditioning == "none"):
+        raise ValueError(
+            f"config.objective={config.objective!r} cannot train config.model.name={config.model.name!r}: "
+            + ("'autoencoding' trains an autoencoder (stvae)." if autoencoder else "flow and ddpm train a conditioned generative model.")
+        )
+    known[config.objective].check(config)

@@ -28,7 +28,7 @@ from lavin_jax import metrics, models, parallel
 from lavin_jax.config import require
 from lavin_jax.data import synthetic
 from lavin_jax.models import discriminator, lpips
-from lavin_jax.objectives import Objective
+from lavin_jax.objectives.base import Objective
 
 
 def hinge_loss(logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lavin_jax import config as config_lib
 from lavin_jax import parallel, train
-from lavin_jax.data import pipeline, synthetic
+from lavin_jax.data import synthetic
 from lavin_jax.models import lpips
 from lavin_jax.objectives import autoencoding
-from conftest import QUICK_COMPILE, shipped_config
+from lavin_jax import state as state_lib
+from lavin_jax import validation
+from conftest import QUICK_COMPILE, iterate, shipped_config
 
 
 def vae_config(**overrides):
@@ -52,21 +53,21 @@ def initial():
     random bits XLA compiles in seconds on CPU instead of ~20 s."""
     config = shared_config()
     mesh = parallel.make_mesh(config, jax.devices()[:1])
-    s = train.setup(config, mesh)
+    s = state_lib.setup(config, mesh)
     with jax.threefry_partitionable(False):
-        return jax.device_get(train.init_state(config, s)), mesh
+        return jax.device_get(state_lib.init_state(config, s)), mesh
 
 
 def placed(initial, s):
     """A fresh copy of the shared initial state, laid out for setup `s` (a step donates its state)."""
-    return jax.device_put(initial[0], train.shardings(s.abstract_state))
+    return jax.device_put(initial[0], state_lib.shardings(s.abstract_state))
 
 
 def prepared(initial, config):
     """(setup, state, constants, mesh) of `config`, a variant of SHARED with the same parameters
     (compute dtypes and losses may differ), starting from the shared initial state."""
-    s = train.setup(config, initial[1])
-    return s, placed(initial, s), train.place_constants(s), initial[1]
+    s = state_lib.setup(config, initial[1])
+    return s, placed(initial, s), state_lib.place_constants(s), initial[1]
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +174,12 @@ def test_lpips_without_its_file_is_refused_before_anything_runs(tmp_path):
 )
 def test_bad_vae_settings_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
-        config_lib.validate(vae_config(**{field: value}), 8)
+        validation.validate(vae_config(**{field: value}), 8)
 
 
 def test_curriculum_images_first_then_images_and_clips():
     config = vae_config(**{"data.video_start": 3, "data.video_share": 0.5})
-    data = pipeline.make_iterator(config)
+    data = iterate(config)
     lengths = [next(data)["video"].shape[1] for _ in range(40)]
     assert lengths[:3] == [1, 1, 1]
     assert set(lengths[3:]) == {1, config.data.clip_frames}
@@ -189,7 +190,7 @@ def test_a_hundred_steps_raise_reconstruction_psnr(initial, shared):
     config, s, constants, mesh, step = shared
     state = placed(initial, s)
     _, start = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)
-    data = pipeline.make_iterator(config)
+    data = iterate(config)
     for i in range(config.total_steps):
         state, _ = step(state, constants, parallel.global_batch(next(data), mesh, config.mesh.rules), s.objective.phase(i))
     images, end = s.objective.evaluate(s.graphdefs, state["ema"], constants, mesh)

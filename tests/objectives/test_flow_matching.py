@@ -8,6 +8,7 @@ import pytest
 
 from lavin_jax import evaluation, inference, parallel, train
 from lavin_jax.data import episodes, scoring
+from lavin_jax import state as state_lib
 
 EPISODES = 8
 
@@ -15,8 +16,8 @@ EPISODES = 8
 def fit(config, batch: dict, steps: int):
     """(objective, graphdef, params, mesh) after `steps` train steps on the one `batch`."""
     mesh = parallel.make_mesh(config)
-    s = train.setup(config, mesh)
-    state = train.init_state(config, s)
+    s = state_lib.setup(config, mesh)
+    state = state_lib.init_state(config, s)
     step_fn = train.make_train_step(config, s)
     for _ in range(steps):
         state, _ = step_fn(state, {}, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
@@ -38,7 +39,7 @@ def test_a_model_fitted_to_a_few_episodes_samples_their_answers(make_config, tas
     objective, graphdef, params, mesh = fit(config, batch, config.total_steps)
 
     # The demo's own sampler and guidance (configs/tiny.py), from noise never trained on.
-    answers = inference.Predictor(objective, graphdef, params, {}, mesh).sample(batch["cond"], 1, seed=5)
+    answers = inference.Predictor(objective, graphdef, params, {}, mesh).sample({"cond": batch["cond"]}, 1, seed=5)
     psnr = lambda answer: scoring.METRICS["image"](answer, batch["target"])["psnr"]
     copied, mean_target = psnr(batch["cond"][:, -1:]), psnr(evaluation.mean_target(batch["cond"], 1))
     # Each episode gets its own answer: the model reads its query and its pair, and the sampler

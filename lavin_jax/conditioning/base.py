@@ -1,0 +1,57 @@
+"""The interface every conditioning implements (`lavin_jax.conditioning` has the registry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+
+class Conditioning:
+    """The interface; `incontext.InContext` and `labels.ClassLabels` implement it."""
+
+    pixel_fields: tuple[str, ...] = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    @staticmethod
+    def check(config) -> None:
+        """Raises ValueError, one sentence naming the field, for data settings it cannot use."""
+
+    def check_files(self) -> None:
+        """Raises, naming the field, where a file or dataset the run reads is missing (before any
+        compilation)."""
+
+    def check_eval_files(self) -> None:
+        """Like `check_files`, for what only evaluation reads."""
+
+    def source(self, seed: int):
+        """A random-access source (`__len__`, `__getitem__` -> dict of numpy arrays) for grain."""
+        raise NotImplementedError
+
+    def largest_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes of the largest pixel batch `source` makes."""
+        raise NotImplementedError
+
+    def example_context(self, frame: tuple[int, int, int]) -> tuple[int, dict[str, jax.ShapeDtypeStruct]]:
+        """(target frames, context of one example) of the largest example, for FLOPs; `frame` is
+        (side, side, channels) as the model sees it."""
+        raise NotImplementedError
+
+    def null(self, context: dict, frames: int) -> dict:
+        """The context classifier-free guidance samples against (jit-traced)."""
+        raise NotImplementedError
+
+    def check_context(self, context: dict, frames: int) -> None:
+        """Raises ValueError, one sentence, where prompts in model inputs (`Predictor.sample`'s
+        `context`) do not have the form this conditioning's batches have."""
+
+    def answer(self, predictor, prompts: list, **options) -> list:
+        """Answers to prompts (their form is the conditioning's), by `predictor.sample`."""
+        raise NotImplementedError
+
+    def evaluator(self, *, count: int | None = None, distances: bool = True, prefix: str = "samples") -> Any:
+        """An object whose `run(predictor, **options)` returns a report with "grids" (name -> uint8
+        image) and whose `scalars(report)` / `table(report)` flatten and print it."""
+        raise NotImplementedError

@@ -1,0 +1,182 @@
+"""What every generative objective shares, whatever its noise: the model, its conditioning, pixel
+or latent space, and the jitted sampler around the objective's own draw.
+
+A subclass (`flow_matching.FlowMatching`, `ddpm.DDPM`) gives its loss (`loss`), how it draws
+samples (`draw`) and which sampling options it takes (`sample_options`); the conditioning
+(`config.conditioning`) gives the data, the null condition and the evaluation. In latent space
+(`vae.name='stvae'`) the target and the conditioning's pixel fields are encoded as ST-VAE clips,
+inside the step or once into a cache, and samples are decoded back to pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from lavin_jax import conditioning, latents, models, parallel
+from lavin_jax.config import require
+from lavin_jax.objectives.base import Objective
+
+
+def frame_shape(config) -> tuple[int, int]:
+    """The side and channel count of one frame as the model sees it: pixels or ST-VAE latents."""
+    if config.vae.name == "none":
+        return config.data.image_size, 3
+    return config.data.image_size // config.vae.downsample, config.model.in_channels
+
+
+class Generative(Objective):
+    samples = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conditioning = conditioning.get(config)
+
+    @staticmethod
+    def check(config) -> None:
+        m, v, d = config.model, config.vae, config.data
+        require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
+        require(
+            v.name != "none" or m.in_channels == 3,
+            f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB "
+            "pixels: set config.model.in_channels=3.",
+        )
+        require(
+            v.name == "none" or (v.downsample > 0 and d.image_size % v.downsample == 0),
+            f"config.data.image_size={d.image_size} is not divisible by config.vae.downsample={v.downsample}.",
+        )
+        size, _ = frame_shape(config)
+        require(
+            size > 0 and size % m.patch_size == 0,
+            f"config.data.image_size={d.image_size} gives model inputs of side {size}, not divisible "
+            f"by config.model.patch_size={m.patch_size}.",
+        )
+
+    def check_files(self) -> None:
+        v = self.config.vae
+        if v.name == "stvae" and not v.checkpoint:
+            raise ValueError(
+                "config.vae.name='stvae' needs config.vae.checkpoint, the workdir of an ST-VAE run "
+                "(train one with configs/stvae_tiny.py or configs/stvae.py)."
+            )
+        if v.name == "stvae" and not os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
+            raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not an ST-VAE run: it has no checkpoints directory.")
+        if v.name == "stvae":
+            self.autoencoder  # loads it: latent statistics and channels are checked now.
+        self.conditioning.check_files()
+
+    def check_eval_files(self) -> None:
+        self.conditioning.check_eval_files()
+
+    def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
+        return {"model": models.build(self.config.model, rngs)}
+
+    @functools.cached_property
+    def autoencoder(self) -> latents.Autoencoder:
+        """The frozen ST-VAE of config.vae.checkpoint (latent space only)."""
+        autoencoder = latents.load(self.config.vae.checkpoint)
+        channels = autoencoder.config.model.latent_channels
+        if channels != self.config.model.in_channels:
+            raise ValueError(
+                f"config.model.in_channels={self.config.model.in_channels} but the ST-VAE of "
+                f"config.vae.checkpoint={self.config.vae.checkpoint!r} makes {channels}-channel latents."
+            )
+        return autoencoder
+
+    def source(self, seed: int):
+        return self.conditioning.source(seed)
+
+    def constants(self) -> dict:
+        if self.config.vae.name == "stvae":  # pixels are encoded (step, sampler), samples decoded.
+            return {"vae": self.autoencoder.params}
+        return {}
+
+    def abstract_constants(self, mesh) -> dict:
+        if self.config.vae.name != "stvae":
+            return {}
+        # Shapes from the ST-VAE run's config, or the released ST-VAE's where there is no run yet.
+        self.autoencoder = latents.load(self.config.vae.checkpoint, abstract=True, mesh=mesh)
+        return {"vae": self.autoencoder.params}
+
+    def largest_batch(self, batch_size: int) -> dict:
+        """The conditioning's largest pixel batch; from a latent cache, the same batch encoded."""
+        pixels = self.conditioning.largest_batch(batch_size)
+        if self.config.data.source != "latents":
+            return pixels
+        frames = pixels["target"].shape[1]
+        return jax.eval_shape(lambda batch: self.encoded(batch, {"vae": self.autoencoder.params}, frames), pixels)
+
+    def encoded(self, batch: dict, constants: dict, frames: int) -> dict:
+        """A batch whose target (if any) and pixel fields hold items of `frames` frames, with
+        those fields as ST-VAE latents, each item encoded as one clip."""
+        encode = lambda x: self.autoencoder.encode_frames(constants["vae"], x, frames)
+        fields = ("target", *self.conditioning.pixel_fields)
+        return {**batch, **{name: encode(batch[name]) for name in fields if name in batch}}
+
+    def model_frames(self, frames: int) -> int:
+        """How many frames the model sees for an item of `frames` pixel frames."""
+        if self.config.vae.name == "none":
+            return frames
+        return self.autoencoder.latent_frames(frames)
+
+    def loss(self, model, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
+        """(the batch's loss, stats) of `model` on a batch in model space."""
+        raise NotImplementedError
+
+    def grads(self, graphdefs, params, constants, batch, key, phase):
+        if self.config.vae.name == "stvae" and self.config.data.source != "latents":
+            batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
+        loss_fn = lambda p: self.loss(nnx.merge(graphdefs["model"], p), batch, key)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
+        return {"model": grads}, {"loss": loss, **aux}
+
+    def example_inputs(self) -> tuple:
+        """One example of the conditioning's largest kind (for FLOPs)."""
+        size, channels = frame_shape(self.config)
+        frame = (size, size, channels)
+        frames, context = self.conditioning.example_context(frame)
+        x = jax.ShapeDtypeStruct((1, frames, *frame), jnp.float32)
+        t = jax.ShapeDtypeStruct((1,), jnp.float32)
+        return x, t, context
+
+    def sample_options(self, **options) -> tuple[dict, tuple]:
+        """(traced, static) sampling settings: the config's, with `options` (steps, cfg_scale,
+        sampler, ...) overriding them. Traced ones (a guidance scale, a time grid) do not
+        recompile the sampler; static ones (step counts, the method) do."""
+        raise NotImplementedError
+
+    def draw(self, model, context: dict, null: dict | None, keys: jax.Array, shape: tuple, traced: dict, static: tuple) -> jax.Array:
+        """Samples of `shape` (B, T, H, W, C) in model space for `context`, guided against `null`
+        (None: unguided); example b's noise from `keys[b]` alone."""
+        raise NotImplementedError
+
+    def sampler(self, graphdef, mesh: Mesh):
+        """Jitted (params, constants, context, seed, indices, traced, frames, static) -> pixels
+        [B, frames, H, W, 3] for the context's B examples (pixel fields encoded and answers
+        decoded here in latent space). Example b's noise comes from (seed, indices[b]) alone.
+        `frames` and `static` are static."""
+        c = self.config
+        size, channels = frame_shape(c)
+
+        def sample(params, constants, context, seed, indices, traced, frames, static):
+            with parallel.activation_sharding(mesh, c.mesh.rules):
+                model = nnx.merge(graphdef, params)
+                if c.vae.name == "stvae":
+                    context = self.encoded(context, constants, frames)
+                keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
+                model_frames = self.model_frames(frames)
+                shape = (indices.shape[0], model_frames, size, size, channels)
+                guided = dict(static)["guided"]
+                null = self.conditioning.null(context, model_frames) if guided else None
+                prediction = self.draw(model, context, null, keys, shape, traced, static)
+                if c.vae.name == "stvae":
+                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
+                return prediction
+
+        # Replicated, so every host can read every answer.
+        return jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()), static_argnums=(6, 7))
