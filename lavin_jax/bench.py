@@ -4,15 +4,15 @@
     python -m lavin_jax.bench --config=configs/l.py --parts=train,sample --profile=/tmp/profile
     python -m lavin_jax.bench --config=configs/tiny.py --config.model.scan_layers=False --parts=train
 
-For a J-DiT config, on this host's devices, each part measures:
+For a config of a diffusion transformer (J-DiT, DiT), on this host's devices, each part measures:
 
     train       the jitted train step on a fixed batch of the largest shape the pipeline makes
-                (max_pairs pairs; video items if the mixture has video tasks): examples/s,
+                (in-context: max_pairs pairs, video items if the mixture has video tasks): examples/s,
                 tokens/s, model TFLOP/s and MFU against the device's peak, peak device memory,
                 compile time.
-    sample      sampling latency: config.flow.sample_steps Euler steps with guidance, for one
-                image episode and for a batch of them (the ST-VAE's encoding and decoding
-                inside); TFLOP/s and MFU.
+    sample      sampling latency: the objective's sampler (flow: Euler; ddpm: its sampler) with
+                guidance, for one of the largest examples and for a batch of them (the
+                ST-VAE's encoding and decoding inside); TFLOP/s and MFU.
     vae         the ST-VAE's encode and decode, frames/s and TFLOP/s, of images and of clips
                 (latent configs).
     data        the pipeline alone (this host's examples/s), and what it costs the step: steps
@@ -20,11 +20,11 @@ For a J-DiT config, on this host's devices, each part measures:
     checkpoint  saving the train state: the seconds the step waits for, the seconds until it is
                 written, and the waiting's share of step time at config.checkpoint_every.
 
-Model FLOPs are `JDiT.forward_flops` (closed form, checked against XLA's cost analysis in the
-tests): 3 forward passes a train step (forward and backward, whatever remat recomputes), two a
-sampling step (the conditional and the unconditional branch). The ST-VAE's work is not in the
+Model FLOPs are `models.flops.forward` (closed form, checked against XLA's cost analysis in the
+tests): 3 forward passes a train step (forward and backward, whatever remat recomputes), one per
+model call of a sampling step (the conditional and the unconditional branch). The ST-VAE's work is not in the
 MFU; its FLOPs are counted from its jaxpr (`summary.jaxpr_flops`) and reported beside: in a
-pixel-source step the encoding of the episode can outweigh the J-DiT.
+pixel-source step the encoding of the example can outweigh the transformer.
 Weights are random: throughput does not depend on their values. An ST-VAE run that
 config.vae.checkpoint names is used if it exists, else random weights of the released ST-VAE's
 shapes, so a fresh clone can measure any config. `--profile` traces a few more calls of the
@@ -59,8 +59,7 @@ from ml_collections import config_flags
 from lavin_jax import checkpoint, models, parallel, summary, train, validation
 from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
-from lavin_jax.models import jdit
-from lavin_jax.objectives import generative
+from lavin_jax.models import flops as model_flops
 
 # Dense peak TFLOP/s per chip at the compute dtype the configs use (bfloat16), from the vendors'
 # data sheets; a device kind not listed reports no MFU unless --peak_tflops is given.
@@ -105,16 +104,24 @@ class Bench:
     def mfu(self, tflops_per_device: float) -> float | None:
         return tflops_per_device / self.peak_tflops if self.peak_tflops else None
 
-    def model_frames(self, item_frames: int, pixel_items: bool = True) -> int:
-        """The frames the model sees of an item of `item_frames` frames: pixel frames are encoded
-        into fewer latent frames; items that are not `pixel_items` (a latent cache's) already are."""
-        return self.s.objective.model_frames(item_frames) if pixel_items else item_frames
+    def model_shapes(self, batch: dict, item_frames: int) -> dict[str, tuple]:
+        """The model's inputs for one example of `batch` (abstract, as the pipeline or a prompt
+        gives it), without the batch axis: pixel fields are encoded into latents unless they are a
+        latent cache's already."""
+        one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in batch.items() if name != "skipped"}
+        if self.config.vae.name == "stvae" and self.config.data.source != "latents":
+            one = jax.eval_shape(lambda constants, one: self.s.objective.encoded(one, constants, item_frames), self.constants, one)
+        return {name: tuple(x.shape[1:]) for name, x in one.items()}
 
-    def flops(self, cond_items: int, item_frames: int, pixel_items: bool = True) -> int:
-        """Forward FLOPs of one example with `cond_items` condition items and one target item."""
-        frames = self.model_frames(item_frames, pixel_items)
-        size, _ = generative.frame_shape(self.config)
-        return jdit.JDiT.forward_flops(self.config.model, cond_items * frames, frames, size, size)
+    def flops(self, batch: dict, item_frames: int) -> int:
+        """Forward FLOPs of one example of `batch` (`model_shapes`)."""
+        return model_flops.forward(self.config.model, self.model_shapes(batch, item_frames))
+
+    def tokens(self, batch: dict, item_frames: int) -> int:
+        """Tokens of one example: the patches of the target and of the pixel context fields."""
+        shapes, p = self.model_shapes(batch, item_frames), self.config.model.patch_size
+        fields = ("target", *self.s.objective.conditioning.pixel_fields)
+        return sum(shapes[f][0] * (shapes[f][1] // p) * (shapes[f][2] // p) for f in fields if f in shapes)
 
     def counted_flops(self, fn, *args) -> int:
         """FLOPs of fn(*args) counted from its jaxpr (`summary.jaxpr_flops`): the ST-VAE's."""
@@ -123,8 +130,10 @@ class Bench:
 
 def prepare(config, peak_tflops: float = 0.0, profile_dir: str = "") -> Bench:
     """Checks the config, then builds the state and constants on this host's devices."""
-    if config.model.name != "jdit":
-        raise ValueError(f"config.model.name={config.model.name!r}: the benchmark harness measures J-DiT configs.")
+    if config.model.name not in model_flops.FORMULAS:
+        raise ValueError(
+            f"config.model.name={config.model.name!r}: the benchmark harness measures the diffusion transformers ({', '.join(model_flops.FORMULAS)})."
+        )
     validation.validate(config, jax.device_count(), jax.process_count())
     mesh = parallel.make_mesh(config)
     s = state_lib.setup(config, mesh)
@@ -149,6 +158,11 @@ def _constants(config, s: state_lib.Setup, mesh: Mesh) -> dict:
 
 def _random(shape, dtype=np.float32) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, shape).astype(dtype)
+
+
+def _example(shape, dtype) -> np.ndarray:
+    """An input of a batch: zeros for integer fields (labels, counts), else `_random`."""
+    return np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer) else _random(shape, dtype)
 
 
 def _tflops(flops: float, seconds: float, devices: int) -> float:
@@ -235,10 +249,7 @@ def train_step(b: Bench, steps: int) -> dict:
     """The train step on a fixed batch of the largest shape the pipeline makes."""
     c, s = b.config, b.s
     abstract = s.objective.largest_batch(c.global_batch_size)
-    batch = parallel.global_batch(
-        {name: np.zeros(x.shape, x.dtype) if np.issubdtype(x.dtype, np.integer) else _random(x.shape, x.dtype) for name, x in abstract.items()},
-        b.mesh, c.mesh.rules,
-    )
+    batch = parallel.global_batch({name: _example(x.shape, x.dtype) for name, x in abstract.items()}, b.mesh, c.mesh.rules)
     started = time.perf_counter()
     compiled = train.make_train_step(c, s).lower(b.state, b.constants, batch, s.objective.phase(c.total_steps)).compile()
     compile_seconds = time.perf_counter() - started
@@ -249,15 +260,12 @@ def train_step(b: Bench, steps: int) -> dict:
 
     _, step_seconds = _seconds(call, steps)
     item_frames = abstract["target"].shape[1]
-    items = abstract["cond"].shape[1] // item_frames
-    pixel_items = c.data.source != "latents"
-    flops = 3 * b.flops(items, item_frames, pixel_items)
-    size, _ = generative.frame_shape(c)
+    flops = 3 * b.flops(abstract, item_frames)
     encode_flops = 0
     if c.vae.name == "stvae" and c.data.source == "synthetic":  # pixels are encoded inside the step.
         one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in abstract.items()}
         encode_flops = b.counted_flops(lambda constants, batch: s.objective.encoded(batch, constants, item_frames), b.constants, one)
-    tokens = (items + 1) * b.model_frames(item_frames, pixel_items) * (size // c.model.patch_size) ** 2
+    tokens = b.tokens(abstract, item_frames)
     examples_per_sec = c.global_batch_size / step_seconds
     achieved = _tflops(flops * c.global_batch_size, step_seconds, jax.device_count())
     memory = b.device.memory_stats() or {}
@@ -279,27 +287,32 @@ def train_step(b: Bench, steps: int) -> dict:
 
 
 def sample(b: Bench, batch: int, repeats: int) -> dict:
-    """Latency of guided Euler sampling of image episodes with `sample.num_pairs` (or max_pairs)
-    pairs, for 1 episode and for `batch`."""
-    c = b.config
-    pairs, steps = c.sample.num_pairs or c.data.max_pairs, c.flow.sample_steps
-    sampler = b.s.objective.sampler(b.s.graphdefs["model"], b.mesh)
-    traced, static = b.s.objective.sample_options(sampler="euler")
-    # Every step runs the model on the episode and on its unconditional branch, [0, query].
-    flops = steps * (b.flops(2 * pairs + 1, 1) + b.flops(2, 1))
-    report = {"steps": steps, "pairs": pairs, "cfg_scale": c.flow.cfg_scale, "model_flops_per_episode": flops}
+    """Latency of sampling the largest example (`largest_batch`'s context, random) with the
+    objective's default sampler and guidance (flow: Euler steps), for 1 example and for `batch`."""
+    c, objective = b.config, b.s.objective
+    sampler = objective.sampler(b.s.graphdefs["model"], b.mesh)
+    traced, static = objective.sample_options(**({"sampler": "euler"} if c.objective == "flow" else {}))
+    abstract = objective.largest_batch(1)
+    frames = abstract["target"].shape[1]
+    context = {name: x for name, x in abstract.items() if name not in ("target", "skipped")}
+    calls = objective.model_calls(traced, static)
+    flops = calls * b.flops(abstract, frames)
+    if dict(static)["guided"]:  # every step also runs the model on the null condition.
+        null = jax.eval_shape(lambda context: objective.conditioning.null(context, frames), context)
+        flops += calls * b.flops({**null, "target": abstract["target"]}, frames)
+    report = {"model_calls": calls, "guided": dict(static)["guided"], "model_flops_per_example": flops}
     shards = parallel.batch_shards(b.mesh, c.mesh.rules)
     for n in sorted({1, batch}):
-        cond = parallel.replicate(_random((n, 2 * pairs + 1, c.data.image_size, c.data.image_size, 3)), b.mesh)
+        prompt = {name: parallel.replicate(_example((n, *x.shape[1:]), x.dtype), b.mesh) for name, x in context.items()}
         indices = np.arange(n)
-        call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, {"cond": cond}, 0, indices, traced, 1, static))
+        call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, prompt, 0, indices, traced, frames, static))
         first, seconds = _seconds(call, repeats)
         # A batch the mesh cannot split is worked whole by every batch shard.
         achieved = _tflops(flops * n, seconds, jax.device_count() // (1 if n % shards == 0 else shards))
         report[f"batch_{n}"] = {
             "compile_seconds": round(first - seconds, 2),
             "seconds": seconds,
-            "seconds_per_episode": seconds / n,
+            "seconds_per_example": seconds / n,
             "tflops_per_sec_per_device": achieved,
             "mfu": b.mfu(achieved),
         }
@@ -483,10 +496,10 @@ def table(report: dict, prefix: str = "") -> str:
 def define_flags() -> None:
     """The command line's flags, defined only when this module runs as the program (as a library
     it must not claim --config, which lavin_jax.main defines)."""
-    config_flags.DEFINE_config_file("config", None, "A J-DiT config.", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "A J-DiT or DiT config.", lock_config=True)
     flags.DEFINE_list("parts", [], f"What to measure, of {', '.join(PARTS)}; empty: all that apply to the config.")
     flags.DEFINE_integer("steps", 10, "Timed calls of each measurement, after those that compile.")
-    flags.DEFINE_integer("sample_batch", 8, "Episodes of the batched sampling call.")
+    flags.DEFINE_integer("sample_batch", 8, "Examples of the batched sampling call.")
     flags.DEFINE_integer("vae_batch", 4, "Images, and clips, per ST-VAE call.")
     flags.DEFINE_float("peak_tflops", 0.0, "The device's peak dense TFLOP/s for MFU; 0: from PEAK_TFLOPS by device kind.")
     flags.DEFINE_string("profile", "", "Trace the train step and the sampler into this directory and summarise the traces.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import inspect
 import os
 
 import ml_collections
@@ -170,7 +171,10 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
 
 
 def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
-    """Loads `get_config()` from a config file and applies dotted overrides (tests, notebooks)."""
+    """Loads `get_config()` from a config file and applies dotted overrides (tests, notebooks).
+    As on the command line, `file.py:argument` passes the argument, e.g. a model variant
+    (`configs/dit.py:B/4`)."""
+    path, colon, argument = path.partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Config file {path!r} does not exist.")
     spec = importlib.util.spec_from_file_location("lavin_jax_user_config", path)
@@ -178,7 +182,10 @@ def load(path: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f"Config file {path!r} cannot be loaded as a Python module.")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return override(module.get_config(), overrides or {})
+    if colon and not inspect.signature(module.get_config).parameters:
+        raise ValueError(f"Config file {path!r} takes no argument, but {argument!r} was given after ':'.")
+    config = module.get_config(argument) if colon else module.get_config()
+    return override(config, overrides or {})
 
 
 def override(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:

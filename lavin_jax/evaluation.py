@@ -189,21 +189,6 @@ def scalars(report: dict) -> dict[str, float]:
     return flat
 
 
-def from_scalars(flat: dict[str, float]) -> tuple[dict, dict[str, float]]:
-    """The inverse of `scalars`: ({task: {answer: {value: v}}}, the scalars that are not a
-    task's score)."""
-    tasks, others = {}, {}
-    for name, value in flat.items():
-        prefix, _, rest = name.partition("/")
-        task, _, field = rest.rpartition("/")  # record tasks are named <directory>/<task>.
-        who = "model" if prefix == "eval" else prefix.removeprefix("eval_")
-        if task and who in ANSWERS:
-            tasks.setdefault(task, {}).setdefault(who, {})[field] = value
-        else:
-            others[name] = value
-    return tasks, others
-
-
 def better(value: str, model: float, baseline: float) -> bool:
     return model < baseline if value in scoring.LOWER_IS_BETTER else model > baseline
 

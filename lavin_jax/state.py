@@ -20,7 +20,7 @@ from lavin_jax import objectives, parallel
 
 
 def make_optimizer(optim_cfg, total_steps: int):
-    """AdamW after global-norm clipping, with linear warmup then a constant or cosine rate."""
+    """AdamW after global-norm clipping (if any), with linear warmup then a constant or cosine rate."""
     warmup = min(optim_cfg.warmup_steps, total_steps)
     if optim_cfg.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, optim_cfg.lr, warmup, max(total_steps, warmup + 1))
@@ -30,7 +30,8 @@ def make_optimizer(optim_cfg, total_steps: int):
             [warmup],
         )
     tx = optax.chain(
-        optax.clip_by_global_norm(optim_cfg.grad_clip),
+        # 0: no clipping (DiT trains unclipped).
+        optax.clip_by_global_norm(optim_cfg.grad_clip) if optim_cfg.grad_clip > 0 else optax.identity(),
         optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay),
     )
     return tx, schedule

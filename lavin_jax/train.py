@@ -24,7 +24,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import checkpoint, evaluation, inference, metrics, parallel, runs, summary, validation
+from lavin_jax import checkpoint, inference, metrics, parallel, runs, summary, validation
 from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
 
@@ -95,11 +95,16 @@ def compile_step(config, mesh: Mesh) -> jax.stages.Compiled:
 
 
 def evaluator(s: state_lib.Setup, constants: dict):
-    """EMA parameters -> (PNG grids by name, scalars): a generative model's samples judged by its
-    conditioning's evaluator (built once: held-out data, the compiled sampler), or the
-    objective's own evaluation."""
+    """EMA parameters -> (PNG grids by name, scalars, the printed table): a generative model's
+    samples judged by its conditioning's evaluator (built once: held-out data, the compiled
+    sampler), or the objective's own evaluation, its scalars listed by name."""
     if not s.objective.samples:
-        return lambda params: s.objective.evaluate(s.graphdefs, params, constants, s.mesh)
+
+        def evaluate_objective(params):
+            grids, scalars = s.objective.evaluate(s.graphdefs, params, constants, s.mesh)
+            return grids, scalars, "\n".join(f"{name:<42} {value:.4g}" for name, value in scalars.items())
+
+        return evaluate_objective
     judged = predictor = None
 
     def evaluate(params):
@@ -109,7 +114,7 @@ def evaluator(s: state_lib.Setup, constants: dict):
             predictor = inference.Predictor(s.objective, s.graphdefs["model"], params, constants, s.mesh)
         predictor.params = params
         report = judged.run(predictor)
-        return report["grids"], judged.scalars(report)
+        return report["grids"], judged.scalars(report), judged.table(report)
 
     return evaluate
 
@@ -263,11 +268,11 @@ def train(config, workdir: str) -> dict:
     judge = evaluator(s, constants) if config.eval_every else None
 
     def evaluate(step: int):
-        images, scalars = judge(state["ema"])
+        images, scalars, table = judge(state["ema"])
         writer.write_images(step, images)
         if scalars:
             writer.write_scalars(step, scalars)
-            evaluated.update(step=step, scalars=scalars)
+            evaluated.update(step=step, table=table)
 
     step = int(jax.device_get(state["step"]))
     compiled: set = set()
@@ -344,15 +349,7 @@ def _summary(config, step: int, saved: list[int], checkpoint_dir: str, outputs: 
         span = f"step {first}" if first == logged["step"] else f"steps {first}-{logged['step']}"
         lines.append(f"Loss {logged['scalars']['loss']:.4f} (the mean over {span}).")
     if evaluated:
-        lines += [f"Evaluation at step {evaluated['step']}:", _eval_table(evaluated["scalars"])]
+        lines += [f"Evaluation at step {evaluated['step']}:", evaluated["table"]]
     lines.append(f"{'checkpoints':<12} {os.path.abspath(checkpoint_dir)} (steps {', '.join(map(str, saved))})")
     lines += [f"{name:<12} {os.path.abspath(path)}" for name, path in outputs.items()]
     return "\n".join(lines)
-
-
-def _eval_table(scalars: dict[str, float]) -> str:
-    """Evaluation scalars as `evaluation.table` prints them, then any others (an objective without
-    baselines) by name."""
-    tasks, others = evaluation.from_scalars(scalars)
-    lines = [evaluation.table({"tasks": tasks})] if tasks else []
-    return "\n".join(lines + [f"{name:<42} {value:.4g}" for name, value in others.items()])

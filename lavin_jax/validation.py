@@ -32,9 +32,14 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
     require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")
     require(o.lr > 0, f"config.optim.lr={o.lr} must be positive.")
     require(o.warmup_steps >= 0, f"config.optim.warmup_steps={o.warmup_steps} must be non-negative.")
+    require(o.grad_clip >= 0, f"config.optim.grad_clip={o.grad_clip} must be non-negative (0: no clipping).")
     require(0.0 <= o.ema_decay < 1.0, f"config.optim.ema_decay={o.ema_decay} must be in [0, 1).")
     require(config.sample.num_examples >= 1, f"config.sample.num_examples={config.sample.num_examples} must be at least 1.")
     require(config.sample.num >= 0, f"config.sample.num={config.sample.num} must be non-negative.")
+    require(
+        config.sample.num == 0 or config.conditioning == "class",
+        f"config.sample.num={config.sample.num} draws class-balanced images of a class-conditional run; config.conditioning={config.conditioning!r}.",
+    )
 
     if num_devices is None:
         return None

@@ -59,6 +59,45 @@ def small_config(**overrides):
     return shipped_config("tiny", SMALL, overrides)
 
 
+def fit(config, batch: dict, steps: int):
+    """(objective, graphdef, params, mesh, the last step's stats) after `steps` real train steps
+    on the one `batch`."""
+    import jax
+    from lavin_jax import parallel, train
+    from lavin_jax import state as state_lib
+
+    mesh = parallel.make_mesh(config)
+    s = state_lib.setup(config, mesh)
+    state = state_lib.init_state(config, s)
+    step_fn = train.make_train_step(config, s)
+    for _ in range(steps):
+        state, stats = step_fn(state, {}, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
+        # Hundreds of steps queued without a wait can exhaust XLA's CPU runtime; the trainer waits
+        # at every log.
+        jax.block_until_ready(state["step"])
+    return s.objective, s.graphdefs["model"], state["params"]["model"], mesh, jax.device_get(stats)
+
+
+# configs/dit_digits.py made small: 8 px digits, 16 tokens a few steps learn from.
+DIGITS_SMALL = {
+    "model.hidden": 64,
+    "model.patch_size": 2,
+    "model.depth": 2,
+    "data.image_size": 8,
+    "global_batch_size": 16,
+    "sample.num_examples": 2,
+    "flow.sample_steps": 5,
+    "ddpm.sample_steps": 10,
+    "eval.episodes": 2,
+    "compile_cache": "",
+}
+
+
+def digits_config(**overrides):
+    """configs/dit_digits.py with DIGITS_SMALL, then `overrides`."""
+    return shipped_config("dit_digits", DIGITS_SMALL, overrides)
+
+
 # XLA's CPU backend spends about half of a compile optimising machine code; a function a test runs
 # once or a few times on tiny arrays is done sooner without that (what is computed is the same).
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}

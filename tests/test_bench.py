@@ -7,9 +7,9 @@ import os
 import jax
 import pytest
 
-from conftest import shipped_config, small_config
+from conftest import digits_config, shipped_config, small_config
 from lavin_jax import bench, parallel
-from lavin_jax.models import jdit
+from lavin_jax.models import flops
 from lavin_jax import state as state_lib
 
 # One pair of 1-frame items: the train step and the pipeline have one shape.
@@ -34,7 +34,7 @@ def test_the_train_step_report_is_consistent(measured):
     r = report["train"]
     # One pair and a query of 1-frame items, then the answer: 4 frames of 16 tokens.
     assert r["tokens_per_example"] == 4 * 16
-    assert r["model_flops_per_example"] == 3 * jdit.JDiT.forward_flops(config.model, 3, 1, 16, 16)
+    assert r["model_flops_per_example"] == 3 * flops.forward(config.model, {"target": (1, 16, 16, 3), "cond": (3, 16, 16, 3)})
     assert r["tokens_per_sec"] == pytest.approx(r["examples_per_sec"] * 64)
     assert r["examples_per_sec"] == pytest.approx(config.global_batch_size / r["step_seconds"])
     per_device = r["model_flops_per_example"] * r["examples_per_sec"] / 8 / 1e12
@@ -46,15 +46,26 @@ def test_the_train_step_report_is_consistent(measured):
 def test_sampling_counts_both_guidance_branches_of_every_step(measured):
     config, report = measured
     r = report["sample"]
-    assert (r["steps"], r["pairs"]) == (3, 1)
+    assert (r["model_calls"], r["guided"]) == (3, True)
     # Each step: the episode [in, target, query] and its unconditional branch [0, query].
-    forward = lambda cond: jdit.JDiT.forward_flops(config.model, cond, 1, 16, 16)
-    assert r["model_flops_per_episode"] == 3 * (forward(3) + forward(2))
+    forward = lambda cond: flops.forward(config.model, {"target": (1, 16, 16, 3), "cond": (cond, 16, 16, 3)})
+    assert r["model_flops_per_example"] == 3 * (forward(3) + forward(2))
     for n in (1, 2):
         batch = r[f"batch_{n}"]
-        assert batch["seconds_per_episode"] == pytest.approx(batch["seconds"] / n)
+        assert batch["seconds_per_example"] == pytest.approx(batch["seconds"] / n)
         # 1 or 2 episodes cannot be split over 8 batch shards: every device samples them whole.
-        assert batch["tflops_per_sec_per_device"] == pytest.approx(r["model_flops_per_episode"] * n / batch["seconds"] / 1e12)
+        assert batch["tflops_per_sec_per_device"] == pytest.approx(r["model_flops_per_example"] * n / batch["seconds"] / 1e12)
+
+
+def test_a_class_conditional_dit_is_measured_by_the_same_parts():
+    config = digits_config(**{"objective": "ddpm", "model.learn_sigma": True, "eval_every": 0, "ddpm.sample_steps": 4})
+    report = bench.run(config, ["train", "sample"], steps=1, sample_batch=2)
+    one = {"target": (1, 8, 8, 3), "label": ()}
+    assert report["train"]["tokens_per_example"] == 16  # 8 px in 2 px patches.
+    assert report["train"]["model_flops_per_example"] == 3 * flops.forward(config.model, one)
+    # Every DDPM step runs the labelled and the null-class branch: the same FLOPs each.
+    assert (report["sample"]["model_calls"], report["sample"]["guided"]) == (4, True)
+    assert report["sample"]["model_flops_per_example"] == 4 * 2 * flops.forward(config.model, one)
 
 
 def test_data_and_checkpoint_costs_are_shares_of_the_step(measured):
@@ -134,5 +145,5 @@ def test_parts_and_models_are_checked_before_anything_is_built():
         bench.run(small_config(), ["train", "speed"])
     with pytest.raises(ValueError, match="--parts=vae: config.vae.name='none' trains on pixels"):
         bench.run(small_config(), ["vae"])
-    with pytest.raises(ValueError, match="config.model.name='stvae': the benchmark harness measures J-DiT configs"):
+    with pytest.raises(ValueError, match=r"config.model.name='stvae': the benchmark harness measures the diffusion transformers \(jdit, dit\)"):
         bench.run(shipped_config("stvae_tiny", {}, {}))

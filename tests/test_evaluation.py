@@ -113,7 +113,7 @@ def test_fid_with_generated_inception_weights(tmp_path):
         ({"eval.fvd_weights": __file__, "data.video_frames": 9, "eval.episodes": 1}, ValueError,
          r"config.eval.episodes=1: FID and FVD need at least 2 episodes per task"),
         ({"eval.fvd_weights": __file__, "data.video_frames": 9}, ValueError, r"FVD I3D weights file .*test_evaluation.py is not a safetensors file"),
-        ({"eval.records": ("nowhere",)}, ValueError, r"Record directory 'nowhere' has no manifest.json"),
+        ({"eval.records": ("nowhere",)}, ValueError, r"Directory 'nowhere' has no manifest.json"),
     ],
 )
 def test_feature_network_settings_are_checked_before_anything_runs(fields, error, message):

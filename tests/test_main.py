@@ -1,6 +1,7 @@
 """`python -m lavin_jax.main` as a person runs it: each mistake one line, the compile cache, the
 sample command's own files."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,40 @@ def test_sample_command_names_its_files_apart_writes_to_output_dir_and_caches_co
     ]
     assert sorted(workdir.rglob("*")) == before
     assert os.listdir(cache)  # the sampler's compiled program, for the next run.
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory):
+    """A class-conditional DiT run of a few steps on the digits."""
+    from lavin_jax import train
+    from conftest import digits_config
+
+    workdir = tmp_path_factory.mktemp("trained_digits")
+    train.train(digits_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
+    return workdir
+
+
+def test_sample_writes_class_balanced_images_as_adms_evaluator_reads_them(trained_digits, tmp_path):
+    drawn = {}
+    for num in (12, 5):
+        out = tmp_path / str(num)
+        code, stdout, stderr = command("--mode=sample", "--config=configs/dit_digits.py", f"--workdir={trained_digits}", f"--output_dir={out}",
+                                       f"--config.sample.num={num}", "--config.ddpm.sample_steps=3", "--config.compile_cache=", devices=2)
+        assert code == 0, stderr[-3000:]
+        path = out / "samples" / "2.npz"
+        assert stdout.strip().endswith(f"and {num} images to {path}.")
+        drawn[num] = np.load(path)
+        assert drawn[num]["arr_0"].shape == (num, 8, 8, 3) and drawn[num]["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(drawn[num]["labels"], np.arange(num) % 10)
+        assert sorted(os.listdir(out / "samples")) == ["2.npz", "sampled_classes_0000002.png"]
+    # Image i's noise comes from (seed, i): how many are drawn, and in what batches, changes none.
+    np.testing.assert_array_equal(drawn[12]["arr_0"][:5], drawn[5]["arr_0"])
+
+
+def test_eval_judges_a_class_conditional_run_by_its_classifier(trained_digits, tmp_path):
+    code, stdout, stderr = command("--mode=eval", "--config=configs/dit_digits.py", f"--workdir={trained_digits}", f"--output_dir={tmp_path}",
+                                   "--config.ddpm.sample_steps=3", "--config.compile_cache=")
+    assert code == 0, stderr[-3000:]
+    assert "(real held-out images" in stdout and "chance 0.100" in stdout
+    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert report["step"] == 2 and report["accuracy"]["real"] > 0.9 and set(report["classes"]) == {str(k) for k in range(10)}

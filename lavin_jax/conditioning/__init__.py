@@ -18,9 +18,9 @@ from lavin_jax.conditioning.base import Conditioning
 
 
 def _conditionings() -> dict[str, type[Conditioning]]:
-    from lavin_jax.conditioning import incontext
+    from lavin_jax.conditioning import incontext, labels
 
-    return {"incontext": incontext.InContext}
+    return {"incontext": incontext.InContext, "class": labels.ClassLabels}
 
 
 def get(config) -> Conditioning:

@@ -23,7 +23,7 @@ from PIL import Image
 from lavin_jax import evaluation, flow, latents
 from lavin_jax.conditioning.base import Conditioning
 from lavin_jax.config import require
-from lavin_jax.data import episodes, ingest as media, records, scoring, synthetic
+from lavin_jax.data import episodes, media, records, scoring, synthetic
 
 # The released inference script's recipe (`Predictor.predict(..., **OFFICIAL)`): the official
 # 20-point time grid with Euler steps, guidance 1.5, items stretched with bicubic resampling.

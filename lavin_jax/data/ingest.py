@@ -4,6 +4,8 @@ directory (`records.py` describes the format).
     python -m lavin_jax.data.ingest --config=configs/tiny.py --out=DIR \\
         --source=folder:PATH --source=videos:PATH --source=tfds:NAME[:SPLIT] \\
         [--metric=TASK=METRIC ...] [--no_flip=TASK ...] [--tfds_data_dir=D] [--max_examples=N]
+    python -m lavin_jax.data.ingest --config=configs/tiny.py --out=DIR \\
+        --classes=ROOT [--classes_test=ROOT | --test_fraction=F]
 
 Sources (`--source` may repeat; all go into DIR):
 - `folder:PATH`: LaVin-DiT's template layout, PATH/<task>/<id>_input.<ext> beside
@@ -16,6 +18,12 @@ Sources (`--source` may repeat; all go into DIR):
   `frame_prediction`: input frames [s, s+T), target [s+T, s+2T), T = data.video_frames.
 - `tfds:NAME[:SPLIT]` (split `train` by default): a dataset of `tfds_sources.ADAPTERS`, its
   first --max_examples examples (0: all).
+
+`--classes=ROOT` writes class-labelled images instead of pairs (`labelled.ingest_folders`; DIR is
+then read with `labelled.open_dataset(DIR, ...)`): ImageNet-style class folders ROOT/<class>/<image
+files>, center-cropped to data.ingest.size and stored with data.ingest.encoding, the test split a
+second folder of the same classes (--classes_test) or a --test_fraction of each class drawn by
+config.seed. Unreadable files are skipped, logged and listed in DIR/labels.json.
 
 Video frames are taken as decoded, whatever the frame rate. Clips start every
 data.ingest.video_stride frames (0: one after the other, no frame in two clips).
@@ -47,13 +55,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from PIL import Image
 
 from lavin_jax import config as config_lib
-from lavin_jax.data import records, tfds_sources
+from lavin_jax.data import labelled, media, records, tfds_sources
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 FRAME_PREDICTION = "frame_prediction"
 REPORT = "report.json"
 _ROLES = ("input", "target")
@@ -63,8 +68,8 @@ _ROLES = ("input", "target")
 Pair = tuple[str, np.ndarray, np.ndarray]
 
 
-class Skip(Exception):
-    """An item that cannot be used; `str()` is the reason."""
+# An item that cannot be used; `str()` is the reason. The readers of `media` raise it too.
+Skip = media.Skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,52 +101,9 @@ class Clips:
 # a pair's target is named in the reason when it is the culprit.
 
 
-def _read_image(path: str) -> Iterator[np.ndarray]:
-    """An image as a stream of one uint8 [H, W, 3] frame, like a video's."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("L", "RGB"):
-                rgb = np.asarray(image.convert("RGB"))
-            elif image.mode in ("P", "LA", "PA", "RGBA"):  # a palette may hold transparent colours.
-                rgba = np.asarray(image.convert("RGBA"))
-                if (rgba[..., 3] < 255).any():
-                    raise Skip("has transparent pixels; only fully opaque RGBA is used")
-                rgb = rgba[..., :3]
-            else:
-                raise Skip(f"has mode {image.mode}; 8-bit RGB, gray, palette or opaque RGBA is needed")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise Skip(f"cannot be read as an image ({error})") from None
-    yield rgb
-
-
-def _read_video(path: str) -> Iterator[np.ndarray]:
-    """The frames of a video, uint8 [H, W, 3] each, decoded one at a time."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise Skip("has no video stream")
-            shape = None
-            for index, frame in enumerate(container.decode(video=0)):
-                array = frame.to_ndarray(format="rgb24")
-                shape = shape or array.shape
-                if array.shape != shape:
-                    raise Skip(f"changes size at frame {index}, from {shape[:2]} to {array.shape[:2]}")
-                yield array
-    except (av.FFmpegError, OSError, ValueError) as error:
-        raise Skip(f"cannot be decoded as a video ({error})") from None
-
-
-def read_frames(path: str) -> np.ndarray:
-    """An image file as uint8 [1, H, W, 3] or a video file's frames as [T, H, W, 3], by the
-    extension; raises Skip saying why it cannot be used."""
-    reader = _read_video if path.lower().endswith(VIDEO_EXTENSIONS) else _read_image
-    frames = list(reader(path))
-    if not frames:
-        raise Skip("has no frames")
-    return np.stack(frames)
+def _image(path: str) -> Iterator[np.ndarray]:
+    """An image as a stream of one frame, like a video's: read when the stream is."""
+    yield media.read_image(path)
 
 
 def _target(path: str, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -182,17 +144,17 @@ def _aligned(inputs: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> Ite
 
 
 def _image_pair(input_path: str, target_path: str) -> Iterator[Pair]:
-    yield "", np.stack(list(_read_image(input_path))), np.stack(list(_target(target_path, _read_image(target_path))))
+    yield "", np.stack(list(_image(input_path))), np.stack(list(_target(target_path, _image(target_path))))
 
 
 def _video_pair(input_path: str, target_path: str, clips: Clips) -> Iterator[Pair]:
-    frames = _aligned(_read_video(input_path), _target(target_path, _read_video(target_path)))
+    frames = _aligned(media.read_video(input_path), _target(target_path, media.read_video(target_path)))
     for start, window in _windows(frames, clips.frames, clips.stride or clips.frames):
         yield f"@{start}", np.stack([a for a, _ in window]), np.stack([b for _, b in window])
 
 
 def _video_file(path: str, clips: Clips) -> Iterator[Pair]:
-    yield from _frame_prediction(_read_video(path), clips)
+    yield from _frame_prediction(media.read_video(path), clips)
 
 
 def _tfds_example(data, index: int, adapter: tfds_sources.Adapter, clips: Clips) -> Iterator[Pair]:
@@ -230,7 +192,7 @@ def _pair_item(task: str, pair_id: str, paths: dict[str, list[str]], clips: Clip
         if len(paths[role]) > 1:
             return Item(task, first, _fails(f"pair {pair_id!r} has several {role} files ({', '.join(paths[role])})"))
     input_path, target_path = paths["input"][0], paths["target"][0]
-    video = [os.path.splitext(p)[1].lower() in VIDEO_EXTENSIONS for p in (input_path, target_path)]
+    video = [os.path.splitext(p)[1].lower() in media.VIDEO_EXTENSIONS for p in (input_path, target_path)]
     if video[0] != video[1]:
         return Item(task, input_path, _fails(f"is paired with {target_path}, but only one of them is a video"))
     if video[0]:
@@ -240,7 +202,7 @@ def _pair_item(task: str, pair_id: str, paths: dict[str, list[str]], clips: Clip
 
 def _folder_task(task: str, directory: str, clips: Clips) -> list[Item]:
     """The items of one task folder: a pair per id, or the reason it has none."""
-    extensions = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+    extensions = media.IMAGE_EXTENSIONS + media.VIDEO_EXTENSIONS
     found: dict[str, dict[str, list[str]]] = {}
     items = []
     for name in _visible(directory):
@@ -276,10 +238,10 @@ def _videos(spec: str, path: str, clips: Clips) -> Source:
         os.path.join(parent, name)
         for parent, _, names in os.walk(path)
         for name in names
-        if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS and not name.startswith(".")
+        if os.path.splitext(name)[1].lower() in media.VIDEO_EXTENSIONS and not name.startswith(".")
     )
     if not files:
-        raise ValueError(f"--source={spec} holds no video files ({', '.join(VIDEO_EXTENSIONS)}).")
+        raise ValueError(f"--source={spec} holds no video files ({', '.join(media.VIDEO_EXTENSIONS)}).")
     items = [Item(FRAME_PREDICTION, f, functools.partial(_video_file, f, clips)) for f in files]
     return Source(spec, "videos", {FRAME_PREDICTION: "image"}, lambda: items)
 
@@ -461,12 +423,21 @@ def run():
     )
     tfds_data_dir = flags.DEFINE_string("tfds_data_dir", None, "Where tfds datasets are prepared (unset: tfds's).")
     max_examples = flags.DEFINE_integer("max_examples", 0, "Examples read from each tfds source; 0: all.")
-    flags.mark_flags_as_required(["config", "source", "out"])
+    classes = flags.DEFINE_string("classes", None, "ROOT/<class>/<images>: class-labelled images, not pairs.")
+    classes_test = flags.DEFINE_string("classes_test", None, "With --classes: the test split's class folders.")
+    test_fraction = flags.DEFINE_float("test_fraction", 0.0, "With --classes: each class's share held out as test.")
+    flags.mark_flags_as_required(["config", "out"])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        if classes.value:
+            return main_classes()
         try:
+            if classes_test.value or test_fraction.value:
+                raise ValueError("--classes_test and --test_fraction go with --classes.")
+            if not sources.value:
+                raise ValueError("No --source or --classes given.")
             report = ingest(config.value, sources.value, out.value, metrics=parse_metrics(metric.value),
                             no_flip=no_flip.value, tfds_data_dir=tfds_data_dir.value, max_examples=max_examples.value)
         except ValueError as error:  # every refusal above is one sentence for the user.
@@ -474,6 +445,23 @@ def run():
         print(table(report))
         written, skipped = sum(report["written"].values()), len(report["skipped_items"])
         print(f"Wrote {written} pairs to {out.value}; skipped {skipped} items (see {os.path.join(out.value, REPORT)}).")
+
+    def main_classes():
+        try:
+            if sources.value:
+                raise ValueError("--classes writes labelled images and --source pairs, to one new directory each; give one.")
+            check_config(config.value)
+            metadata = labelled.ingest_folders(
+                classes.value, out.value, int(config.value.data.ingest.size), test_root=classes_test.value,
+                test_fraction=test_fraction.value, seed=int(config.value.seed),
+                encoding=config.value.data.ingest.encoding, num_threads=min(16, os.cpu_count() or 1),
+            )
+        except ValueError as error:
+            sys.exit(f"Error: {error}")
+        splits = metadata["splits"]
+        print(f"Wrote {splits['train']['count']} train and {splits['test']['count']} test images of "
+              f"{len(metadata['class_names'])} classes to {out.value}; skipped {len(metadata['skipped'])} files "
+              f"(see {os.path.join(out.value, labelled.METADATA)}).")
 
     app.run(main)
 

@@ -331,17 +331,21 @@ def _task_info(name: str, entry: dict) -> TaskInfo:
     return TaskInfo(name, entry["count"], entry["frames"], size, entry["metric"], entry["flip"])
 
 
-def _read_manifest(directory: str) -> dict[str, dict]:
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-        raise ValueError(
-            f"Record directory {directory!r} has no {MANIFEST}; write one with python -m lavin_jax.data.ingest."
-        )
+def read_json(directory: str, name: str, what: str, command: str) -> tuple[str, object]:
+    """(path, contents) of the JSON file `name` in `directory`, which ingest `command` writes; a
+    missing or unreadable one is a ValueError naming it (`what`: how a person calls the file)."""
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+        raise ValueError(f"Directory {directory!r} has no {name}; write one with {command}.")
     try:
         with open(path) as f:
-            manifest = json.load(f)
+            return path, json.load(f)
     except (OSError, ValueError) as error:
-        raise ValueError(f"Manifest {path!r} cannot be read as JSON ({error}).") from None
+        raise ValueError(f"{what} {path!r} cannot be read as JSON ({error}).") from None
+
+
+def _read_manifest(directory: str) -> dict[str, dict]:
+    path, manifest = read_json(directory, MANIFEST, "Manifest", "python -m lavin_jax.data.ingest")
     valid = isinstance(manifest, dict) and manifest.get("version") == VERSION
     if not (valid and isinstance(manifest.get("tasks"), dict)):
         raise ValueError(f"Manifest {path!r} is not a version {VERSION} manifest with a 'tasks' dict.")

@@ -5,9 +5,9 @@ ValueError naming the field its architecture cannot take. Which objective trains
 
 from flax import nnx
 
-from lavin_jax.models import jdit, stvae
+from lavin_jax.models import dit, jdit, stvae
 
-FAMILIES = {"jdit": jdit.JDiT, "stvae": stvae.STVAE}
+FAMILIES = {"jdit": jdit.JDiT, "dit": dit.DiT, "stvae": stvae.STVAE}
 
 
 def default_config(name: str):

@@ -16,15 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from lavin_jax.models import layers
+from lavin_jax.models import layers, transformer
 from lavin_jax.models.attention import attention
 from lavin_jax.parallel import constrain
-
-REMAT_POLICIES = {
-    "full": None,  # save nothing: recompute the whole block in the backward pass.
-    # keep the projections' and MLP's products, recompute attention (its products are batched).
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class Stream(nnx.Module):
@@ -35,7 +29,7 @@ class Stream(nnx.Module):
         d, heads, kv_heads = cfg.hidden, cfg.num_heads, cfg.num_kv_heads
         kv_width = kv_heads * (d // heads)
         # scale_msa, gate_msa, scale_mlp, gate_mlp; zero so every block starts as the identity.
-        self.modulation = layers.dense(d, 4 * d, ("embed", "mlp"), zero_init=True, dtype=dtype, rngs=rngs)
+        self.modulation = transformer.adaln(d, 4, dtype=dtype, rngs=rngs)
         self.q = layers.dense(d, d, ("embed", "heads"), use_bias=False, dtype=dtype, rngs=rngs)
         self.k = layers.dense(d, kv_width, ("embed", "kv_heads"), use_bias=False, dtype=dtype, rngs=rngs)
         self.v = layers.dense(d, kv_width, ("embed", "kv_heads"), use_bias=False, dtype=dtype, rngs=rngs)
@@ -64,12 +58,13 @@ class JDiTBlock(nnx.Module):
         self.cond = Stream(cfg, dtype=dtype, rngs=rngs)
         self.target = Stream(cfg, dtype=dtype, rngs=rngs)
 
-    def __call__(self, c, x, t_cond, t_target, rope):
+    def __call__(self, carry, t_cond, t_target, rope):
+        c, x = carry
         streams = (self.cond, self.target)
-        mods = [jnp.split(s.modulation(nnx.silu(t)), 4, axis=-1) for s, t in zip(streams, (t_cond, t_target))]
+        mods = [transformer.modulations(s.modulation, t, 4) for s, t in zip(streams, (t_cond, t_target))]
 
         qkv = [
-            s.qkv(layers.modulate(layers.rms_norm(h, self.eps), m[0]), self.head_dim)
+            s.qkv(transformer.modulate(layers.rms_norm(h, self.eps), m[0]), self.head_dim)
             for s, h, m in zip(streams, (c, x), mods)
         ]
         q, k, v = (jnp.concatenate(parts, axis=1) for parts in zip(*qkv))
@@ -82,7 +77,7 @@ class JDiTBlock(nnx.Module):
         outputs = []
         for s, h, a, (_, gate_msa, scale_mlp, gate_mlp) in zip(streams, (c, x), attended, mods):
             h = h + jnp.tanh(gate_msa)[:, None] * layers.rms_norm(s.out(a), self.eps)
-            mlp_out = s.mlp(layers.modulate(layers.rms_norm(h, self.eps), scale_mlp))
+            mlp_out = s.mlp(transformer.modulate(layers.rms_norm(h, self.eps), scale_mlp))
             h = h + jnp.tanh(gate_mlp)[:, None] * layers.rms_norm(mlp_out, self.eps)
             outputs.append(constrain(h, "batch", "length", "act_embed"))
         return tuple(outputs)
@@ -94,14 +89,14 @@ class FinalLayer(nnx.Module):
     def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
         d, p = cfg.hidden, cfg.patch_size
         self.eps = cfg.norm_eps
-        self.modulation = layers.dense(d, d, ("embed", "mlp"), zero_init=True, dtype=dtype, rngs=rngs)
+        self.modulation = transformer.adaln(d, 1, dtype=dtype, rngs=rngs)
         self.proj = layers.dense(
             d, p * p * cfg.in_channels, ("embed", "patch"), zero_init=True, dtype=dtype, rngs=rngs
         )
 
     def __call__(self, x, t_target):
-        scale = self.modulation(nnx.silu(t_target))
-        return self.proj(layers.modulate(layers.rms_norm(x, self.eps), scale))
+        (scale,) = transformer.modulations(self.modulation, t_target, 1)
+        return self.proj(transformer.modulate(layers.rms_norm(x, self.eps), scale))
 
 
 class JDiT(nnx.Module):
@@ -124,30 +119,11 @@ class JDiT(nnx.Module):
         # none: 3D RoPE alone, as LaVin-DiT. sincos: also DiT's fixed 2D sin-cos embedding on every
         # frame's tokens, which gives a small model its "same place in the query" attention far sooner.
         c.pos_embed = "none"
-        c.norm_eps = 1e-6
-        c.dtype = "bfloat16"  # compute dtype; parameters stay float32.
-        c.attention = "auto"  # auto | xla | cudnn
-        c.scan_layers = True
-        c.remat = "none"  # none | full | dots (save matmul outputs only)
-        return c
+        return transformer.compute_fields(c)
 
     @staticmethod
     def check_config(cfg) -> None:
-        for field, allowed in (
-            ("dtype", tuple(layers.DTYPES)),
-            ("attention", ("auto", "xla", "cudnn")),
-            ("remat", ("none", "full", "dots")),
-            ("pos_embed", ("none", "sincos")),
-        ):
-            if cfg[field] not in allowed:
-                raise ValueError(f"config.model.{field}={cfg[field]!r} must be one of {allowed}.")
-        for field in ("hidden", "depth", "num_heads", "num_kv_heads", "patch_size", "in_channels"):
-            if int(cfg[field]) <= 0:
-                raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
-        if cfg.hidden % cfg.num_heads:
-            raise ValueError(
-                f"config.model.hidden={cfg.hidden} is not divisible by config.model.num_heads={cfg.num_heads}."
-            )
+        transformer.check_fields(cfg, positive=("num_kv_heads", "patch_size", "in_channels"), choices=(("pos_embed", ("none", "sincos")),))
         if cfg.num_heads % cfg.num_kv_heads:
             raise ValueError(
                 f"config.model.num_heads={cfg.num_heads} is not divisible by "
@@ -173,12 +149,7 @@ class JDiT(nnx.Module):
         self.prompt_embed = nnx.Param(embed_init(rngs.params(), (1, d)))
         self.answer_embed = nnx.Param(embed_init(rngs.params(), (1, d)))
 
-        @nnx.split_rngs(splits=cfg.depth)
-        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def stacked_blocks(rngs):
-            return JDiTBlock(cfg, dtype=dtype, rngs=rngs)
-
-        self.blocks = stacked_blocks(rngs)
+        self.blocks = transformer.stack(lambda rngs: JDiTBlock(cfg, dtype=dtype, rngs=rngs), cfg.depth, rngs)
         self.final = FinalLayer(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
@@ -210,44 +181,6 @@ class JDiT(nnx.Module):
         t_cond = t_emb + self.prompt_embed[...]
         t_target = t_emb + self.answer_embed[...]
 
-        c, h = self._run_blocks(c, h, t_cond, t_target, rope)
+        c, h = transformer.run_stack(self.blocks, (c, h), t_cond, t_target, rope, cfg=self.cfg)
         out = self.final(h, t_target).astype(jnp.float32)
         return layers.unpatchify(out, p, t_frames, height // p, width // p)
-
-    @staticmethod
-    def forward_flops(cfg, cond_frames: int, target_frames: int, height: int, width: int) -> int:
-        """Forward FLOPs of one example (a multiply-add is 2), in closed form: every matrix
-        product (embeddings, projections, SwiGLU, modulations) and both attention products
-        (scores and the weighted sum, over the joint sequence of both streams) that the output
-        needs. The last block's condition stream after attention feeds nothing (only the target
-        is decoded), so it is not counted; XLA removes it too. Elementwise work, norms and RoPE
-        are left out, as in the papers' tables. `height`, `width`: of a model input frame (latent
-        pixels in latent space)."""
-        d, p = cfg.hidden, cfg.patch_size
-        kv = cfg.num_kv_heads * (d // cfg.num_heads)
-        mlp = cfg.mlp_hidden or layers.swiglu_hidden(d)
-        per_frame = (height // p) * (width // p)
-        n_cond, n_target = cond_frames * per_frame, target_frames * per_frame
-        n = n_cond + n_target
-        patch = p * p * cfg.in_channels
-        # Per token of either stream in a block: q and out (d x d), k and v (d x kv), SwiGLU.
-        token = 2 * (2 * d * d + 2 * d * kv + 3 * d * mlp)
-        block = n * token + 4 * n * n * d + 2 * (2 * d * 4 * d)  # + attention + both modulations
-        embed = 2 * n * patch * d + 2 * 256 * d + 2 * d * d  # patches, timestep MLP
-        final = 2 * d * d + 2 * n_target * d * patch
-        dead = n_cond * 2 * (d * d + 3 * d * mlp)  # the last block's condition out-projection and SwiGLU
-        return cfg.depth * block + embed + final - dead
-
-    def _run_blocks(self, c, h, t_cond, t_target, rope):
-        graphdef, params = nnx.split(self.blocks)
-
-        def block(carry, layer_params):
-            return nnx.merge(graphdef, layer_params)(*carry, t_cond, t_target, rope), None
-
-        if self.cfg.remat != "none":
-            block = jax.checkpoint(block, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=not self.cfg.scan_layers)
-        if self.cfg.scan_layers:
-            return jax.lax.scan(block, (c, h), params)[0]
-        for i in range(self.cfg.depth):
-            (c, h), _ = block((c, h), jax.tree.map(lambda a: a[i], params))
-        return c, h

@@ -1,5 +1,5 @@
-"""Blocks shared by the diffusion transformers: projections with logical axes, norms, SwiGLU,
-timestep embedding, patchify, and 3D rotary position embedding."""
+"""Layers shared by the diffusion transformers: projections with logical axes, norms, SwiGLU,
+timestep embedding, patchify, and 2D sin-cos and 3D rotary position embeddings."""
 
 from __future__ import annotations
 
@@ -46,6 +46,14 @@ def rms_norm(x: jax.Array, eps: float) -> jax.Array:
     return normed.astype(x.dtype)
 
 
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without scale or bias (adaLN supplies both), computed in float32."""
+    x32 = x.astype(jnp.float32)
+    centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+    normed = centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    return normed.astype(x.dtype)
+
+
 class RMSNorm(nnx.Module):
     """RMSNorm with a learned scale (used for QK-norm over the whole projected width)."""
 
@@ -55,11 +63,6 @@ class RMSNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return rms_norm(x, self.eps) * self.scale[...].astype(x.dtype)
-
-
-def modulate(x: jax.Array, scale: jax.Array) -> jax.Array:
-    """LaVin-DiT's scale-only AdaRN modulation; `scale` is per example, (B, D)."""
-    return x * (1 + scale[:, None, :])
 
 
 def swiglu_hidden(hidden: int) -> int:

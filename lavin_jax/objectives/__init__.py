@@ -18,9 +18,9 @@ from lavin_jax.objectives.base import Objective
 
 def _objectives() -> dict[str, type[Objective]]:
     # Imported here: each objective module imports the models it trains.
-    from lavin_jax.objectives import autoencoding, flow_matching
+    from lavin_jax.objectives import autoencoding, ddpm, flow_matching
 
-    return {"flow": flow_matching.FlowMatching, "autoencoding": autoencoding.Autoencoding}
+    return {"flow": flow_matching.FlowMatching, "ddpm": ddpm.DDPM, "autoencoding": autoencoding.Autoencoding}
 
 
 def get(config) -> Objective:

@@ -29,6 +29,10 @@ class FlowMatching(Generative):
         )
         require(0.0 < f.min_remaining <= 1.0, f"config.flow.min_remaining={f.min_remaining} must be in (0, 1].")
         require(f.prediction in flow.PREDICTIONS, f"config.flow.prediction={f.prediction!r} must be one of {', '.join(flow.PREDICTIONS)}.")
+        require(
+            not config.model.get("learn_sigma", False),
+            "config.model.learn_sigma=True is for objective='ddpm'; flow matching predicts no variance, so set it False.",
+        )
         require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
         require(
             not config.model.get("learn_sigma", False),
@@ -48,6 +52,9 @@ class FlowMatching(Generative):
             raise ValueError(f"sampler={method!r} must be one of {', '.join(flow.SAMPLERS)}.")
         grid = np.asarray(flow.time_grid(steps, time_grid or f.time_grid), np.float32)
         return {"grid": grid, "cfg_scale": np.float32(scale)}, (("guided", scale != 1.0), ("method", method))
+
+    def model_calls(self, traced, static):
+        return (len(traced["grid"]) - 1) * (2 if dict(static)["method"] == "heun" else 1)
 
     def draw(self, model, context, null, keys, shape, traced, static):
         f = self.config.flow

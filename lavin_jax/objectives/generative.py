@@ -150,6 +150,11 @@ class Generative(Objective):
         recompile the sampler; static ones (step counts, the method) do."""
         raise NotImplementedError
 
+    def model_calls(self, traced: dict, static: tuple) -> int:
+        """The model calls of one sample drawn with these options, per condition (guidance
+        doubles them)."""
+        raise NotImplementedError
+
     def draw(self, model, context: dict, null: dict | None, keys: jax.Array, shape: tuple, traced: dict, static: tuple) -> jax.Array:
         """Samples of `shape` (B, T, H, W, C) in model space for `context`, guided against `null`
         (None: unguided); example b's noise from `keys[b]` alone."""

@@ -2,29 +2,14 @@
 samples their answers. A break anywhere between the data and the answer (conditioning, time
 convention, loss, parameterisation, sampler) fails it in seconds, not after a 10-minute demo."""
 
-import jax
 import numpy as np
 import pytest
 
-from lavin_jax import evaluation, inference, parallel, train
+from lavin_jax import evaluation, inference
 from lavin_jax.data import episodes, scoring
-from lavin_jax import state as state_lib
+from conftest import fit
 
 EPISODES = 8
-
-
-def fit(config, batch: dict, steps: int):
-    """(objective, graphdef, params, mesh) after `steps` train steps on the one `batch`."""
-    mesh = parallel.make_mesh(config)
-    s = state_lib.setup(config, mesh)
-    state = state_lib.init_state(config, s)
-    step_fn = train.make_train_step(config, s)
-    for _ in range(steps):
-        state, _ = step_fn(state, {}, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
-        # Hundreds of steps queued without a wait can exhaust XLA's CPU runtime; the trainer waits
-        # at every log.
-        jax.block_until_ready(state["step"])
-    return s.objective, s.graphdefs["model"], state["params"]["model"], mesh
 
 
 @pytest.mark.parametrize("task", ["invert", "flip"])
@@ -36,7 +21,7 @@ def test_a_model_fitted_to_a_few_episodes_samples_their_answers(make_config, tas
     source = episodes.Episodes(config.data, config.seed, EPISODES)
     drawn = [source.episode(i, 1) for i in range(EPISODES)]
     batch = {name: np.stack([e[name] for e in drawn]) for name in drawn[0]}
-    objective, graphdef, params, mesh = fit(config, batch, config.total_steps)
+    objective, graphdef, params, mesh, _ = fit(config, batch, config.total_steps)
 
     # The demo's own sampler and guidance (configs/tiny.py), from noise never trained on.
     answers = inference.Predictor(objective, graphdef, params, {}, mesh).sample({"cond": batch["cond"]}, 1, seed=5)

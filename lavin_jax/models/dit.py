@@ -1,0 +1,133 @@
+"""DiT, the class-conditional diffusion transformer (Peebles & Xie, arXiv 2212.09748).
+
+An image (B, 1, H, W, C) is cut into p x p patches, each projected to a token, with a fixed 2D
+sin-cos position embedding. The conditioning vector c is the timestep's embedding (256 sinusoidal
+frequencies through an MLP) plus the class's (a table with one extra row, the null class that
+classifier-free guidance samples against). Every block is adaLN-Zero: from c it regresses shift,
+scale and gate for the attention and the MLP, the gates zero at the start so each block is the
+identity; the final layer (adaLN, then a zero-initialised projection) turns the tokens back into
+patches. The output is the noise and, with `learn_sigma`, the log-variance interpolation
+(2C channels, for `ddpm`), or the velocity (C channels, for `flow`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from lavin_jax.models import layers, transformer
+from lavin_jax.models.attention import attention
+from lavin_jax.parallel import constrain
+
+# The paper's four sizes, (hidden, depth, heads); a variant is a size and a patch, e.g. "XL/2".
+SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+PATCHES = (2, 4, 8)
+VARIANTS = tuple(f"{size}/{patch}" for size in SIZES for patch in PATCHES)
+
+
+def variant(name: str) -> dict:
+    """{'hidden', 'depth', 'num_heads', 'patch_size'} of a variant string such as 'XL/2'."""
+    match = re.fullmatch(r"(S|B|L|XL)/(\d+)", name)
+    if not match or int(match[2]) not in PATCHES:
+        raise ValueError(f"DiT variant {name!r} is unknown; known variants: {', '.join(VARIANTS)}.")
+    hidden, depth, heads = SIZES[match[1]]
+    return {"hidden": hidden, "depth": depth, "num_heads": heads, "patch_size": int(match[2])}
+
+
+class DiTBlock(nnx.Module):
+    """x + gate * attention(modulate(LN(x))), then x + gate * MLP(modulate(LN(x))), from c."""
+
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+        d = cfg.hidden
+        self.eps = cfg.norm_eps
+        self.head_dim = d // cfg.num_heads
+        self.attention_impl = cfg.attention
+        self.modulation = transformer.adaln(d, 6, dtype=dtype, rngs=rngs)
+        self.q = layers.dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.k = layers.dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.v = layers.dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.out = layers.dense(d, d, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        mlp = int(d * cfg.mlp_ratio)
+        self.fc1 = layers.dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = layers.dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        heads = lambda x, name: constrain(x.reshape(*x.shape[:2], -1, self.head_dim), "batch", "length", name, None)
+        q, k, v = (heads(proj(h), "act_heads") for proj in (self.q, self.k, self.v))
+        out = attention(q, k, v, self.attention_impl)
+        return self.out(out.reshape(*out.shape[:2], -1))
+
+    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = transformer.modulations(self.modulation, c, 6)
+        h = transformer.modulate(layers.layer_norm(x, self.eps), scale_msa, shift_msa)
+        x = x + gate_msa[:, None] * self.attend(h)
+        h = transformer.modulate(layers.layer_norm(x, self.eps), scale_mlp, shift_mlp)
+        x = x + gate_mlp[:, None] * self.fc2(nnx.gelu(self.fc1(h), approximate=True))
+        return constrain(x, "batch", "length", "act_embed")
+
+
+class DiT(nnx.Module):
+    objective = "ddpm"  # the defaults of config.objective and config.conditioning.
+    conditioning = "class"
+
+    @staticmethod
+    def default_config() -> ml_collections.ConfigDict:
+        """DiT-XL/2 on 4-channel latents of ImageNet's 1000 classes; `configs/dit.py:<variant>`
+        sets the size."""
+        c = ml_collections.ConfigDict()
+        c.name = "dit"
+        c.update(variant("XL/2"))
+        c.in_channels = 4
+        c.num_classes = 1000
+        c.learn_sigma = True  # ddpm: also predict the variance (2x output channels); flow: False.
+        c.mlp_ratio = 4.0
+        return transformer.compute_fields(c)
+
+    @staticmethod
+    def check_config(cfg) -> None:
+        transformer.check_fields(cfg, positive=("patch_size", "in_channels", "num_classes"))
+        if cfg.mlp_ratio <= 0:
+            raise ValueError(f"config.model.mlp_ratio={cfg.mlp_ratio} must be positive.")
+        if cfg.hidden % 4:
+            raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for the 2D sin-cos position embedding.")
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
+        self.cfg = cfg
+        dtype = layers.DTYPES[cfg.dtype]
+        d, p = cfg.hidden, cfg.patch_size
+        self.out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
+        self.patch_embed = layers.dense(p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
+        self.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
+        self.class_embed = nnx.Embed(
+            cfg.num_classes + 1, d, rngs=rngs,
+            embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
+        )
+        self.blocks = transformer.stack(lambda rngs: DiTBlock(cfg, dtype=dtype, rngs=rngs), cfg.depth, rngs)
+        self.final_modulation = transformer.adaln(d, 2, dtype=dtype, rngs=rngs)
+        self.final = layers.dense(d, p * p * self.out_channels, ("embed", "patch"), zero_init=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
+        """x: noisy images (B, 1, H, W, C); t: (B,) diffusion timesteps (0..999 for ddpm, [0, 1]
+        for flow); context['label']: (B,) int classes, `num_classes` the null class. Returns
+        (B, 1, H, W, out_channels), float32."""
+        p, channels = self.cfg.patch_size, self.cfg.in_channels
+        if x.ndim != 5 or x.shape[1] != 1 or x.shape[-1] != channels or x.shape[2] % p or x.shape[3] % p:
+            raise ValueError(
+                f"DiT takes images (B, 1, H, W, {channels}) with H and W divisible by patch_size={p}; got {x.shape}."
+            )
+        height, width = x.shape[2] // p, x.shape[3] // p
+        dtype = layers.DTYPES[self.cfg.dtype]
+        h = self.patch_embed(layers.patchify(x.astype(dtype), p))
+        h = h + layers.posemb_sincos_2d(height, width, self.cfg.hidden).astype(dtype)
+        h = constrain(h, "batch", "length", "act_embed")
+        c = self.t_embed(t) + self.class_embed(context["label"])
+
+        h = transformer.run_stack(self.blocks, h, c, cfg=self.cfg)
+        shift, scale = transformer.modulations(self.final_modulation, c, 2)
+        out = self.final(transformer.modulate(layers.layer_norm(h, self.cfg.norm_eps), scale, shift))
+        return layers.unpatchify(out.astype(jnp.float32), p, 1, height, width)

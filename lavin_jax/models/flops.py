@@ -1,0 +1,64 @@
+"""Forward FLOPs of one example in closed form, per family, for MFU (`lavin_jax.bench`).
+
+A multiply-add counts as 2. Every matrix product (embeddings, projections, MLPs, modulations) and
+both attention products (scores and the weighted sum) that the output needs are counted;
+elementwise work, norms and position embeddings are left out, as in the papers' tables (DiT's
+Table 4 counts multiply-adds: half these figures). `summary.forward_flops` counts the traced
+forward instead, and the tests hold the two together.
+
+`shapes` are the model's inputs for one example, without the batch axis: {"target": (T, H, W, C),
+context field: shape, ...} (latent frames in latent space).
+"""
+
+from __future__ import annotations
+
+from lavin_jax.models import layers
+
+FREQUENCIES = 256  # the timestep embedder's sinusoidal features (`layers.TimestepEmbedder`).
+
+
+def _timestep(d: int) -> int:
+    return 2 * FREQUENCIES * d + 2 * d * d
+
+
+def jdit(cfg, shapes: dict) -> int:
+    """J-DiT: both streams' blocks over the joint sequence. The last block's condition stream after
+    attention feeds nothing (only the target is decoded), so it is not counted; XLA removes it too."""
+    d, p = cfg.hidden, cfg.patch_size
+    kv = cfg.num_kv_heads * (d // cfg.num_heads)
+    mlp = cfg.mlp_hidden or layers.swiglu_hidden(d)
+    target_frames, height, width, _ = shapes["target"]
+    per_frame = (height // p) * (width // p)
+    n_cond, n_target = shapes["cond"][0] * per_frame, target_frames * per_frame
+    n = n_cond + n_target
+    patch = p * p * cfg.in_channels
+    # Per token of either stream in a block: q and out (d x d), k and v (d x kv), SwiGLU.
+    token = 2 * (2 * d * d + 2 * d * kv + 3 * d * mlp)
+    block = n * token + 4 * n * n * d + 2 * (2 * d * 4 * d)  # + attention + both streams' modulations
+    embed = 2 * n * patch * d + _timestep(d)
+    final = 2 * d * d + 2 * n_target * d * patch
+    dead = n_cond * 2 * (d * d + 3 * d * mlp)  # the last block's condition out-projection and SwiGLU
+    return cfg.depth * block + embed + final - dead
+
+
+def dit(cfg, shapes: dict) -> int:
+    """DiT: self-attention blocks over the image's patches, adaLN-Zero's six modulations each."""
+    d, p = cfg.hidden, cfg.patch_size
+    _, height, width, channels = shapes["target"]
+    n = (height // p) * (width // p)
+    mlp = int(d * cfg.mlp_ratio)
+    out = p * p * channels * (2 if cfg.learn_sigma else 1)
+    block = n * 2 * (4 * d * d + 2 * d * mlp) + 4 * n * n * d + 2 * d * 6 * d
+    embed = 2 * n * p * p * channels * d + _timestep(d)
+    final = 2 * d * 2 * d + 2 * n * d * out
+    return cfg.depth * block + embed + final
+
+
+FORMULAS = {"jdit": jdit, "dit": dit}
+
+
+def forward(model_cfg, shapes: dict) -> int:
+    """The closed-form forward FLOPs of `model_cfg`'s family on one example of `shapes`."""
+    if model_cfg.name not in FORMULAS:
+        raise ValueError(f"config.model.name={model_cfg.name!r} has no closed-form FLOPs; known: {', '.join(FORMULAS)}.")
+    return FORMULAS[model_cfg.name](model_cfg, shapes)

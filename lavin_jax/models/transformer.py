@@ -1,0 +1,97 @@
+"""The transformer kit the diffusion transformers share: adaLN modulation (shift, scale, gate from
+the conditioning vector) and the stack of identical blocks, scanned over a leading `layers` axis
+and rematerialised by config.
+
+A family's block is an nnx.Module called as `block(carry, *args) -> carry`; `stack` builds
+`depth` of them with stacked parameters and `run_stack` applies them in order. With
+`cfg.scan_layers` the stack is one `jax.lax.scan` (one block compiled, whatever the depth);
+`cfg.remat` picks what the backward pass recomputes.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lavin_jax.models import layers
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass.
+    # keep the projections' and MLP's products, recompute attention (its products are batched).
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def compute_fields(c):
+    """Adds to a family's config section the fields that say how its transformer computes."""
+    c.norm_eps = 1e-6
+    c.dtype = "bfloat16"  # compute dtype; parameters stay float32.
+    c.attention = "auto"  # auto | xla | cudnn
+    c.scan_layers = True
+    c.remat = "none"  # none | full | dots (save matmul outputs only)
+    return c
+
+
+def check_fields(cfg, positive: tuple[str, ...], choices: tuple = ()) -> None:
+    """Raises ValueError, one sentence naming the field, for compute fields or `choices`
+    ((field, allowed), ...) outside what they allow, `positive` fields that are not, or a width
+    the heads do not divide."""
+    compute = (("dtype", tuple(layers.DTYPES)), ("attention", ("auto", "xla", "cudnn")), ("remat", ("none", *REMAT_POLICIES)))
+    for field, allowed in (*compute, *choices):
+        if cfg[field] not in allowed:
+            raise ValueError(f"config.model.{field}={cfg[field]!r} must be one of {allowed}.")
+    for field in ("hidden", "depth", "num_heads", *positive):
+        if int(cfg[field]) <= 0:
+            raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
+    if cfg.hidden % cfg.num_heads:
+        raise ValueError(f"config.model.hidden={cfg.hidden} is not divisible by config.model.num_heads={cfg.num_heads}.")
+
+
+def adaln(hidden: int, parts: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """The projection from the conditioning vector to `parts` modulations of width `hidden`,
+    zero-initialised (adaLN-Zero): every gate starts at zero, so every block starts as the
+    identity and the model's first output is the final layer's zero."""
+    return layers.dense(hidden, parts * hidden, ("embed", "mlp"), zero_init=True, dtype=dtype, rngs=rngs)
+
+
+def modulations(projection: nnx.Linear, c: jax.Array, parts: int) -> list[jax.Array]:
+    """The `parts` modulations (each (B, D)) of the conditioning vector c, (B, D)."""
+    return jnp.split(projection(nnx.silu(c)), parts, axis=-1)
+
+
+def modulate(x: jax.Array, scale: jax.Array, shift: jax.Array | None = None) -> jax.Array:
+    """x * (1 + scale) + shift per example; tokens x are (B, L, D), scale and shift (B, D).
+    LaVin-DiT's AdaRN modulates by scale alone."""
+    x = x * (1 + scale[:, None, :])
+    return x if shift is None else x + shift[:, None, :]
+
+
+def stack(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`depth` blocks from `make_block`, their parameters stacked on a leading `layers` axis."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def build(rngs):
+        return make_block(rngs)
+
+    return build(rngs)
+
+
+def run_stack(blocks: nnx.Module, carry, *args, cfg):
+    """Applies the stacked `blocks` to `carry` in order, each also given `args`; `cfg` (the model
+    config) gives depth, scan_layers and remat."""
+    graphdef, params = nnx.split(blocks)
+
+    def block(carry, layer_params):
+        return nnx.merge(graphdef, layer_params)(carry, *args), None
+
+    if cfg.remat != "none":
+        block = jax.checkpoint(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+        return jax.lax.scan(block, carry, params)[0]
+    for i in range(cfg.depth):
+        carry, _ = block(carry, jax.tree.map(lambda a: a[i], params))
+    return carry

@@ -1,0 +1,84 @@
+"""Gaussian diffusion (`config.objective='ddpm'`) as DiT trains and samples it, for any
+conditioning; `lavin_jax.diffusion` has the math.
+
+1000 steps of linear betas; the model predicts the noise and, with `model.learn_sigma`, the
+interpolation between the two bounds of each step's variance, trained by L_simple plus the
+variational bound (improved-diffusion's hybrid loss). Samples are drawn by ancestral DDPM or DDIM
+steps over a respaced schedule (DiT: 250 steps), with classifier-free guidance applied to the
+noise as DiT's sampler applies it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from lavin_jax import diffusion
+from lavin_jax.config import require
+from lavin_jax.objectives.generative import Generative
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class DDPM(Generative):
+    @staticmethod
+    def check(config) -> None:
+        Generative.check(config)
+        d = config.ddpm
+        require(d.num_steps >= 2, f"config.ddpm.num_steps={d.num_steps} must be at least 2.")
+        require(0.0 < d.beta_start < d.beta_end and 1000 / d.num_steps * d.beta_end < 1.0,
+                f"config.ddpm: betas from beta_start={d.beta_start} to beta_end={d.beta_end} (times 1000/num_steps) must rise within (0, 1).")
+        require(
+            1 <= d.sample_steps <= d.num_steps,
+            f"config.ddpm.sample_steps={d.sample_steps} must be in [1, config.ddpm.num_steps={d.num_steps}].",
+        )
+        require(d.sampler in SAMPLERS, f"config.ddpm.sampler={d.sampler!r} must be one of {', '.join(SAMPLERS)}.")
+        require(0.0 <= d.eta <= 1.0, f"config.ddpm.eta={d.eta} must be in [0, 1].")
+        require(d.guided_channels >= 0, f"config.ddpm.guided_channels={d.guided_channels} must be non-negative (0: all).")
+
+    @property
+    def learn_sigma(self) -> bool:
+        return bool(self.config.model.get("learn_sigma", False))
+
+    @functools.cached_property
+    def schedule(self) -> diffusion.Schedule:
+        d = self.config.ddpm
+        scale = 1000 / d.num_steps  # as improved-diffusion: the same total noise at any step count.
+        return diffusion.linear_schedule(int(d.num_steps), scale * float(d.beta_start), scale * float(d.beta_end))
+
+    def loss(self, model, batch, key):
+        context = {name: value for name, value in batch.items() if name != "target"}
+        losses, stats = diffusion.training_loss(self.schedule, model, batch["target"], context, key, learn_sigma=self.learn_sigma)
+        return jnp.mean(losses), stats
+
+    def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
+                       eta: float | None = None) -> tuple[dict, tuple]:
+        d = self.config.ddpm
+        steps = int(d.sample_steps if steps is None else steps)
+        if not 1 <= steps <= d.num_steps:
+            raise ValueError(f"steps={steps} must be in [1, config.ddpm.num_steps={d.num_steps}].")
+        method = sampler or d.sampler
+        if method not in SAMPLERS:
+            raise ValueError(f"sampler={method!r} must be one of {', '.join(SAMPLERS)}.")
+        scale = float(d.cfg_scale if cfg_scale is None else cfg_scale)
+        eta = float(d.eta if eta is None else eta)
+        return {"cfg_scale": np.float32(scale)}, (("guided", scale != 1.0), ("method", method), ("steps", steps), ("eta", eta))
+
+    def model_calls(self, traced, static):
+        return dict(static)["steps"]
+
+    def draw(self, model, context, null, keys, shape, traced, static):
+        options = dict(static)
+        schedule = diffusion.respace(self.schedule, options["steps"])
+        channels = int(self.config.ddpm.guided_channels) or None
+
+        def denoise(x, t):
+            out = model(x, t, context)
+            if null is None:
+                return out
+            return diffusion.guide(out, model(x, t, null), traced["cfg_scale"], learn_sigma=self.learn_sigma, channels=channels)
+
+        return diffusion.sample(schedule, denoise, keys, shape, method=options["method"], eta=options["eta"], learn_sigma=self.learn_sigma,
+                                clip=self.config.vae.name == "none")

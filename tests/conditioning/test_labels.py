@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from lavin_jax import conditioning, validation
+from lavin_jax.conditioning import labels
+from conftest import digits_config
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return conditioning.get(digits_config())
+
+
+def test_the_null_condition_is_the_extra_class(classes):
+    null = classes.null({"label": np.array([0, 3, 9], np.int32)}, 1)
+    np.testing.assert_array_equal(null["label"], [10, 10, 10])
+
+
+def test_prompts_are_classes_by_index_or_name(classes):
+    np.testing.assert_array_equal(classes.labels([3, "7", np.int64(0)]), [3, 7, 0])
+    with pytest.raises(ValueError, match=r"prompts\[1\]='seven' is not a class; classes: 0, 1, 2"):
+        classes.labels([1, "seven"])
+    with pytest.raises(ValueError, match=r"prompts\[0\]=10 is not a class index in \[0, 10\)"):
+        classes.labels([10])
+
+
+def test_model_inputs_of_another_form_are_named(classes):
+    classes.check_context({"label": np.array([0, 10])}, 1)  # the null class may be asked for.
+    for context, frames in (({"label": np.array([11])}, 1), ({"label": np.array([[1]])}, 1), ({"cond": np.zeros((1, 3))}, 1),
+                            ({"label": np.array([1])}, 3)):
+        with pytest.raises(ValueError, match=r"one label in \[0, 10\] per image is needed"):
+            classes.check_context(context, frames)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"data.classes": ""}, r"config.conditioning='class' needs config.data.classes"),
+    ({"data.source": "latents"}, r"config.data.source='latents': class-labelled images are read live"),
+    ({"conditioning": "incontext"}, r"config.conditioning='incontext', but config.model.name='dit' is conditioned by 'class'"),
+    ({"model.learn_sigma": True, "objective": "flow"}, r"config.model.learn_sigma=True is for objective='ddpm'"),
+    ({"objective": "ddpm", "ddpm.sampler": "plms"}, r"config.ddpm.sampler='plms' must be one of ddpm, ddim"),
+    ({"objective": "ddpm", "ddpm.sample_steps": 1001}, r"config.ddpm.sample_steps=1001 must be in \[1, config.ddpm.num_steps=1000\]"),
+])
+def test_bad_class_settings_are_one_sentence(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        validation.validate(digits_config(**overrides), num_devices=8)
+
+
+def test_a_dataset_of_another_class_count_is_named():
+    with pytest.raises(ValueError, match=r"config.model.num_classes=7 but config.data.classes='digits' has 10 classes"):
+        conditioning.get(digits_config(**{"model.num_classes": 7})).check_files()
+
+
+class Drawing:
+    """A stand-in predictor that 'samples' held-out digits: of the asked class, or of the next."""
+
+    def __init__(self, classes, shift):
+        images, found = labels.read_all(classes.dataset("test"))
+        self.by_class = {k: images[found == k] for k in range(10)}
+        self.shift = shift
+
+    def sample(self, context, frames, seed, **options):
+        drawn = [self.by_class[(int(k) + self.shift) % 10] for k in context["label"]]
+        picked = [images[i % len(images)] for i, images in enumerate(drawn)]
+        return np.stack(picked)[:, None].astype(np.float32) / 127.5 - 1.0
+
+
+def test_the_classifier_tells_the_asked_class_from_another(classes):
+    evaluation = classes.evaluator(count=6)
+    assert evaluation.real_accuracy > 0.9
+    right, wrong = evaluation.run(Drawing(classes, 0)), evaluation.run(Drawing(classes, 1))
+    assert right["accuracy"]["model"] > 0.8 and right["accuracy"]["chance"] == 0.1
+    assert wrong["accuracy"]["model"] < 0.2
+    # One row per class, each as many images as the config shows (2), enlarged for a person.
+    grid = right["grids"]["samples_classes"]
+    scale = 2 + 8 * labels.metrics.display_scale(8)
+    assert grid.shape == (10 * scale + 2, 2 * scale + 2, 3)
+    assert "all" in evaluation.table(right) and set(evaluation.scalars(right)) >= {"eval/accuracy", "eval/accuracy/9"}
