@@ -4,7 +4,7 @@ from lavin_jax.config import base
 
 
 def get_config():
-    c = base()
+    c = base("jdit")
     c.model.hidden = 1152
     c.model.depth = 26
     c.model.num_heads = 16

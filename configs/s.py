@@ -4,7 +4,7 @@ from lavin_jax.config import base
 
 
 def get_config():
-    c = base()
+    c = base("jdit")
     c.model.hidden = 576
     c.model.depth = 10
     c.model.num_heads = 8

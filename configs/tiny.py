@@ -4,7 +4,7 @@ from lavin_jax.config import base
 
 
 def get_config():
-    c = base()
+    c = base("jdit")
     c.total_steps = 2500
     c.global_batch_size = 16
     c.log_every = 50

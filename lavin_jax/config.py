@@ -1,6 +1,6 @@
 """The one config schema every run shares, and its validation.
 
-`configs/*.py` start from `base()` and change a few fields; `lavin_jax.validation` turns every
+`configs/*.py` start from `base(family)` and change a few fields; `lavin_jax.validation` turns every
 mistake a person can make in a config into one sentence naming the field, before anything is
 compiled. This module is the house's ground floor: it imports no objective, trainer or runner.
 """
@@ -44,7 +44,7 @@ DEFAULT_RULES = (
 )
 
 
-def base(model: str = "jdit") -> ml_collections.ConfigDict:
+def base(model: str) -> ml_collections.ConfigDict:
     """LaVin-DiT's training setup on ST-VAE latents of 256px episodes, for the model family `model`
     (its `default_config()` is `config.model`); the configs in `configs/` change a few fields."""
     c = ml_collections.ConfigDict()
@@ -70,9 +70,9 @@ def base(model: str = "jdit") -> ml_collections.ConfigDict:
     c.conditioning = models.FAMILIES[model].conditioning
 
     c.vae = ml_collections.ConfigDict()
-    c.vae.name = "stvae"  # stvae: J-DiT works on ST-VAE latents; none: on RGB pixels.
+    c.vae.name = "stvae"  # stvae: the model works on ST-VAE latents; none: on RGB pixels.
     c.vae.downsample = 8  # latent pixels per side of one ST-VAE latent.
-    c.vae.checkpoint = "runs/stvae"  # the ST-VAE run (its workdir, here configs/stvae.py's) J-DiT learns on.
+    c.vae.checkpoint = "runs/stvae"  # the ST-VAE run (its workdir, here configs/stvae.py's) the model learns on.
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "synthetic"  # synthetic (encoded in the step when vae.name='stvae') | latents

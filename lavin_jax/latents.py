@@ -1,5 +1,5 @@
-"""ST-VAE latents for J-DiT: a trained ST-VAE run as a frozen autoencoder, its latent statistics,
-and the latent cache.
+"""ST-VAE latents for the diffusion transformers: a trained ST-VAE run as a frozen autoencoder,
+its latent statistics, and the latent cache.
 
 J-DiT learns on normalised latents z_n = (z - shift) * scale and its predictions are decoded back
 to pixels. `load(workdir)` reads an ST-VAE run (its newest checkpoint's EMA weights and config,
@@ -7,8 +7,9 @@ and `latent_stats.json` beside the checkpoints). The commands:
 
     # shift and scale of a trained ST-VAE's latents, written to RUN/latent_stats.json
     python -m lavin_jax.main --mode=latent_stats --config=configs/stvae_tiny.py --workdir=RUN
-    # episodes of a J-DiT config encoded once into ArrayRecord shards in DIR (config.vae.checkpoint
-    # names the ST-VAE run); then train with --config.data.source=latents --config.data.latent_dir=DIR
+    # episodes of a J-DiT config, or the labelled images of a DiT config, encoded once into
+    # ArrayRecord shards in DIR (config.vae.checkpoint names the ST-VAE run); then train with
+    # --config.data.source=latents --config.data.latent_dir=DIR
     python -m lavin_jax.main --mode=latent_cache --config=configs/tiny_latent.py --workdir=DIR --examples=4096
 
 The official LaVin-DiT weights use fixed statistics (`OFFICIAL_SHIFT`, `OFFICIAL_SCALE`).
@@ -25,11 +26,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from lavin_jax import checkpoint, parallel, runs
 from lavin_jax import config as config_lib
-from lavin_jax.data import episodes, records, synthetic
+from lavin_jax.data import episodes, labelled, records, synthetic
 
 OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
@@ -148,30 +150,43 @@ def _from_bytes(record: bytes) -> dict[str, np.ndarray]:
 def _cache_description(config) -> dict:
     """What decides a cache's contents; a config reading the cache must agree on it."""
     d = config.data
+    common = {"conditioning": config.conditioning, "seed": int(config.seed), "image_size": int(d.image_size),
+              "vae": os.path.abspath(config.vae.checkpoint)}
+    if config.conditioning == "class":
+        return {**common, "classes": d.classes, "mirrored": bool(d.flip_prob > 0)}
     return {
-        "seed": int(config.seed),
-        "image_size": int(d.image_size),
+        **common,
         "max_pairs": int(d.max_pairs),
         "tasks": list(d.tasks),
         "records": [os.path.abspath(r) for r in d.records],
         "task_weights": list(d.task_weights),
         "video_frames": int(d.video_frames),
-        "vae": os.path.abspath(config.vae.checkpoint),
     }
 
 
 def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_size: int = 1024) -> dict:
-    """Encodes episodes 0 .. examples-1 of `config`'s episode source, each with data.max_pairs
-    pairs (fewer are a prefix: `LatentEpisodes` cuts them) and of the kind (image or video task)
-    its global batch draws, into ArrayRecord shards."""
+    """Encodes `examples` examples of `config`'s source into ArrayRecord shards in `out_dir`,
+    described by its CACHE_FILE: episodes (in-context) or class-labelled images."""
     if examples < 1:
-        raise ValueError(f"examples={examples}: the latent cache needs at least one episode.")
+        raise ValueError(f"examples={examples}: the latent cache needs at least one example.")
     vae = load(config.vae.checkpoint)
     os.makedirs(out_dir, exist_ok=True)
+    writer = records.ShardWriter(out_dir, "latents", shard_size)
+    write = _write_images if config.conditioning == "class" else _write_episodes
+    written = write(config, vae, writer, examples, batch)
+    description = {**_cache_description(config), **written, "shards": writer.close(), "shift": vae.shift, "scale": vae.scale}
+    with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
+        json.dump(description, f, indent=2)
+    return description
+
+
+def _write_episodes(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
+    """Episodes 0 .. examples-1 of the episode source, each with data.max_pairs pairs (fewer are a
+    prefix: `LatentEpisodes` cuts them) and of the kind (image or video task) its global batch
+    draws."""
     source = episodes.Episodes(config.data, config.seed, config.global_batch_size)
     video = [source.batch_kind(i // config.global_batch_size)[1] for i in range(examples)]
     encode = jax.jit(vae.encode_frames, static_argnums=2)
-    writer = records.ShardWriter(out_dir, "latents", shard_size)
     for start in range(0, examples, batch):
         indices = range(start, min(start + batch, examples))
         drawn = [source.episode(i, config.data.max_pairs, video[i]) for i in indices]
@@ -186,12 +201,85 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
             z = latent[i]
             per_item = z.shape[0] // (2 * config.data.max_pairs + 2)  # items: K pairs, query, answer.
             writer.write(_to_bytes({"cond": z[:-per_item], "target": z[-per_item:], "task": episode["task"]}))
-    description = {**_cache_description(config), "examples": examples, "shards": writer.close(),
-                   "video": [i for i in range(examples) if video[i]], "video_share": source.video_share,
-                   "shift": vae.shift, "scale": vae.scale}
-    with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
-        json.dump(description, f, indent=2)
-    return description
+    return {"examples": examples, "video": [i for i in range(examples) if video[i]], "video_share": source.video_share}
+
+
+def _write_images(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
+    """The first `examples` images of the labelled training split (all, if it has fewer), each
+    with its mirror image where the run flips (`data.flip_prob`): a flip of the latents is not the
+    latents of the flipped image. Bad records are passed over and counted."""
+    d = config.data
+    dataset = labelled.open_dataset(d.classes, "train", int(d.image_size), seed=int(config.seed))
+    views = (False, True) if d.flip_prob > 0 else (False,)
+    encode = jax.jit(vae.encode_frames)
+    count, skipped = min(examples, len(dataset)), 0
+    for start in range(0, count, batch):
+        read = []
+        for i in range(start, min(start + batch, count)):
+            try:
+                read.append(dataset.read(i))
+            except records.BadRecord as error:
+                logging.warning("Leaving a bad record of %s out of the latent cache: %s", dataset.name, error)
+                skipped += 1
+        if not read:
+            continue
+        pixels = np.concatenate([dataset.target(image, flip) for image, _ in read for flip in views])[:, None]
+        z = np.asarray(jax.device_get(encode(vae.params, pixels)), np.float32)  # [images * views, 1, h, w, C]
+        for (_, label), latents in zip(read, z.reshape(len(read), len(views), *z.shape[1:])):
+            writer.write(_to_bytes({"target": latents, "label": np.int32(label)}))
+    return {"examples": count - skipped, "skipped": skipped, "class_names": list(dataset.class_names)}
+
+
+def _open_cache(config):
+    """(description, record source) of the cache in config.data.latent_dir, checked against the
+    config; a cache written for other data is named."""
+    import grain
+
+    directory = config.data.latent_dir
+    path = os.path.join(directory, CACHE_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"config.data.latent_dir={directory!r} has no {CACHE_FILE}; write the cache with: "
+            "python -m lavin_jax.main --mode=latent_cache --config=CONFIG --workdir=DIR --examples=N"
+        )
+    with open(path) as f:
+        description = json.load(f)
+    for field, value in _cache_description(config).items():
+        cached = description.get(field)
+        ok = cached is not None and value <= cached if field == "max_pairs" else value == cached
+        if not ok:
+            raise ValueError(
+                f"Latent cache {directory!r} was written with {field}={cached!r} but the config "
+                f"has {value!r}; write a cache for this config."
+            )
+    return description, grain.sources.ArrayRecordDataSource([os.path.join(directory, shard) for shard in description["shards"]])
+
+
+class LatentImages:
+    """The class-labelled images of a latent cache, read as a `labelled.Dataset` is (so
+    `labelled.LabelledImages` draws from it as from pixels): `read(i)` is (the image's latents
+    [views, 1, h, w, C], its label), the views being the image and, where the run flips, its
+    mirror image; `target` picks the view."""
+
+    def __init__(self, config):
+        self.description, self._records = _open_cache(config)
+        self.name = f"the latent cache {config.data.latent_dir!r}"
+        self.class_names = list(self.description["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.description["examples"])
+
+    def read(self, index: int) -> tuple[np.ndarray, int]:
+        record = _from_bytes(self._records[int(index)])
+        return record["target"], int(record["label"])
+
+    @staticmethod
+    def target(latents: np.ndarray, flip: bool) -> np.ndarray:
+        return latents[1 if flip and len(latents) > 1 else 0]
 
 
 class LatentEpisodes:
@@ -202,29 +290,7 @@ class LatentEpisodes:
     item, then the query, as `incontext.InContext.null` builds it)."""
 
     def __init__(self, config):
-        import grain
-
-        directory = config.data.latent_dir
-        path = os.path.join(directory, CACHE_FILE)
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"config.data.latent_dir={directory!r} has no {CACHE_FILE}; write the cache with: "
-                "python -m lavin_jax.main --mode=latent_cache --config=CONFIG --workdir=DIR --examples=N"
-            )
-        with open(path) as f:
-            self.description = json.load(f)
-        expected = _cache_description(config)
-        for field, value in expected.items():
-            cached = self.description[field]
-            ok = value <= cached if field == "max_pairs" else value == cached
-            if not ok:
-                raise ValueError(
-                    f"Latent cache {directory!r} was written with {field}={cached!r} but the config "
-                    f"has {value!r}; write a cache for this config."
-                )
-        self._records = grain.sources.ArrayRecordDataSource(
-            [os.path.join(directory, shard) for shard in self.description["shards"]]
-        )
+        self.description, self._records = _open_cache(config)
         video = set(self.description["video"])
         examples = range(int(self.description["examples"]))
         self._pools = {kind: [i for i in examples if (i in video) == kind] for kind in (False, True)}

@@ -88,7 +88,7 @@ def main(argv):
     if _MODE.value == "latent_cache":
         validation.validate(config, num_devices=None)
         written = latents.write_cache(config, _WORKDIR.value, _EXAMPLES.value)
-        print(f"Wrote {written['examples']} episodes in {len(written['shards'])} shards to {_WORKDIR.value}.")
+        print(f"Wrote {written['examples']} examples in {len(written['shards'])} shards to {_WORKDIR.value}.")
         return
     parallel.initialize_distributed()
     logging.info("Process %d of %d, %d local devices.", jax.process_index(), jax.process_count(), jax.local_device_count())

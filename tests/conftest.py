@@ -21,10 +21,10 @@ def shipped_config(name: str, defaults: dict, overrides: dict):
 
 
 def data_config(**fields):
-    """config.base()'s data section with `fields` set (the synthetic sources' tests)."""
+    """config.base("jdit")'s data section with `fields` set (the synthetic sources' tests)."""
     from lavin_jax import config as config_lib
 
-    c = config_lib.base()
+    c = config_lib.base("jdit")
     for key, value in fields.items():
         c.data[key] = value
     return c.data

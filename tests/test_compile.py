@@ -63,3 +63,18 @@ def test_without_its_stvae_run_a_latent_config_takes_the_released_shapes(tmp_pat
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(vae.params))
     with pytest.raises(FileNotFoundError, match="has no checkpoints directory"):
         latents.load(str(tmp_path / "no_run_yet"))
+
+
+def test_a_dit_variant_compiles_on_an_fsdp_and_tensor_parallel_mesh(tmp_path):
+    """configs/dit.py:S/8 as it trains, on ST-VAE latents encoded in the step (the released
+    ST-VAE's shapes: no ST-VAE run is needed to compile), its heads and MLP split over 2 tensor
+    devices and its weights over 4 FSDP ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lavin_jax.main", "--mode=compile", "--config=configs/dit.py:S/8", f"--workdir={tmp_path}", "--topology=cpu:8",
+         "--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.global_batch_size=16", "--config.data.image_size=64", "--config.compile_cache="],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "compile.json").read_text())
+    assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert report["argument_bytes"] > report["alias_bytes"] > 0

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from lavin_jax import config as config_lib
-from lavin_jax import latents, train
+from lavin_jax import conditioning, latents, train
 from lavin_jax.data import synthetic
-from conftest import ROOT, iterate, small_config
+from conftest import ROOT, digits_config, iterate, small_config
 
 
 def take(iterator, n):
@@ -139,3 +139,50 @@ def test_the_benchmark_measures_the_stvae_a_config_names(vae_with_stats):
     assert train["vae_encode_flops_per_example"] == 6 * vae["image"]["encode_flops_per_frame"] > 0
     assert train["vae_share_of_flops"] == train["vae_encode_flops_per_example"] / (
         train["vae_encode_flops_per_example"] + train["model_flops_per_example"])
+
+
+def latent_digits(vae_run, **overrides):
+    """DiT by DDPM on the ST-VAE's 2x2x16 latents of 16 px digits."""
+    return digits_config(**{"objective": "ddpm", "model.learn_sigma": True, "vae.name": "stvae", "vae.checkpoint": vae_run,
+                            "model.in_channels": 16, "model.patch_size": 1, "data.image_size": 16, "ddpm.sample_steps": 2,
+                            "total_steps": 2, "checkpoint_every": 2, "eval_every": 2, "eval.episodes": 1, **overrides})
+
+
+def test_a_class_conditional_dit_trains_on_latents_and_samples_pixels(vae_with_stats, tmp_path):
+    """Encoded in the step; its samples are decoded to pixels for the classifier and the grid."""
+    config = latent_digits(vae_with_stats)
+    with jax.threefry_partitionable(False):
+        state = train.train(config, str(tmp_path))
+    assert int(state["step"]) == 2
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert np.isfinite([line for line in logged if "loss" in line][-1]["vb"])
+    assert "eval/accuracy" in logged[-1]
+    from PIL import Image
+    grid = np.asarray(Image.open(tmp_path / "samples" / "samples_classes_0000002.png"))
+    assert grid.shape[0] == 10 * (16 * 8 + 2) + 2  # 10 classes of 16 px images enlarged 8x, not 2 px latents.
+
+
+def test_the_class_cache_holds_what_encoding_in_the_step_sees_and_a_dit_trains_from_it(vae_with_stats, tmp_path):
+    config = latent_digits(vae_with_stats, **{"data.flip_prob": 0.5})
+    cache = str(tmp_path / "cache")
+    written = latents.write_cache(config, cache, 20)
+    assert written["examples"] == 20 and written["class_names"] == [str(k) for k in range(10)]
+    from_cache = latent_digits(vae_with_stats, **{"data.flip_prob": 0.5, "data.source": "latents", "data.latent_dir": cache})
+    cached = latents.LatentImages(from_cache)
+    # Each image and its mirror image, as the step would encode them (a flip of the latents is not).
+    vae = latents.load(vae_with_stats)
+    dataset = conditioning.get(config).dataset("train")
+    image, label = dataset.read(3)
+    z, cached_label = cached.read(3)
+    assert cached_label == label and z.shape == (2, 1, 2, 2, 16)
+    for flip in (False, True):
+        encoded = vae.encode_frames(vae.params, dataset.target(image, flip)[None])[0]
+        np.testing.assert_allclose(cached.target(z, flip), encoded, atol=1e-5)
+    # The trainer reads it through the same labelled source as pixels, shuffled and labels dropped alike.
+    with jax.threefry_partitionable(False):
+        state = train.train(from_cache, str(tmp_path / "run"))
+    assert int(state["step"]) == 2
+    # A cache of other data is named before anything is read.
+    unmirrored = latent_digits(vae_with_stats, **{"data.flip_prob": 0.0, "data.source": "latents", "data.latent_dir": cache})
+    with pytest.raises(ValueError, match=r"Latent cache .* was written with mirrored=True but the config has False"):
+        conditioning.get(unmirrored).check_files()

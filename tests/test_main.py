@@ -92,7 +92,7 @@ def test_sample_writes_class_balanced_images_as_adms_evaluator_reads_them(traine
     for num in (12, 5):
         out = tmp_path / str(num)
         code, stdout, stderr = command("--mode=sample", "--config=configs/dit_digits.py", f"--workdir={trained_digits}", f"--output_dir={out}",
-                                       f"--config.sample.num={num}", "--config.ddpm.sample_steps=3", "--config.compile_cache=", devices=2)
+                                       f"--config.sample.num={num}", "--config.flow.sample_steps=3", "--config.compile_cache=", devices=2)
         assert code == 0, stderr[-3000:]
         path = out / "samples" / "2.npz"
         assert stdout.strip().endswith(f"and {num} images to {path}.")
@@ -106,8 +106,19 @@ def test_sample_writes_class_balanced_images_as_adms_evaluator_reads_them(traine
 
 def test_eval_judges_a_class_conditional_run_by_its_classifier(trained_digits, tmp_path):
     code, stdout, stderr = command("--mode=eval", "--config=configs/dit_digits.py", f"--workdir={trained_digits}", f"--output_dir={tmp_path}",
-                                   "--config.ddpm.sample_steps=3", "--config.compile_cache=")
+                                   "--config.flow.sample_steps=3", "--config.compile_cache=")
     assert code == 0, stderr[-3000:]
     assert "(real held-out images" in stdout and "chance 0.100" in stdout
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["step"] == 2 and report["accuracy"]["real"] > 0.9 and set(report["classes"]) == {str(k) for k in range(10)}
+
+
+def test_a_class_conditional_run_is_prompted_by_class_index_or_name(trained_digits):
+    from lavin_jax import inference
+
+    predictor = inference.Predictor.from_workdir(str(trained_digits), overrides={"flow.sample_steps": 3})
+    seven, three = predictor.predict_batch(["7", 3], seed=1)
+    assert seven.shape == three.shape == (8, 8, 3) and seven.dtype == np.uint8
+    np.testing.assert_array_equal(predictor.predict("7", seed=1), seven)  # prompt i's noise: (seed, i).
+    with pytest.raises(ValueError, match=r"prompts\[0\]='seven' is not a class; classes: 0, 1"):
+        predictor.predict("seven")

@@ -6,6 +6,8 @@ from typing import Any
 
 import jax
 
+from lavin_jax.config import require
+
 
 class Conditioning:
     """The interface; `incontext.InContext` and `labels.ClassLabels` implement it."""
@@ -18,6 +20,16 @@ class Conditioning:
     @staticmethod
     def check(config) -> None:
         """Raises ValueError, one sentence naming the field, for data settings it cannot use."""
+
+    @staticmethod
+    def check_source(config) -> None:
+        """`data.source`: examples made live ('synthetic': rendered, read, or encoded in the step)
+        or read from a latent cache ('latents', written by --mode=latent_cache)."""
+        d = config.data
+        require(d.source in ("synthetic", "latents"), f"config.data.source={d.source!r} is unknown; known sources: 'synthetic', 'latents'.")
+        if d.source == "latents":
+            require(config.vae.name == "stvae", "config.data.source='latents' needs config.vae.name='stvae' and its config.vae.checkpoint.")
+            require(bool(d.latent_dir), "config.data.source='latents' needs config.data.latent_dir, a cache written by --mode=latent_cache.")
 
     def check_files(self) -> None:
         """Raises, naming the field, where a file or dataset the run reads is missing (before any

@@ -52,10 +52,7 @@ class InContext(Conditioning):
     @staticmethod
     def check(config) -> None:
         d, v = config.data, config.vae
-        require(d.source in ("synthetic", "latents"), f"config.data.source={d.source!r} is unknown; known sources: 'synthetic', 'latents'.")
-        if d.source == "latents":
-            require(v.name == "stvae", "config.data.source='latents' needs config.vae.name='stvae' and its config.vae.checkpoint.")
-            require(bool(d.latent_dir), "config.data.source='latents' needs config.data.latent_dir, a cache written by --mode=latent_cache.")
+        Conditioning.check_source(config)
         require(
             not d.tasks or (d.image_size >= 16 and d.image_size % 4 == 0),
             f"config.data.image_size={d.image_size}: the synthetic tasks render frames whose side is a multiple of 4, at least 16.",

@@ -2,7 +2,8 @@
 
 A batch is {"target": images (B, 1, S, S, 3) in [-1, 1], "label": int32 (B,), "skipped"} from a
 labelled dataset (`data.classes`: the bundled digits, a tfds classification dataset, or a
-directory written by ingest; `data/labelled.py`). A share `data.cond_drop_prob` of the examples
+directory written by ingest; `data/labelled.py`), or their ST-VAE latents from a latent cache
+(`data.source='latents'`, `latents.LatentImages`). A share `data.cond_drop_prob` of the examples
 carries the null class `num_classes` instead of its label, which is also what guidance samples
 against (DiT's label dropout, drawn by the data so that it is a pure function of (seed, index)).
 A prompt is a class, by index or name.
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from lavin_jax import evaluation, metrics
+from lavin_jax import evaluation, latents, metrics
 from lavin_jax.conditioning.base import Conditioning
 from lavin_jax.config import require
 from lavin_jax.data import labelled, scoring
@@ -40,7 +41,7 @@ class ClassLabels(Conditioning):
     def check(config) -> None:
         d = config.data
         require(bool(d.classes), "config.conditioning='class' needs config.data.classes: 'digits', 'tfds:<name>' or an ingested directory.")
-        require(d.source == "synthetic", f"config.data.source={d.source!r}: class-labelled images are read live ('synthetic'); the latent cache holds episodes only.")
+        Conditioning.check_source(config)
         require(d.image_size >= 8, f"config.data.image_size={d.image_size} must be at least 8.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
@@ -61,6 +62,8 @@ class ClassLabels(Conditioning):
 
     def check_files(self) -> None:
         self.dataset("train")
+        if self.config.data.source == "latents":
+            latents.LatentImages(self.config)
 
     def check_eval_files(self) -> None:
         e = self.config.eval
@@ -72,7 +75,8 @@ class ClassLabels(Conditioning):
 
     def source(self, seed: int):
         d = self.config.data
-        return labelled.LabelledImages(self.dataset("train"), seed=seed, flip_prob=float(d.flip_prob),
+        images = latents.LatentImages(self.config) if d.source == "latents" else self.dataset("train")
+        return labelled.LabelledImages(images, seed=seed, flip_prob=float(d.flip_prob),
                                        cond_drop_prob=float(d.cond_drop_prob), num_classes=self.num_classes, shuffle=True)
 
     def largest_batch(self, batch_size: int) -> dict:

@@ -116,6 +116,11 @@ class Dataset:
     def _example(self, index: int) -> tuple[np.ndarray, object, str]:
         raise NotImplementedError
 
+    @staticmethod
+    def target(image: np.ndarray, flip: bool) -> np.ndarray:
+        """A read image as a training target, float32 [1, S, S, 3] in [-1, 1], mirrored if `flip`."""
+        return scoring.from_uint8((image[:, ::-1] if flip else image)[None])
+
     def read(self, index: int) -> tuple[np.ndarray, int]:
         """(uint8 [size, size, 3], label in [0, num_classes)); BadRecord naming the record if it
         cannot be used."""
@@ -395,10 +400,8 @@ class LabelledImages:
                 logging.warning("Skipping a bad record of %s: %s", self.dataset.name, error)
         else:
             raise RuntimeError(f"{self.dataset.name} gave {_MAX_BAD_IN_A_ROW} bad records in a row; the last: {last}")
-        if flip:
-            image = image[:, ::-1]
         return {
-            "target": scoring.from_uint8(image[None]),
+            "target": self.dataset.target(image, flip),
             "label": np.array(self.num_classes if drop else label, np.int32),
             "skipped": np.array(skipped, np.int32),
         }
