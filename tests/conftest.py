@@ -190,6 +190,16 @@ def trained_jdit(tmp_path_factory):
     return config, workdir
 
 
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory):
+    """The workdir of a two-step class-conditional DiT run on the digits (configs/dit_digits.py)."""
+    from lavin_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained_digits")
+    train.train(digits_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
+    return workdir
+
+
 # --- torch.save archives without torch ---------------------------------------------------------
 # A stand-in `torch` module, present only while pickling, makes pickle name the globals that
 # torch's own files name (torch._utils._rebuild_tensor_v2, torch.FloatStorage, ...).

@@ -76,17 +76,6 @@ def test_sample_command_names_its_files_apart_writes_to_output_dir_and_caches_co
     assert os.listdir(cache)  # the sampler's compiled program, for the next run.
 
 
-@pytest.fixture(scope="module")
-def trained_digits(tmp_path_factory):
-    """A class-conditional DiT run of a few steps on the digits."""
-    from lavin_jax import train
-    from conftest import digits_config
-
-    workdir = tmp_path_factory.mktemp("trained_digits")
-    train.train(digits_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
-    return workdir
-
-
 def test_sample_writes_class_balanced_images_as_adms_evaluator_reads_them(trained_digits, tmp_path):
     drawn = {}
     for num in (12, 5):

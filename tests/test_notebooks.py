@@ -17,15 +17,24 @@ def with_parameters(notebook, **values):
     return notebook
 
 
-def test_both_notebooks_are_found():
-    assert {path.name for path in NOTEBOOKS} == {"evaluate.ipynb", "incontext_demo.ipynb"}
+# Each notebook's run (a conftest fixture) and the parameters that keep it short.
+RUNS = {
+    "evaluate": ("trained_jdit", {"EPISODES": 2}),
+    "incontext_demo": ("trained_jdit", {"TASK": "edges", "SCALES": (1.0, 2.0), "STEPS": (2, 3)}),
+    "class_demo": ("trained_digits", {"SAMPLES_PER_CLASS": 2, "SCALES": (1.0, 2.0), "STEPS": (2,)}),
+}
+
+
+def test_every_notebook_is_found():
+    assert {path.stem for path in NOTEBOOKS} == set(RUNS)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
-def test_notebook_runs_without_errors(path, trained_jdit):
-    config, workdir = trained_jdit
+def test_notebook_runs_without_errors(path, request):
+    fixture, small = RUNS[path.stem]
+    run = request.getfixturevalue(fixture)
+    workdir = run[1] if isinstance(run, tuple) else run
     notebook = nbformat.read(path, as_version=4)
-    small = {"evaluate": {"EPISODES": 2}, "incontext_demo": {"TASK": "edges", "SCALES": (1.0, 2.0), "STEPS": (2, 3)}}[path.stem]
     notebook = with_parameters(notebook, WORKDIR=str(workdir), TRAIN_STEPS_IF_MISSING=0, **small)
     # The kernel starts in notebooks/, as Jupyter would; it inherits this process's 8 CPU devices.
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
