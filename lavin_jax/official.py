@@ -27,8 +27,9 @@ How the released files hold these names (read from `inference.py`):
 
 The rules name tensors as the official code names them for a config of ours; the official
 classes themselves can be built only for some configs: J-DiT with `mlp_hidden` 0 (its SwiGLU
-width rule), ST-VAE with kernel 3, 2 mid ResNets, `decoder_layers = encoder_layers + 1` and 32
-groups (its SpatialNorm fixes 32 whatever `norm_num_groups` says).
+width rule), ST-VAE with kernel 3, 2 mid ResNets and `decoder_layers = encoder_layers + 1`. An
+ST-VAE whose decoder normalises in other than 32 groups has no official form at all (the official
+SpatialNorm fixes 32 whatever `norm_num_groups` says): `stvae_rules` refuses it.
 """
 
 from __future__ import annotations
@@ -215,11 +216,19 @@ def _resnets(ours: str, official: str, in_ch: int, out_ch: int, count: int, deco
     return rules
 
 
+OFFICIAL_SPATIAL_GROUPS = 32
+
+
 def stvae_rules(model_config) -> list[Rule]:
     """The rules of an ST-VAE (`config.model` of the stvae family) for `stvae.pt`'s state dict.
     Our encoder `stages`/`mid` are the official `down_blocks`/`mid_block`, the decoder's `stages`
     its `up_blocks` (over the reversed channels); resamplers are per-frame Conv2d."""
     cfg = model_config
+    if cfg.spatial_groups != OFFICIAL_SPATIAL_GROUPS:
+        raise ValueError(
+            f"config.model.spatial_groups={cfg.spatial_groups}: the official ST-VAE decoder's SpatialNorm has "
+            f"{OFFICIAL_SPATIAL_GROUPS} groups whatever norm_num_groups says, so this model has no official form."
+        )
     ch = tuple(cfg.channels)
     rules = _conv("encoder/conv_in/conv", "encoder.conv_in.conv")
     for i, out_ch in enumerate(ch):

@@ -31,7 +31,8 @@ def official_arrays(rules, model_config, seed):
 def release(tmp_path_factory):
     """(directory, J-DiT config, ST-VAE config, official J-DiT arrays, official ST-VAE arrays)."""
     directory = tmp_path_factory.mktemp("release")
-    config, vae_config = released_kind(), shipped_config("stvae_tiny", {}, {})
+    # The tiny ST-VAE widened so its decoder normalises in the official 32 groups.
+    config, vae_config = released_kind(), shipped_config("stvae_tiny", {}, {"model.channels": (32, 64, 64, 64), "model.spatial_groups": 32})
     jdit = official_arrays(official.jdit_rules(config.model), config.model, 0)
     stvae = official_arrays(official.stvae_rules(vae_config.model), vae_config.model, 1)
     safetensors.numpy.save_file(jdit, str(directory / "lavin_dit.safetensors"))

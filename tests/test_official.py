@@ -125,11 +125,19 @@ def official_stvae(c) -> dict[str, tuple]:
     return names
 
 
-def stvae_two_resnets():
-    """tiny_config() with 2 ResNets everywhere (released: 3 per encoder stage, 4 per decoder
-    stage, 2 per mid block), so names past index 0 and same-width ResNets after a widening one
-    are covered; the released model itself would only cost seconds to build abstractly."""
+def stvae_official_tiny():
+    """tiny_config() widened so its decoder can normalise in the official 32 groups (the only
+    count the official SpatialNorm has), keeping 8 in the encoder (norm_num_groups)."""
     c = stvae.tiny_config()
+    c.channels, c.spatial_groups = (32, 64, 64, 64), 32
+    return c
+
+
+def stvae_two_resnets():
+    """stvae_official_tiny() with 2 ResNets everywhere (released: 3 per encoder stage, 4 per
+    decoder stage, 2 per mid block), so names past index 0 and same-width ResNets after a widening
+    one are covered; the released model itself would only cost seconds to build abstractly."""
+    c = stvae_official_tiny()
     c.encoder_layers = c.decoder_layers = c.mid_layers = 2
     return c
 
@@ -137,7 +145,7 @@ def stvae_two_resnets():
 CASES = {
     "jdit-tiny": (lambda: jdit_config(**TINY_JDIT), official.jdit_rules, official_jdit),
     "jdit-released": (lambda: jdit_config(**RELEASED_JDIT), official.jdit_rules, official_jdit),
-    "stvae-tiny": (stvae.tiny_config, official.stvae_rules, official_stvae),
+    "stvae-tiny": (stvae_official_tiny, official.stvae_rules, official_stvae),
     "stvae-two-resnets": (stvae_two_resnets, official.stvae_rules, official_stvae),
 }
 SMALL_CASES = ("jdit-tiny", "stvae-tiny")
@@ -431,9 +439,9 @@ def test_conv2d_layout():
 def test_decoder_resnet_matches_the_official_forward():
     """A widening decoder ResNet (SpatialNorms, 1x1x1 shortcut) with converted random weights
     computes STVAEResnetBlock3D: norm1/norm2, conv1/conv2, conv_y/conv_b paired by role. Clip
-    statistics as torch's GroupNorm; `groups` as our config (official SpatialNorm fixes 32)."""
+    statistics as torch's GroupNorm, in the official SpatialNorm's 32 groups (the encoder's are 8)."""
     _, rules, _, expected = setup("stvae-tiny")
-    cfg = stvae.tiny_config()
+    cfg = stvae_official_tiny()
     cfg.norm_stats = "clip"
     prefix, name = "decoder/stages/3/resnets/0", "decoder.up_blocks.3.resnets.0"
     w = random_weights({n: s for n, s in expected.items() if n.startswith(name + ".")}, 0.3, seed=11)
@@ -445,7 +453,7 @@ def test_decoder_resnet_matches_the_official_forward():
     x, z = rng.standard_normal((1, 3, 4, 4, in_ch)), rng.standard_normal((1, 3, 4, 4, zc))  # z already at x's size
 
     def spatial_norm(norm, f, zq):
-        normed = group_norm(f, w[f"{norm}.norm_layer.weight"], w[f"{norm}.norm_layer.bias"], cfg.groups)
+        normed = group_norm(f, w[f"{norm}.norm_layer.weight"], w[f"{norm}.norm_layer.bias"], 32)
         return normed * causal_conv3d(w, f"{norm}.conv_y.conv", zq) + causal_conv3d(w, f"{norm}.conv_b.conv", zq)
 
     xc, zq = x[0].transpose(3, 0, 1, 2), z[0].transpose(3, 0, 1, 2)
@@ -473,3 +481,8 @@ def test_jdit_matches_the_official_forward():
     channels_first = lambda f: f.transpose(0, 4, 1, 2, 3).astype(np.float64)
     reference = jdit_official(weights, c, channels_first(x), t.astype(np.float64), channels_first(cond))
     np.testing.assert_allclose(np.asarray(ours), reference.transpose(0, 2, 3, 4, 1), rtol=1e-3, atol=1e-3)
+
+
+def test_an_stvae_whose_decoder_norms_are_not_in_32_groups_has_no_official_form():
+    with pytest.raises(ValueError, match=r"config.model.spatial_groups=8: the official ST-VAE decoder's SpatialNorm has 32 groups"):
+        official.stvae_rules(stvae.tiny_config())

@@ -49,6 +49,7 @@ def tiny_config() -> ml_collections.ConfigDict:
     c.decoder_layers = 1
     c.mid_layers = 1
     c.groups = 8
+    c.spatial_groups = 8  # its first stage has 16 channels: not the official decoder's 32 groups.
     c.norm_stats = "frame"
     return c
 
@@ -66,6 +67,8 @@ def official_config() -> ml_collections.ConfigDict:
     c.mid_layers = 2  # ResNets in each mid block.
     c.kernel = 3  # causal conv kernel, in time and space.
     c.groups = 32  # GroupNorm groups; every entry of channels must divide by it.
+    # The decoder's SpatialNorm groups: the official code fixes 32, whatever norm_num_groups says.
+    c.spatial_groups = 32
     c.norm_eps = 1e-6
     c.norm_stats = "clip"  # GroupNorm statistics over the whole clip (official) or per frame.
     c.dtype = "float32"  # compute dtype; parameters stay float32.
@@ -85,8 +88,10 @@ def check_config(cfg) -> None:
         f"config.model.channels={channels} must be a non-empty tuple of positive integers.",
     )
     require(cfg.groups > 0, f"config.model.groups={cfg.groups} must be positive.")
-    for c in channels:
-        require(c % cfg.groups == 0, f"config.model.channels={channels} has {c}, not divisible by groups={cfg.groups}.")
+    require(cfg.spatial_groups > 0, f"config.model.spatial_groups={cfg.spatial_groups} must be positive.")
+    for field in ("groups", "spatial_groups"):
+        for c in channels:
+            require(c % cfg[field] == 0, f"config.model.channels={channels} has {c}, not divisible by {field}={cfg[field]}.")
     require(
         0 <= cfg.temporal_downsamples <= len(channels) - 1,
         f"config.model.temporal_downsamples={cfg.temporal_downsamples} must be in [0, {len(channels) - 1}] "
@@ -168,10 +173,10 @@ def per_frame(fn, x: jax.Array) -> jax.Array:
 class GroupNorm(nnx.Module):
     """Affine GroupNorm with statistics over the clip (official) or over each frame (causal)."""
 
-    def __init__(self, features: int, cfg, *, rngs: nnx.Rngs):
+    def __init__(self, features: int, cfg, *, groups: int | None = None, rngs: nnx.Rngs):
         self.per_frame = cfg.norm_stats == "frame"
         self.norm = nnx.GroupNorm(
-            features, cfg.groups, epsilon=cfg.norm_eps, dtype=layers.DTYPES[cfg.dtype], rngs=rngs,
+            features, groups or cfg.groups, epsilon=cfg.norm_eps, dtype=layers.DTYPES[cfg.dtype], rngs=rngs,
             scale_init=nnx.with_partitioning(ones, NORM_AXES),
             bias_init=nnx.with_partitioning(zeros, NORM_AXES),
         )
@@ -192,12 +197,12 @@ def resize_nearest(z: jax.Array, size: tuple[int, int, int]) -> jax.Array:
 
 class SpatialNorm(nnx.Module):
     """The decoder's norm: GroupNorm(f) * conv_y(z) + conv_b(z), with the latent z resized to the
-    features by nearest neighbour. The first latent frame conditions only the first output frame
+    features by nearest neighbour; `spatial_groups` groups (the official 32, apart from `groups`). The first latent frame conditions only the first output frame
     (it is resized on its own), as the first frame is kept apart everywhere else."""
 
     def __init__(self, features: int, z_channels: int, cfg, *, rngs: nnx.Rngs):
         dtype = layers.DTYPES[cfg.dtype]
-        self.norm = GroupNorm(features, cfg, rngs=rngs)
+        self.norm = GroupNorm(features, cfg, groups=cfg.spatial_groups, rngs=rngs)
         self.conv_y = CausalConv3d(z_channels, features, 1, dtype=dtype, rngs=rngs)
         self.conv_b = CausalConv3d(z_channels, features, 1, dtype=dtype, rngs=rngs)
 

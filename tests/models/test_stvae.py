@@ -152,7 +152,7 @@ def test_official_parameter_count():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("groups", 5), ("channels", (16, 32, 30, 32)), ("temporal_downsamples", 4), ("kernel", 2),
+    [("groups", 5), ("spatial_groups", 3), ("spatial_groups", 0), ("channels", (16, 32, 30, 32)), ("temporal_downsamples", 4), ("kernel", 2),
      ("norm_stats", "batch"), ("encoder_layers", 0), ("dtype", "float16")],
 )
 def test_bad_config_names_the_field(field, value):
@@ -266,3 +266,14 @@ def test_an_image_takes_one_time_tap_of_a_causal_conv_with_a_ninth_of_a_3_frame_
     np.testing.assert_allclose(conv(clip[:, :1]), conv(clip)[:, :1], rtol=1e-5, atol=1e-5)
     flops = lambda x: summary.jaxpr_flops(jax.make_jaxpr(conv)(x).jaxpr)
     assert flops(clip) == 9 * flops(clip[:, :1])  # 3 output frames of 3 taps against 1 of 1.
+
+
+def test_the_decoder_normalises_in_its_own_group_count():
+    """As the official code: the decoder's SpatialNorm has `spatial_groups` (32 there), whatever
+    the encoder's GroupNorms have (`groups`, norm_num_groups)."""
+    cfg = stvae.tiny_config()
+    cfg.channels, cfg.groups, cfg.spatial_groups = (32, 32, 32, 32), 8, 32
+    vae = nnx.eval_shape(lambda: stvae.STVAE(cfg, rngs=nnx.Rngs(0)))
+    assert vae.encoder.norm_out.norm.num_groups == 8
+    assert vae.decoder.norm_out.norm.norm.num_groups == 32
+    assert {block.norm1.norm.norm.num_groups for block in vae.decoder.mid.resnets} == {32}
