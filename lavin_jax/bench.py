@@ -13,7 +13,7 @@ For a config of a diffusion transformer (J-DiT, DiT), on this host's devices, ea
     sample      sampling latency: the objective's sampler (flow: Euler; ddpm: its sampler) with
                 guidance, for one of the largest examples and for a batch of them (the
                 ST-VAE's encoding and decoding inside); TFLOP/s and MFU.
-    vae         the ST-VAE's encode and decode, frames/s and TFLOP/s, of images and of clips
+    vae         the autoencoder's (ST-VAE or SD VAE) encode and decode, frames/s and TFLOP/s, of images and of clips
                 (latent configs).
     data        the pipeline alone (this host's examples/s), and what it costs the step: steps
                 reading the pipeline live against the same batches read beforehand.
@@ -109,7 +109,7 @@ class Bench:
         gives it), without the batch axis: pixel fields are encoded into latents unless they are a
         latent cache's already."""
         one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in batch.items() if name != "skipped"}
-        if self.config.vae.name == "stvae" and self.config.data.source != "latents":
+        if self.config.vae.name != "none" and self.config.data.source != "latents":
             one = jax.eval_shape(lambda constants, one: self.s.objective.encoded(one, constants, item_frames), self.constants, one)
         return {name: tuple(x.shape[1:]) for name, x in one.items()}
 
@@ -147,7 +147,7 @@ def _constants(config, s: state_lib.Setup, mesh: Mesh) -> dict:
     is none yet, random weights of the released ST-VAE's shapes."""
     v = config.vae
     directory = os.path.join(v.checkpoint, "checkpoints")
-    if v.name != "stvae" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
+    if v.name == "none" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
         s.objective.check_files()
         return state_lib.place_constants(s)
     s.objective.abstract_constants(mesh)  # the released ST-VAE's config and latent statistics.
@@ -262,7 +262,7 @@ def train_step(b: Bench, steps: int) -> dict:
     item_frames = abstract["target"].shape[1]
     flops = 3 * b.flops(abstract, item_frames)
     encode_flops = 0
-    if c.vae.name == "stvae" and c.data.source == "synthetic":  # pixels are encoded inside the step.
+    if c.vae.name != "none" and c.data.source == "synthetic":  # pixels are encoded inside the step.
         one = {name: jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for name, x in abstract.items()}
         encode_flops = b.counted_flops(lambda constants, batch: s.objective.encoded(batch, constants, item_frames), b.constants, one)
     tokens = b.tokens(abstract, item_frames)
@@ -322,7 +322,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
 
 
 def autoencoder(b: Bench, batch: int, repeats: int) -> dict:
-    """Frames per second of the frozen ST-VAE's encode and decode, for `batch` images and for
+    """Frames per second of the frozen autoencoder's encode and decode, for `batch` images and for
     `batch` clips of data.video_frames frames."""
     c = b.config
     vae, params = b.s.objective.autoencoder, b.constants["vae"]
@@ -431,14 +431,14 @@ def checkpointing(b: Bench, repeats: int, step_seconds: float | None) -> dict:
 
 def check_parts(config, parts) -> list[str]:
     """The parts asked for, checked; none: every part that applies to the config."""
-    applies = [p for p in PARTS if p != "vae" or config.vae.name == "stvae"]
+    applies = [p for p in PARTS if p != "vae" or config.vae.name != "none"]
     if not parts:
         return applies
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"--parts: unknown part(s) {', '.join(unknown)}; the parts: {', '.join(PARTS)}.")
     if "vae" in parts and "vae" not in applies:
-        raise ValueError("--parts=vae: config.vae.name='none' trains on pixels, there is no ST-VAE to measure.")
+        raise ValueError("--parts=vae: config.vae.name='none' trains on pixels, there is no autoencoder to measure.")
     return list(parts)
 
 

@@ -70,12 +70,14 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.conditioning = models.FAMILIES[model].conditioning
 
     c.vae = ml_collections.ConfigDict()
-    c.vae.name = "stvae"  # stvae: the model works on ST-VAE latents; none: on RGB pixels.
-    c.vae.downsample = 8  # latent pixels per side of one ST-VAE latent.
-    c.vae.checkpoint = "runs/stvae"  # the ST-VAE run (its workdir, here configs/stvae.py's) the model learns on.
+    # The autoencoder the model works in: stvae (LaVin-DiT's ST-VAE), sdvae (Stable Diffusion's
+    # KL autoencoder, DiT's) or none (RGB pixels).
+    c.vae.name = "stvae"
+    c.vae.downsample = 8  # pixels per side of one latent.
+    c.vae.checkpoint = "runs/stvae"  # the autoencoder's run (its workdir, here configs/stvae.py's) the model learns in.
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"  # synthetic (encoded in the step when vae.name='stvae') | latents
+    c.data.source = "synthetic"  # synthetic (encoded in the step when there is a vae) | latents
     c.data.latent_dir = ""  # source='latents': a cache written by --mode=latent_cache.
     c.data.image_size = 256
     c.data.max_pairs = 8  # K in [1, max_pairs] in-context pairs, drawn per batch.
@@ -158,6 +160,7 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.sample.num_examples = 4  # episodes per task shown in each sample grid.
     c.sample.num_pairs = 0  # pairs of each shown and evaluated episode; 0: data.max_pairs.
     c.sample.num = 0  # conditioning='class', --mode=sample: images into samples/<step>.npz, classes balanced.
+    c.sample.classes = ()  # conditioning='class', --mode=sample: the grid's classes (indices); (): all.
 
     # Evaluation (--mode=eval, and every eval_every steps): held-out episodes of every task scored
     # beside the baselines, or samples of every class judged by a classifier of the real images.

@@ -40,23 +40,61 @@ def mean_target(cond: np.ndarray, frames: int) -> np.ndarray:
     return items[:, 1:-1:2].mean(axis=1)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """The Fréchet distance between Gaussians fitted to features a [N, D] and b [M, D]:
-    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2))."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    # S_a = A^T A and S_b = B^T B with A, B the centred features over sqrt(count - 1).
-    a = (a - mean_a) / np.sqrt(max(len(a) - 1, 1))
-    b = (b - mean_b) / np.sqrt(max(len(b) - 1, 1))
-    if len(a) + len(b) < a.shape[1]:
-        # Fewer examples than features (an evaluation's few episodes, 2048 Inception features):
-        # the eigenvalues of S_a S_b are the squared singular values of A B^T, so the trace of
-        # its square root is their sum; no D x D matrix square root.
-        cross = np.linalg.svd(a @ b.T, compute_uv=False).sum()
-    else:
-        # Rounding leaves a tiny imaginary part on the square root of a product of covariances.
-        cross = np.trace(np.real(scipy.linalg.sqrtm((a.T @ a) @ (b.T @ b))))
-    return float(np.sum((mean_a - mean_b) ** 2) + np.sum(a * a) + np.sum(b * b) - 2.0 * cross)
+def frechet_from_statistics(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """The Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2),
+    |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)), computed as
+    guided-diffusion's evaluator does (`FIDStatistics.frechet_distance`, after TTUR's FID): the
+    square root by scipy's sqrtm, taken again of (sigma1 + eps I)(sigma2 + eps I) when it is not
+    finite (a nearly singular product), its imaginary part dropped when that part's diagonal is
+    within 1e-3 of zero (rounding) and refused beyond."""
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        offset = eps * np.eye(len(sigma1))
+        root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0.0, atol=1e-3):
+            raise ValueError(
+                f"The Fréchet distance's matrix square root has an imaginary part of {np.abs(root.imag).max():.3g}: "
+                "the covariances are too ill-conditioned; use more images."
+            )
+        root = root.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(root))
+
+
+def frechet_distance(a, b) -> float:
+    """The Fréchet distance between Gaussians fitted to features a [N, D] and b [M, D] (mean and
+    np.cov's unbiased covariance); either side may instead be given as its statistics, a tuple
+    (mean [D], covariance [D, D]).
+
+    A side of fewer examples than features (an evaluation's few episodes, 2048 Inception
+    features) has a singular covariance S = F^T F, F its centred features over sqrt(N - 1). The
+    nonzero eigenvalues of S S' are then those of F S' F^T, so the root's trace is the sum of
+    their square roots: exact, and no D x D matrix square root (ill-conditioned on a singular
+    product). Otherwise `frechet_from_statistics`, the evaluator's computation."""
+
+    def fitted(x):  # (mean, F or None, S or None): F where it is the smaller form.
+        if isinstance(x, tuple):
+            return np.asarray(x[0], np.float64), None, np.asarray(x[1], np.float64)
+        x = np.asarray(x, np.float64)
+        mean = x.mean(0)
+        factor = (x - mean) / np.sqrt(max(len(x) - 1, 1))
+        return (mean, factor, None) if len(x) < x.shape[1] else (mean, None, factor.T @ factor)
+
+    # The low-rank side first (the smaller one where both are).
+    low, other = sorted((fitted(a), fitted(b)), key=lambda side: np.inf if side[1] is None else len(side[1]))
+    (mean, factor, cov), (other_mean, other_factor, other_cov) = low, other
+    if factor is None:
+        return frechet_from_statistics(mean, cov, other_mean, other_cov)
+    if other_factor is None:
+        inner, other_trace = factor @ other_cov @ factor.T, np.trace(other_cov)
+    else:  # S' = F'^T F' kept factored: F S' F^T = (F F'^T)(F F'^T)^T.
+        cross = factor @ other_factor.T
+        inner, other_trace = cross @ cross.T, np.sum(other_factor * other_factor)
+    root_trace = np.sqrt(np.clip(np.linalg.eigvalsh(inner), 0.0, None)).sum()
+    return float(np.sum((mean - other_mean) ** 2) + np.sum(factor * factor) + other_trace - 2.0 * root_trace)
 
 
 # (video items?, distance, config.eval field, feature network): FID of images, FVD of clips.

@@ -72,7 +72,7 @@ class Predictor:
         config, step = runs.trained_config(workdir, step=step, overrides=overrides)
         validation.validate(config, num_devices=None)  # a bad override is named before any array is read.
         s = state_lib.setup(config, parallel.make_mesh(config))
-        s.objective.check_files()  # a moved ST-VAE run is named before the model is read.
+        s.objective.check_files(data=False)  # a moved autoencoder run is named before the model is read.
         params = runs.restore_ema(workdir, step, s.abstract_state["ema"])
         predictor = cls(s.objective, s.graphdefs["model"], params, state_lib.place_constants(s), s.mesh, batch_size=batch_size)
         predictor.step = step

@@ -1,9 +1,9 @@
-"""ST-VAE latents for the diffusion transformers: a trained ST-VAE run as a frozen autoencoder,
-its latent statistics, and the latent cache.
+"""Latents for the diffusion transformers: an autoencoder run (an ST-VAE, or the SD VAE converted
+by `lavin_jax.convert --vae`) as a frozen autoencoder, its latent statistics, and the latent cache.
 
-J-DiT learns on normalised latents z_n = (z - shift) * scale and its predictions are decoded back
-to pixels. `load(workdir)` reads an ST-VAE run (its newest checkpoint's EMA weights and config,
-and `latent_stats.json` beside the checkpoints). The commands:
+J-DiT and DiT learn on normalised latents z_n = (z - shift) * scale and their predictions are
+decoded back to pixels. `load(workdir, family)` reads the run (its newest checkpoint's EMA weights
+and config, and `latent_stats.json` beside the checkpoints). The commands:
 
     # shift and scale of a trained ST-VAE's latents, written to RUN/latent_stats.json
     python -m lavin_jax.main --mode=latent_stats --config=configs/stvae_tiny.py --workdir=RUN
@@ -12,7 +12,8 @@ and `latent_stats.json` beside the checkpoints). The commands:
     # --config.data.source=latents --config.data.latent_dir=DIR
     python -m lavin_jax.main --mode=latent_cache --config=configs/tiny_latent.py --workdir=DIR --examples=4096
 
-The official LaVin-DiT weights use fixed statistics (`OFFICIAL_SHIFT`, `OFFICIAL_SCALE`).
+The released weights use fixed statistics: LaVin-DiT's ST-VAE `OFFICIAL_SHIFT`, `OFFICIAL_SCALE`;
+the SD VAE no shift and DiT's scale 0.18215 (`RELEASED`).
 """
 
 from __future__ import annotations
@@ -29,22 +30,25 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from lavin_jax import checkpoint, parallel, runs
+from lavin_jax import checkpoint, models, parallel, runs
 from lavin_jax import config as config_lib
 from lavin_jax.data import episodes, labelled, records, synthetic
+from lavin_jax.models import sdvae
 
 OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
+# (shift, scale) of each released autoencoder's latents, as its diffusion model was trained on them.
+RELEASED = {"stvae": (OFFICIAL_SHIFT, OFFICIAL_SCALE), "sdvae": (0.0, sdvae.SCALE)}
 STATS_FILE = "latent_stats.json"
 CACHE_FILE = "latents.json"  # the cache's description, beside its shards.
 
 
 @dataclasses.dataclass
 class Autoencoder:
-    """A trained ST-VAE, frozen: `encode` pixels (B, T, H, W, 3) to normalised latents (posterior
-    mode) and `decode` them back. `params` are its EMA weights (a pytree of arrays)."""
+    """A trained autoencoder (ST-VAE or SD VAE), frozen: `encode` pixels (B, T, H, W, 3) to
+    normalised latents (posterior mode) and `decode` them back. `params` are its EMA weights."""
 
-    config: ml_collections.ConfigDict  # the ST-VAE run's config.
+    config: ml_collections.ConfigDict  # the autoencoder run's config.
     graphdef: Any
     params: Any
     shift: float
@@ -60,9 +64,8 @@ class Autoencoder:
         return self.model(params).decode(latents / self.scale + self.shift)
 
     def latent_frames(self, frames: int) -> int:
-        """Latent frames of a clip of `frames` (1+4k) pixel frames: the first frame is encoded
-        alone, every 2**temporal_downsamples after it make one."""
-        return (frames - 1) // 2 ** int(self.config.model.temporal_downsamples) + 1
+        """Latent frames of an item of `frames` pixel frames (the family's rule)."""
+        return models.FAMILIES[self.config.model.name].latent_frames(self.config.model, frames)
 
     def encode_frames(self, params, frames: jax.Array, item_frames: int = 1) -> jax.Array:
         """Frames (B, N*T, H, W, 3), N items of T = `item_frames` frames, each item encoded as one
@@ -79,22 +82,22 @@ class Autoencoder:
         return frames.reshape(b, -1, *frames.shape[2:])
 
 
-def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=None) -> Autoencoder:
-    """The newest checkpoint of the ST-VAE run in `workdir`, replicated on `mesh` (default: this
-    process's devices).
+def load(workdir: str, family: str = "stvae", *, need_stats: bool = True, abstract: bool = False, mesh=None) -> Autoencoder:
+    """The newest checkpoint of the `family` (stvae, sdvae) run in `workdir`, replicated on `mesh`
+    (default: this process's devices).
 
     With `abstract`, only shapes: `params` are ShapeDtypeStructs, no array is read, and a workdir
-    without checkpoints stands for the released ST-VAE (`--mode=compile` on a laptop)."""
+    without checkpoints stands for the released autoencoder (`--mode=compile` on a laptop)."""
     directory = os.path.join(workdir, "checkpoints")
     released = abstract and (not os.path.isdir(directory) or checkpoint.latest_step(directory) is None)
     if released:
-        config = runs.data_parallel(config_lib.base("stvae"))  # its model config is the released ST-VAE's.
+        config = runs.data_parallel(config_lib.base(family))  # its model config is the released one's.
     else:
-        config, step = runs.trained_config(workdir, "stvae")
+        config, step = runs.trained_config(workdir, family)
     mesh = mesh or parallel.make_mesh(config)
     graphdef, abstract_params = runs.abstract_model(config.model, mesh, config.mesh.rules)  # shapes and shardings only.
     if released:
-        return Autoencoder(config, graphdef, abstract_params, OFFICIAL_SHIFT, OFFICIAL_SCALE)
+        return Autoencoder(config, graphdef, abstract_params, *RELEASED[family])
     params = abstract_params if abstract else runs.restore_ema(workdir, step, abstract_params)
     shift, scale = 0.0, 1.0
     stats_path = os.path.join(workdir, STATS_FILE)
@@ -104,16 +107,16 @@ def load(workdir: str, *, need_stats: bool = True, abstract: bool = False, mesh=
         shift, scale = stats["shift"], stats["scale"]
     elif need_stats and not abstract:
         raise FileNotFoundError(
-            f"ST-VAE run {workdir!r} has no {STATS_FILE}; compute it with: "
+            f"Autoencoder run {workdir!r} has no {STATS_FILE}; compute it with: "
             f"python -m lavin_jax.main --mode=latent_stats --config=CONFIG --workdir={workdir}"
         )
     return Autoencoder(config, graphdef, params, float(shift), float(scale))
 
 
-def compute_stats(workdir: str, examples: int = 256, batch: int = 16) -> dict:
-    """Shift (mean) and scale (1 / std) of the run's image latents over held-out synthetic
-    scenes, written to workdir/latent_stats.json."""
-    vae = load(workdir, need_stats=False)
+def compute_stats(workdir: str, family: str = "stvae", examples: int = 256, batch: int = 16) -> dict:
+    """Shift (mean) and scale (1 / std) of the `family` run's image latents over held-out
+    synthetic scenes, written to workdir/latent_stats.json."""
+    vae = load(workdir, family, need_stats=False)
     source = synthetic.SyntheticClips(vae.config.data, vae.config.seed + 2, frames=1)
     encode = jax.jit(vae.encode)
     total, total_sq, count = 0.0, 0.0, 0
@@ -169,7 +172,7 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
     described by its CACHE_FILE: episodes (in-context) or class-labelled images."""
     if examples < 1:
         raise ValueError(f"examples={examples}: the latent cache needs at least one example.")
-    vae = load(config.vae.checkpoint)
+    vae = load(config.vae.checkpoint, config.vae.name)
     os.makedirs(out_dir, exist_ok=True)
     writer = records.ShardWriter(out_dir, "latents", shard_size)
     write = _write_images if config.conditioning == "class" else _write_episodes

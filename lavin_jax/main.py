@@ -30,7 +30,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache", "sample", "eval"],
     "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
-    "its per-device memory); latent_stats (of the ST-VAE run in --workdir); latent_cache (encode "
+    "its per-device memory); latent_stats (of the autoencoder run in --workdir); latent_cache (encode "
     "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (grids of "
     "the run in --workdir, DIR/samples/sampled_<task or classes>_<step>.png; a class-conditional run "
     "also writes config.sample.num images to DIR/samples/<step>.npz); eval (its scores, in "
@@ -83,7 +83,7 @@ def main(argv):
             raise SystemExit(f"The train step does not fit on {_TOPOLOGY.value}: {report['error']}")
         return
     if _MODE.value == "latent_stats":
-        print(json.dumps(latents.compute_stats(_WORKDIR.value, _EXAMPLES.value)))
+        print(json.dumps(latents.compute_stats(_WORKDIR.value, config.model.name, _EXAMPLES.value)))
         return
     if _MODE.value == "latent_cache":
         validation.validate(config, num_devices=None)
@@ -121,11 +121,11 @@ def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None)
     objective = objectives.get(trained)
     if not objective.samples:
         raise ValueError(f"--mode={mode} samples a generative run; {workdir!r} trained config.objective={trained.objective!r}.")
-    objective.check_eval_files()  # before any weight is read.
+    objective.check_eval_files(judge=mode == "eval")  # before any weight is read.
     predictor = inference.Predictor.from_workdir(workdir, overrides=overrides)
     shown = predictor.config.sample.num_examples if mode == "sample" else None
     # Named apart from the grids training writes, which --mode=sample's would overwrite.
-    judged = predictor.conditioning.evaluator(count=shown, distances=mode == "eval", prefix="sampled")
+    judged = predictor.conditioning.evaluator(count=shown, distances=mode == "eval", prefix="sampled", judge=mode == "eval")
     report = judged.run(predictor)
     primary = jax.process_index() == 0
     if mode == "eval" and primary:

@@ -3,16 +3,20 @@ pickled code.
 
 A `.pt` file is a zip archive: `<root>/data.pkl`, a pickle of the saved object whose tensors refer
 to raw storages `<root>/data/<key>`. The pickle is read by an unpickler that resolves only the
-names a plain state dict uses (ordered dicts, tensor and parameter rebuilds, storage types), so a
-file that would run other code is refused, naming what it asked for. With torch installed,
-`torch.load(weights_only=True)` reads the file instead.
+names a plain state dict uses (ordered dicts, tensor and parameter rebuilds, storage types) and
+the `argparse.Namespace` of arguments that training scripts save beside their weights (DiT's
+train.py), read as an inert `types.SimpleNamespace`; a file that would run other code is refused,
+naming what it asked for. With torch installed, `torch.load(weights_only=True)` reads the file
+instead, allowed the same Namespace.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import os
 import pickle
+import types
 import zipfile
 
 import ml_dtypes
@@ -55,6 +59,8 @@ _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    # Its state is set as attributes (pickle's BUILD), never by code of the file's choosing.
+    ("argparse", "Namespace"): types.SimpleNamespace,
     **{("torch", name): name for name in _STORAGES},
 }
 
@@ -96,7 +102,8 @@ def load(path: str):
     except ImportError:
         torch = None
     if torch is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
         return _to_numpy(state, torch)
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path} is not a torch.save zip archive (legacy .pt files need torch to read).")

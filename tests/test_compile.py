@@ -66,8 +66,8 @@ def test_without_its_stvae_run_a_latent_config_takes_the_released_shapes(tmp_pat
 
 
 def test_a_dit_variant_compiles_on_an_fsdp_and_tensor_parallel_mesh(tmp_path):
-    """configs/dit.py:S/8 as it trains, on ST-VAE latents encoded in the step (the released
-    ST-VAE's shapes: no ST-VAE run is needed to compile), its heads and MLP split over 2 tensor
+    """configs/dit.py:S/8 as it trains, on SD VAE latents encoded in the step (the released SD
+    VAE's shapes: no autoencoder run is needed to compile), its heads and MLP split over 2 tensor
     devices and its weights over 4 FSDP ones."""
     result = subprocess.run(
         [sys.executable, "-m", "lavin_jax.main", "--mode=compile", "--config=configs/dit.py:S/8", f"--workdir={tmp_path}", "--topology=cpu:8",

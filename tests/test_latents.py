@@ -186,3 +186,60 @@ def test_the_class_cache_holds_what_encoding_in_the_step_sees_and_a_dit_trains_f
     unmirrored = latent_digits(vae_with_stats, **{"data.flip_prob": 0.0, "data.source": "latents", "data.latent_dir": cache})
     with pytest.raises(ValueError, match=r"Latent cache .* was written with mirrored=True but the config has False"):
         conditioning.get(unmirrored).check_files()
+
+
+@pytest.fixture(scope="module")
+def sdvae_run(tmp_path_factory):
+    """A small SD VAE run of random weights, as the converter writes one (the released latent
+    statistics: no shift, scale 0.18215)."""
+    import math
+    from flax import nnx
+    from lavin_jax import convert, runs
+    from lavin_jax.models import sdvae
+    from conftest import randomized
+
+    config = runs.data_parallel(config_lib.base("sdvae"))
+    config.model.update({**sdvae.tiny_config(), "channels": (8, 8, 8, 8), "groups": 4})
+    scale = lambda shape: 0.2 if len(shape) == 1 else 1.0 / math.sqrt(math.prod(shape[:-1]))
+    model = randomized(lambda: sdvae.SDVAE(config.model, rngs=nnx.Rngs(0)), 0, scale)
+    workdir = str(tmp_path_factory.mktemp("sdvae"))
+    convert.write_run(workdir, config, jax.device_get(nnx.state(model, nnx.Param).to_pure_dict()))
+    shift, scale = latents.RELEASED["sdvae"]
+    latents.write_stats(workdir, {"shift": shift, "scale": scale, "examples": 0, "source": "released"})
+    return workdir
+
+
+def test_a_dit_trains_on_sd_vae_latents_from_the_step_and_from_a_cache(sdvae_run, tmp_path):
+    """The same labelled images, encoded frame by frame into 2x2x4 latents in the step or once
+    into the cache; samples are decoded to pixels."""
+    config = latent_digits(sdvae_run, **{"vae.name": "sdvae", "model.in_channels": 4, "data.flip_prob": 0.5})
+    vae = latents.load(sdvae_run, "sdvae")
+    assert (vae.shift, vae.scale) == (0.0, 0.18215) and vae.latent_frames(5) == 5
+    cache = str(tmp_path / "cache")
+    latents.write_cache(config, cache, 12)
+    dataset = conditioning.get(config).dataset("train")
+    image, _ = dataset.read(2)
+    z, _ = latents.LatentImages(latent_digits(sdvae_run, **{"vae.name": "sdvae", "model.in_channels": 4, "data.flip_prob": 0.5,
+                                                             "data.source": "latents", "data.latent_dir": cache})).read(2)
+    np.testing.assert_allclose(z[0], vae.encode_frames(vae.params, dataset.target(image, False)[None])[0], atol=1e-5)
+    with jax.threefry_partitionable(False):
+        state = train.train(config, str(tmp_path / "run"))
+    assert int(state["step"]) == 2
+    from PIL import Image
+    grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "samples_classes_0000002.png"))
+    assert grid.shape[0] == 10 * (16 * 8 + 2) + 2  # 16 px images, not 2 px latents.
+
+
+def test_an_autoencoder_run_of_the_other_family_is_refused(sdvae_run, vae_run):
+    with pytest.raises(ValueError, match=r"trained model 'sdvae', not 'stvae'"):
+        latents.load(sdvae_run, "stvae")
+    with pytest.raises(ValueError, match=r"trained model 'stvae', not 'sdvae'"):
+        latents.load(vae_run, "sdvae", need_stats=False)
+
+
+def test_sd_vae_latent_statistics_are_computed_like_the_st_vae_s(sdvae_run, tmp_path):
+    import shutil
+    copy = str(tmp_path / "copy")
+    shutil.copytree(sdvae_run, copy)
+    stats = latents.compute_stats(copy, "sdvae", examples=8)
+    assert stats["examples"] == 8 and stats["scale"] > 0 and latents.load(copy, "sdvae").scale == stats["scale"]

@@ -62,8 +62,7 @@ def test_summary_mode_writes_summary_json(tmp_path):
 
 @pytest.mark.parametrize("variant,params,gmacs", [("XL/2", 675e6, 118.6), ("B/4", 130e6, 5.56)])
 def test_dit_variants_summarise_to_the_papers_table_4(variant, params, gmacs):
-    """At 256 px on 32x32 latents; ours has the ST-VAE's 16 channels where DiT had 4, which adds
-    only to the patch embedding and the output layer (under 0.1% of either figure)."""
+    """At 256 px on the SD VAE's 32x32x4 latents, as the paper."""
     config = config_lib.load(str(ROOT / "configs" / f"dit.py:{variant}"))
     result, table = summary.summarize(config)
     assert result["params"] == pytest.approx(params, rel=0.01)

@@ -28,15 +28,16 @@ class Conditioning:
         d = config.data
         require(d.source in ("synthetic", "latents"), f"config.data.source={d.source!r} is unknown; known sources: 'synthetic', 'latents'.")
         if d.source == "latents":
-            require(config.vae.name == "stvae", "config.data.source='latents' needs config.vae.name='stvae' and its config.vae.checkpoint.")
+            require(config.vae.name != "none", "config.data.source='latents' needs an autoencoder: config.vae.name and its config.vae.checkpoint.")
             require(bool(d.latent_dir), "config.data.source='latents' needs config.data.latent_dir, a cache written by --mode=latent_cache.")
 
     def check_files(self) -> None:
         """Raises, naming the field, where a file or dataset the run reads is missing (before any
         compilation)."""
 
-    def check_eval_files(self) -> None:
-        """Like `check_files`, for what only evaluation reads."""
+    def check_eval_files(self, judge: bool = True) -> None:
+        """Like `check_files`, for what only evaluation reads; with `judge` False, for what drawing
+        the sample grids alone reads (`evaluator(judge=False)`)."""
 
     def source(self, seed: int):
         """A random-access source (`__len__`, `__getitem__` -> dict of numpy arrays) for grain."""
@@ -63,7 +64,9 @@ class Conditioning:
         """Answers to prompts (their form is the conditioning's), by `predictor.sample`."""
         raise NotImplementedError
 
-    def evaluator(self, *, count: int | None = None, distances: bool = True, prefix: str = "samples") -> Any:
+    def evaluator(self, *, count: int | None = None, distances: bool = True, prefix: str = "samples", judge: bool = True) -> Any:
         """An object whose `run(predictor, **options)` returns a report with "grids" (name -> uint8
-        image) and whose `scalars(report)` / `table(report)` flatten and print it."""
+        image) and whose `scalars(report)` / `table(report)` flatten and print it. `judge` False
+        asks only for the grids (`--mode=sample`): a conditioning whose samples need no data to
+        draw then reads none (classes: no real images, no classifier)."""
         raise NotImplementedError

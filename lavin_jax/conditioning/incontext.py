@@ -65,8 +65,8 @@ class InContext(Conditioning):
         require(config.sample.num_pairs >= 0, f"config.sample.num_pairs={config.sample.num_pairs} must be non-negative.")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
 
-    def check_eval_files(self) -> None:
-        evaluation.check_files(self.config)
+    def check_eval_files(self, judge: bool = True) -> None:
+        evaluation.check_files(self.config)  # episodes are drawn from the data, judged or not.
 
     def source(self, seed: int):
         if self.config.data.source == "latents":
@@ -91,7 +91,7 @@ class InContext(Conditioning):
         query = context["cond"][:, -frames:]
         return {**context, "cond": jnp.concatenate([jnp.zeros_like(query), query], axis=1)}
 
-    def evaluator(self, *, count=None, distances=True, prefix="samples"):
+    def evaluator(self, *, count=None, distances=True, prefix="samples", judge=True):
         return evaluation.Evaluation(self.config, episodes_per_task=count, distances=distances, prefix=prefix)
 
     def answer(self, predictor, prompts, *, fit: str = "pad", resample: str = "bilinear", seed: int = 0, **options) -> list[np.ndarray]:

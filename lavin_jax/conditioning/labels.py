@@ -45,6 +45,8 @@ class ClassLabels(Conditioning):
         require(d.image_size >= 8, f"config.data.image_size={d.image_size} must be at least 8.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
+        bad = [k for k in config.sample.classes if not 0 <= k < config.model.num_classes]
+        require(not bad, f"config.sample.classes={tuple(config.sample.classes)} has {bad[:1]}, not a class index in [0, {config.model.num_classes}).")
 
     @property
     def num_classes(self) -> int:
@@ -65,7 +67,9 @@ class ClassLabels(Conditioning):
         if self.config.data.source == "latents":
             latents.LatentImages(self.config)
 
-    def check_eval_files(self) -> None:
+    def check_eval_files(self, judge: bool = True) -> None:
+        if not judge:
+            return  # the grids are drawn from the model and the class indices alone.
         e = self.config.eval
         if e.fid_weights and not os.path.exists(e.fid_weights):
             raise FileNotFoundError(f"config.eval.fid_weights={e.fid_weights!r} does not exist.")
@@ -119,8 +123,8 @@ class ClassLabels(Conditioning):
         images = predictor.sample({"label": labels}, 1, seed=seed, **options)
         return list(scoring.to_uint8(images[:, 0]))
 
-    def evaluator(self, *, count=None, distances=True, prefix="samples"):
-        return ClassEvaluation(self, count=count, distances=distances, prefix=prefix)
+    def evaluator(self, *, count=None, distances=True, prefix="samples", judge=True):
+        return ClassEvaluation(self, count=count, distances=distances, prefix=prefix, judge=judge)
 
 
 def thumbnails(images: np.ndarray) -> np.ndarray:
@@ -153,12 +157,18 @@ def class_grid(images: np.ndarray) -> np.ndarray:
 class ClassEvaluation:
     """`eval.episodes` (or `count`) samples of every class, judged by the fixed classifier; FID
     where configured and `distances`. The classifier and the real images' scores are computed
-    once."""
+    once. Unjudged (`judge` False: `--mode=sample`), only the grid is drawn, of the classes
+    `sample.classes` names (all where it names none), and no data is read: a converted ImageNet
+    model draws without ImageNet."""
 
-    def __init__(self, labels: ClassLabels, *, count=None, distances=True, prefix="samples"):
+    def __init__(self, labels: ClassLabels, *, count=None, distances=True, prefix="samples", judge=True):
         c = labels.config
-        self.labels, self.prefix = labels, prefix
+        self.labels, self.prefix, self.judge = labels, prefix, judge
         self.count = int(c.eval.episodes if count is None else count)
+        chosen = not judge and len(c.sample.classes)
+        self.classes = np.asarray(c.sample.classes if chosen else range(labels.num_classes), np.int32)
+        if not judge:
+            return
         train_images, train_labels = read_all(labels.dataset("train"), CLASSIFIER_IMAGES)
         held_images, held_labels = read_all(labels.dataset("test"))
         self.classifier = LogisticRegression(max_iter=1000).fit(thumbnails(train_images), train_labels)
@@ -174,22 +184,19 @@ class ClassEvaluation:
     def run(self, predictor, **options) -> dict:
         c = self.labels.config
         n = self.labels.num_classes
-        labels = np.repeat(np.arange(n, dtype=np.int32), self.count)
+        labels = np.repeat(self.classes, self.count)
         images = scoring.to_uint8(predictor.sample({"label": labels}, 1, seed=int(c.seed) + 2, **options)[:, 0])
+        report = {"samples_per_class": self.count, "images": images, "labels": labels}
+        shown = min(int(c.sample.num_examples), self.count)
+        report["grids"] = {f"{self.prefix}_classes": class_grid(images.reshape(len(self.classes), self.count, *images.shape[1:])[:, :shown])}
+        if not self.judge:
+            return report
         judged = self.classifier.predict(thumbnails(images))
-        per_class = {self.class_names[k]: float(np.mean(judged[labels == k] == k)) for k in range(n)}
-        report = {
-            "accuracy": {"model": float(np.mean(judged == labels)), "real": self.real_accuracy, "chance": 1.0 / n},
-            "classes": per_class,
-            "samples_per_class": self.count,
-            "images": images,
-            "labels": labels,
-        }
+        report["classes"] = {self.class_names[k]: float(np.mean(judged[labels == k] == k)) for k in range(n)}
+        report["accuracy"] = {"model": float(np.mean(judged == labels)), "real": self.real_accuracy, "chance": 1.0 / n}
         if self._fid is not None:
             features, real = self._fid
             report["fid"] = {"model": evaluation.frechet_distance(features(scoring.from_uint8(images)[:, None]), real), "real": self.real_fid}
-        shown = min(int(c.sample.num_examples), self.count)
-        report["grids"] = {f"{self.prefix}_classes": class_grid(images.reshape(n, self.count, *images.shape[1:])[:, :shown])}
         return report
 
     @staticmethod

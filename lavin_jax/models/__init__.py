@@ -5,9 +5,12 @@ ValueError naming the field its architecture cannot take. Which objective trains
 
 from flax import nnx
 
-from lavin_jax.models import dit, jdit, stvae
+from lavin_jax.models import dit, jdit, sdvae, stvae
 
-FAMILIES = {"jdit": jdit.JDiT, "dit": dit.DiT, "stvae": stvae.STVAE}
+FAMILIES = {"jdit": jdit.JDiT, "dit": dit.DiT, "stvae": stvae.STVAE, "sdvae": sdvae.SDVAE}
+# The autoencoders a diffusion model can work in (config.vae.name): each has encode -> posterior,
+# decode, and a static latent_frames(model_config, frames).
+AUTOENCODERS = ("stvae", "sdvae")
 
 
 def default_config(name: str):

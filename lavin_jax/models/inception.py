@@ -1,5 +1,7 @@
 """Inception-v3 as FID reads it (Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule
-Converge to a Local Nash Equilibrium"), in JAX: the 2048-d pool3 features of an image.
+Converge to a Local Nash Equilibrium"), in JAX: the 2048-d pool3 features of an image, and in the
+same pass what guided-diffusion's evaluator reads beside them (`outputs`): the spatial features
+of sFID and the logits of the Inception Score.
 
 The variant is the `pytorch-fid` package's FID Inception (mseitzer/pytorch-fid,
 `fid_inception_v3`): TensorFlow's 2015-12-05 Inception graph, which the original TTUR FID code
@@ -8,13 +10,15 @@ this file keeps the differences:
   - the 3x3 average pools of Mixed_5b-d, Mixed_6b-e and Mixed_7b divide by the number of values
     inside the image, not by 9 (TensorFlow's average pool excludes the padding);
   - Mixed_7c max-pools its pool branch where every other block, and the paper, average-pools;
-  - 1008 classes, unused: FID reads the global average pool before the classifier.
+  - 1008 classes: FID reads the global average pool before the classifier; the Inception Score
+    reads the classifier.
 
 Weights: pytorch-fid's release file `pt_inception-2015-12-05-6726825d.pth`
 (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth),
 converted once by `lavin_jax.tools.convert_fid` (reads .pth files with `lavin_jax.torch_files`); `load` reads the result
 and `random_weights` stands in for tests and demos. The converter folds each frozen batch norm
-(eps 1e-3) into its conv, so every unit here is conv + bias + ReLU.
+(eps 1e-3) into its conv, so every unit here is conv + bias + ReLU. Files converted before the
+classifier was kept still load: they give everything but the logits.
 
 Preprocessing is pytorch-fid's InceptionV3 with resize_input and normalize_input: images resized
 bilinearly to 299x299 (torch's F.interpolate(align_corners=False): half-pixel centres, no
@@ -35,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import safetensors
 
 from lavin_jax.models import frozen
 
@@ -44,6 +49,7 @@ CONVERT_COMMAND = (
 )
 
 SIZE = 299  # the input side the network was trained at; pool3 is 8x8 there.
+CLASSES = 1008  # the classifier's outputs: TensorFlow's graph's `softmax` layer (fc in pytorch-fid).
 
 
 class Conv(NamedTuple):
@@ -126,15 +132,20 @@ def pool(layer: Pool, x: jax.Array) -> jax.Array:
     return total / count
 
 
-def apply(weights: Mapping[str, jax.Array], layers: tuple[Layer, ...], x: jax.Array) -> jax.Array:
-    """`layers` on x (N, [T,] H, W, C), channels last."""
+def apply(
+    weights: Mapping[str, jax.Array], layers: tuple[Layer, ...], x: jax.Array, taps: dict[str, jax.Array] | None = None
+) -> jax.Array:
+    """`layers` on x (N, [T,] H, W, C), channels last. `taps`, keyed by Conv names, gets those
+    units' outputs (after their ReLU) on the way: inner features without a second pass."""
     for layer in layers:
         if isinstance(layer, Conv):
             x = conv_relu(weights, layer, x)
+            if taps is not None and layer.name in taps:
+                taps[layer.name] = x
         elif isinstance(layer, Pool):
             x = pool(layer, x)
         else:
-            x = jnp.concatenate([apply(weights, branch, x) for branch in layer.branches], axis=-1)
+            x = jnp.concatenate([apply(weights, branch, x, taps) for branch in layer.branches], axis=-1)
     return x
 
 
@@ -250,19 +261,74 @@ LAYERS: tuple[Layer, ...] = (
 )
 
 # The converted file's tensors, `{module path}/kernel` (kh, kw, C_in, C_out) and `/bias` (C_out,)
-# for each of the 94 conv + batch norm units; module paths are pytorch-fid's with "/" for ".".
-# FEATURES: pool3's width, 2048.
-TENSORS, FEATURES = tensor_shapes(LAYERS, 3)
+# for each of the 94 conv + batch norm units (module paths are pytorch-fid's with "/" for "."),
+# and the classifier's weight, CLASSIFIER (2048, 1008). FEATURES: pool3's width, 2048.
+_UNITS, FEATURES = tensor_shapes(LAYERS, 3)
+CLASSIFIER = "fc/kernel"
+TENSORS = {**_UNITS, CLASSIFIER: (FEATURES, CLASSES)}
 
+# sFID's features, TensorFlow's `mixed_6/conv`: the graph names its eleven Inception blocks mixed,
+# mixed_1, ..., mixed_10 in order, which are torchvision's Mixed_5b, 5c, 5d, 6a, 6b, 6c, 6d, 6e,
+# 7a, 7b, 7c (pytorch-fid's weights were ported by that mapping), so mixed_6 is Mixed_6d; a
+# block's bare `conv` is its first branch, the 1x1 conv (the others sit under tower, tower_1,
+# ...), and the node of that name is the unit's ReLU output. The evaluator keeps its first 7 of
+# 192 channels, at 17 x 17: 2023 numbers, flattened channels-last as its NHWC tensor is.
+SPATIAL_UNIT = "Mixed_6d/branch1x1"
+SPATIAL_CHANNELS = 7
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS  # 299 -> 149 -> 147 -> 73 -> 71 -> 35 -> 17 (Mixed_6a).
 
-# `check(weights, source)` and `load(path)`: the file `lavin_jax.tools.convert_fid --inception` makes.
+# `check(weights, source)`: the tensors a conversion must hold. `check_file(path)`, `load(path)`:
+# the file `lavin_jax.tools.convert_fid --inception` makes, or one made before it kept the
+# classifier (`POOL_FILE`), whose weights give everything but the logits.
 FILE = frozen.WeightsFile("FID Inception", TENSORS, CONVERT_COMMAND)
-check, check_file, load, random_weights = FILE.check, FILE.check_file, FILE.load, FILE.random
+POOL_FILE = frozen.WeightsFile("FID Inception", _UNITS, CONVERT_COMMAND)
+check, random_weights = FILE.check, FILE.random
+
+
+def _file(path: str) -> frozen.WeightsFile:
+    """The table `path` is checked against: POOL_FILE for a readable file without the classifier."""
+    try:
+        with safetensors.safe_open(path, "numpy") as f:
+            held = set(f.keys())
+    except Exception:  # missing or not safetensors: FILE.check_file says which, naming the file.
+        return FILE
+    return FILE if CLASSIFIER in held else POOL_FILE
+
+
+def check_file(path: str) -> None:
+    """Checks the converted file at `path` from its header: no tensor is read."""
+    _file(path).check_file(path)
+
+
+def load(path: str) -> dict:
+    """Reads the converted file at `path`, checked first."""
+    return _file(path).load(path)
+
+
+def has_classifier(weights: Mapping[str, jax.Array]) -> bool:
+    """Whether `weights` give the logits: False for a file converted before the classifier was kept."""
+    return CLASSIFIER in weights
+
+
+def outputs(weights: Mapping[str, jax.Array], x: jax.Array) -> dict[str, jax.Array]:
+    """One pass of images x (N, H, W, 3) in [-1, 1], any H and W, float32 results:
+      "pool":    (N, 2048) pool3, FID's features;
+      "spatial": (N, 2023) the first 7 channels of Mixed_6d's 1x1 branch (SPATIAL_UNIT), sFID's;
+      "logits":  (N, 1008) pool3 times the classifier's weight, where `weights` hold it. No bias:
+                 the evaluator (like improved-gan's Inception Score before it) multiplies pool3 by
+                 the input of the graph's `softmax/logits/MatMul`, upstream of the bias add."""
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"FID Inception takes (N, H, W, 3) images, got shape {x.shape}.")
+    taps = {SPATIAL_UNIT: None}
+    pool3 = jnp.mean(apply(weights, LAYERS, resize(jnp.asarray(x, jnp.float32), SIZE), taps), axis=(1, 2))
+    spatial = taps[SPATIAL_UNIT][..., :SPATIAL_CHANNELS]
+    out = {"pool": pool3, "spatial": spatial.reshape(spatial.shape[0], -1)}
+    if has_classifier(weights):
+        kernel = jnp.asarray(weights[CLASSIFIER], jnp.float32)
+        out["logits"] = jnp.dot(pool3, kernel, precision=jax.lax.Precision.HIGHEST)
+    return out
 
 
 def features(weights: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
     """FID's pool3 features of images x (N, H, W, 3) in [-1, 1], any H and W -> (N, 2048) float32."""
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"FID Inception takes (N, H, W, 3) images, got shape {x.shape}.")
-    x = resize(jnp.asarray(x, jnp.float32), SIZE)
-    return jnp.mean(apply(weights, LAYERS, x), axis=(1, 2))
+    return outputs(weights, x)["pool"]

@@ -399,6 +399,12 @@ class STVAE(nnx.Module):
     objective = "autoencoding"  # the defaults of config.objective and config.conditioning.
     conditioning = "none"
 
+    @staticmethod
+    def latent_frames(cfg, frames: int) -> int:
+        """Latent frames of a clip of `frames` (1+4k): the first frame is encoded alone, every
+        2**temporal_downsamples after it make one."""
+        return (frames - 1) // 2 ** int(cfg.temporal_downsamples) + 1
+
     def _check_input(self, x: jax.Array) -> None:
         b, t, h, w, c = x.shape
         if t % self.time_factor != 1 % self.time_factor or h % self.space_factor or w % self.space_factor:

@@ -70,7 +70,7 @@ class Autoencoding(Objective):
                 f"{discriminator.min_size(a.disc)} px (config.autoencoder.disc.layers={a.disc.layers}).",
             )
 
-    def check_files(self) -> None:
+    def check_files(self, data: bool = True) -> None:
         a = self.config.autoencoder
         if a.lpips_weight <= 0:
             return

@@ -20,11 +20,12 @@ class Objective:
     def check(config) -> None:
         """Raises ValueError, one sentence naming the field, for settings this objective cannot use."""
 
-    def check_files(self) -> None:
+    def check_files(self, data: bool = True) -> None:
         """Raises, naming the field, when a file the run reads (weights, another run) is missing.
-        Separate from `check` so that `--mode=summary` needs none of them."""
+        Separate from `check` so that `--mode=summary` needs none of them. `data` False: only what
+        using the trained model reads (its autoencoder), not its training data (a `Predictor`)."""
 
-    def check_eval_files(self) -> None:
+    def check_eval_files(self, judge: bool = True) -> None:
         """Like `check_files`, for what only evaluation reads (held-out data, metric networks):
         checked where a run evaluates, not where its model is only loaded."""
 

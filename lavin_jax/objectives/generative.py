@@ -4,8 +4,9 @@ or latent space, and the jitted sampler around the objective's own draw.
 A subclass (`flow_matching.FlowMatching`, `ddpm.DDPM`) gives its loss (`loss`), how it draws
 samples (`draw`) and which sampling options it takes (`sample_options`); the conditioning
 (`config.conditioning`) gives the data, the null condition and the evaluation. In latent space
-(`vae.name='stvae'`) the target and the conditioning's pixel fields are encoded as ST-VAE clips,
-inside the step or once into a cache, and samples are decoded back to pixels.
+(`vae.name`: 'stvae' or 'sdvae') the target and the conditioning's pixel fields are encoded by the
+frozen autoencoder (an ST-VAE encodes each item as a clip, the SD VAE frame by frame), inside the
+step or once into a cache, and samples are decoded back to pixels.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from lavin_jax.objectives.base import Objective
 
 
 def frame_shape(config) -> tuple[int, int]:
-    """The side and channel count of one frame as the model sees it: pixels or ST-VAE latents."""
+    """The side and channel count of one frame as the model sees it: pixels or latents."""
     if config.vae.name == "none":
         return config.data.image_size, 3
     return config.data.image_size // config.vae.downsample, config.model.in_channels
@@ -40,7 +41,8 @@ class Generative(Objective):
     @staticmethod
     def check(config) -> None:
         m, v, d = config.model, config.vae, config.data
-        require(v.name in ("none", "stvae"), f"config.vae.name={v.name!r} must be 'none' or 'stvae'.")
+        names = ("none", *models.AUTOENCODERS)
+        require(v.name in names, f"config.vae.name={v.name!r} must be one of {names}.")
         require(
             v.name != "none" or m.in_channels == 3,
             f"config.model.in_channels={m.in_channels} but config.vae.name='none' trains on RGB "
@@ -57,33 +59,34 @@ class Generative(Objective):
             f"by config.model.patch_size={m.patch_size}.",
         )
 
-    def check_files(self) -> None:
+    def check_files(self, data: bool = True) -> None:
         v = self.config.vae
-        if v.name == "stvae" and not v.checkpoint:
+        if v.name != "none" and not v.checkpoint:
             raise ValueError(
-                "config.vae.name='stvae' needs config.vae.checkpoint, the workdir of an ST-VAE run "
-                "(train one with configs/stvae_tiny.py or configs/stvae.py)."
+                f"config.vae.name={v.name!r} needs config.vae.checkpoint, the workdir of its run (an ST-VAE: "
+                "train one with configs/stvae_tiny.py; the SD VAE: python -m lavin_jax.convert --vae=...)."
             )
-        if v.name == "stvae" and not os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
-            raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not an ST-VAE run: it has no checkpoints directory.")
-        if v.name == "stvae":
-            self.autoencoder  # loads it: latent statistics and channels are checked now.
-        self.conditioning.check_files()
+        if v.name != "none" and not os.path.isdir(os.path.join(v.checkpoint, "checkpoints")):
+            raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not a {v.name} run: it has no checkpoints directory.")
+        if v.name != "none":
+            self.autoencoder  # loads it: its family, latent statistics and channels are checked now.
+        if data:
+            self.conditioning.check_files()
 
-    def check_eval_files(self) -> None:
-        self.conditioning.check_eval_files()
+    def check_eval_files(self, judge: bool = True) -> None:
+        self.conditioning.check_eval_files(judge)
 
     def build(self, rngs: nnx.Rngs) -> dict[str, nnx.Module]:
         return {"model": models.build(self.config.model, rngs)}
 
     @functools.cached_property
     def autoencoder(self) -> latents.Autoencoder:
-        """The frozen ST-VAE of config.vae.checkpoint (latent space only)."""
-        autoencoder = latents.load(self.config.vae.checkpoint)
+        """The frozen autoencoder of config.vae.checkpoint (latent space only)."""
+        autoencoder = latents.load(self.config.vae.checkpoint, self.config.vae.name)
         channels = autoencoder.config.model.latent_channels
         if channels != self.config.model.in_channels:
             raise ValueError(
-                f"config.model.in_channels={self.config.model.in_channels} but the ST-VAE of "
+                f"config.model.in_channels={self.config.model.in_channels} but the {self.config.vae.name} of "
                 f"config.vae.checkpoint={self.config.vae.checkpoint!r} makes {channels}-channel latents."
             )
         return autoencoder
@@ -92,15 +95,15 @@ class Generative(Objective):
         return self.conditioning.source(seed)
 
     def constants(self) -> dict:
-        if self.config.vae.name == "stvae":  # pixels are encoded (step, sampler), samples decoded.
+        if self.config.vae.name != "none":  # pixels are encoded (step, sampler), samples decoded.
             return {"vae": self.autoencoder.params}
         return {}
 
     def abstract_constants(self, mesh) -> dict:
-        if self.config.vae.name != "stvae":
+        if self.config.vae.name == "none":
             return {}
-        # Shapes from the ST-VAE run's config, or the released ST-VAE's where there is no run yet.
-        self.autoencoder = latents.load(self.config.vae.checkpoint, abstract=True, mesh=mesh)
+        # Shapes from the autoencoder run's config, or the released one's where there is no run yet.
+        self.autoencoder = latents.load(self.config.vae.checkpoint, self.config.vae.name, abstract=True, mesh=mesh)
         return {"vae": self.autoencoder.params}
 
     def largest_batch(self, batch_size: int) -> dict:
@@ -113,7 +116,7 @@ class Generative(Objective):
 
     def encoded(self, batch: dict, constants: dict, frames: int) -> dict:
         """A batch whose target (if any) and pixel fields hold items of `frames` frames, with
-        those fields as ST-VAE latents, each item encoded as one clip."""
+        those fields as latents, each item encoded as one clip."""
         encode = lambda x: self.autoencoder.encode_frames(constants["vae"], x, frames)
         fields = ("target", *self.conditioning.pixel_fields)
         return {**batch, **{name: encode(batch[name]) for name in fields if name in batch}}
@@ -129,7 +132,7 @@ class Generative(Objective):
         raise NotImplementedError
 
     def grads(self, graphdefs, params, constants, batch, key, phase):
-        if self.config.vae.name == "stvae" and self.config.data.source != "latents":
+        if self.config.vae.name != "none" and self.config.data.source != "latents":
             batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
         loss_fn = lambda p: self.loss(nnx.merge(graphdefs["model"], p), batch, key)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
@@ -171,7 +174,7 @@ class Generative(Objective):
         def sample(params, constants, context, seed, indices, traced, frames, static):
             with parallel.activation_sharding(mesh, c.mesh.rules):
                 model = nnx.merge(graphdef, params)
-                if c.vae.name == "stvae":
+                if c.vae.name != "none":
                     context = self.encoded(context, constants, frames)
                 keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
                 model_frames = self.model_frames(frames)
@@ -179,7 +182,7 @@ class Generative(Objective):
                 guided = dict(static)["guided"]
                 null = self.conditioning.null(context, model_frames) if guided else None
                 prediction = self.draw(model, context, null, keys, shape, traced, static)
-                if c.vae.name == "stvae":
+                if c.vae.name != "none":
                     prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
                 return prediction
 

@@ -16,6 +16,8 @@ Inputs (one per run):
 Each conv's frozen batch norm is folded into it (kernel * gamma / sqrt(var + eps), bias
 beta - mean * gamma / sqrt(var + eps), in float64): the networks only ever run in inference, so
 the JAX side needs one conv and one add per unit, half the tensors, and no eps to get right.
+The Inception's 1008-way classifier keeps its weight, transposed, for the Inception Score
+(`lavin_jax.tools.fid`), and drops its bias, which that score never reads.
 
 The .pth files are read by `lavin_jax.torch_files` (torch.load(weights_only=True) where torch is
 installed; without it, zip archives by a restricted reader); evaluation reads the output with numpy.
@@ -36,8 +38,9 @@ from lavin_jax.tools import load_torch
 # BatchNorm (TF-Hub's I3D; piergiaj's port keeps it).
 EPS = 1e-3
 _BATCH_NORM = ("weight", "bias", "running_mean", "running_var")
-# pytorch-fid's 1008-way classifier: FID reads the pool before it.
-INCEPTION_UNUSED = ("fc.weight", "fc.bias")
+# The classifier's bias (TensorFlow's softmax/biases): the Inception Score's logits are pool3 times
+# the weight alone (see inception.outputs).
+INCEPTION_UNUSED = ("fc.bias",)
 
 
 def _unused(key: str, unused: tuple[str, ...]) -> bool:
@@ -110,8 +113,12 @@ def _fold(
 
 def convert_inception(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """pytorch-fid's FID Inception state dict (as numpy) -> the tensors of inception.TENSORS."""
-    units = _units(inception.TENSORS)
-    return _fold(_read(state, _expected(units, "conv"), INCEPTION_UNUSED, "FID Inception"), units, "conv")
+    units = _units({k: v for k, v in inception.TENSORS.items() if k != inception.CLASSIFIER})
+    classifier = {"fc.weight": (inception.CLASSES, inception.FEATURES)}
+    read = _read(state, {**_expected(units, "conv"), **classifier}, INCEPTION_UNUSED, "FID Inception")
+    # torch's Linear weight (out, in) -> our (in, out) matrix on pool3.
+    kernel = np.ascontiguousarray(read["fc.weight"].T, np.float32)
+    return {**_fold(read, units, "conv"), inception.CLASSIFIER: kernel}
 
 
 def convert_i3d(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ def test_model_inputs_of_another_form_are_named(classes):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"data.classes": ""}, r"config.conditioning='class' needs config.data.classes"),
-    ({"data.source": "latents"}, r"config.data.source='latents' needs config.vae.name='stvae'"),
+    ({"data.source": "latents"}, r"config.data.source='latents' needs an autoencoder: config.vae.name and its config.vae.checkpoint"),
     ({"data.source": "latents", "vae.name": "stvae", "data.image_size": 16}, r"config.data.source='latents' needs config.data.latent_dir"),
     ({"conditioning": "incontext"}, r"config.conditioning='incontext', but config.model.name='dit' is conditioned by 'class'"),
     ({"model.learn_sigma": True, "objective": "flow"}, r"config.model.learn_sigma=True is for objective='ddpm'"),

@@ -70,7 +70,7 @@ def reference_dit(p, cfg, x, t, label):
     h = lin(tokens, p["patch_embed"])
     omega = 1.0 / 10_000 ** (np.arange(d // 4) / (d // 4))
     rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    pos = np.concatenate([f(v.reshape(-1, 1) * omega) for v in (rows, cols) for f in (np.sin, np.cos)], 1)
+    pos = np.concatenate([f(v.reshape(-1, 1) * omega) for v in (cols, rows) for f in (np.sin, np.cos)], 1)  # the column first, as DiT (MAE)
     h = h + pos
     freqs = np.exp(-np.log(10_000) * np.arange(128) / 128)
     temb = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], 1)

@@ -153,13 +153,14 @@ def i3d_weights(i3d_state, tmp_path_factory):
 
 
 def test_tensors_layout():
-    assert len(inception.TENSORS) == 2 * len(INCEPTION_UNITS) == 188 and inception.FEATURES == 2048
+    assert len(inception.TENSORS) == 2 * len(INCEPTION_UNITS) + 1 == 189 and inception.FEATURES == 2048
+    assert inception.TENSORS["fc/kernel"] == (2048, 1008)  # the classifier, for the Inception Score
     assert inception.TENSORS["Conv2d_1a_3x3/kernel"] == (3, 3, 3, 32)
     assert inception.TENSORS["Mixed_6b/branch7x7_2/kernel"] == (1, 7, 128, 128)
     assert inception.TENSORS["Mixed_7c/branch_pool/kernel"] == (1, 1, 2048, 192)
     # torchvision's inception_v3 has 27,161,264 parameters; less AuxLogits (3,326,696) and the
     # 1000-way fc (2,049,000), its convs and their batch norms' gamma and beta hold 21,785,568.
-    kernels = sum(np.prod(s) for n, s in inception.TENSORS.items() if n.endswith("/kernel"))
+    kernels = sum(np.prod(s) for n, s in inception.TENSORS.items() if n.endswith("/kernel") and n != "fc/kernel")
     biases = sum(np.prod(s) for n, s in inception.TENSORS.items() if n.endswith("/bias"))
     assert kernels + 2 * biases == 21_785_568
 
@@ -172,7 +173,7 @@ def test_tensors_layout():
 @pytest.mark.parametrize(
     "convert, module, fixture, unused",
     [
-        (convert_fid.convert_inception, inception, "inception_state", {"fc.weight", "fc.bias"}),
+        (convert_fid.convert_inception, inception, "inception_state", {"fc.bias"}),
         (convert_fid.convert_i3d, i3d, "i3d_state", set()),
     ],
     ids=["inception", "i3d"],
