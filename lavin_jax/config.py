@@ -8,9 +8,12 @@ compiled. This module is the house's ground floor: it imports no objective, trai
 from __future__ import annotations
 
 import difflib
+import dis
 import importlib.util
 import inspect
 import os
+import sys
+from typing import Callable
 
 import ml_collections
 
@@ -222,3 +225,32 @@ def require(ok: bool, message: str) -> None:
     """Raises ValueError(message) unless `ok`: every config check's one sentence."""
     if not ok:
         raise ValueError(message)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def for_a_person(error: BaseException) -> bool:
+    """Whether `error` is lavin_jax telling a person what to change: a ValueError or OSError made by
+    a `raise` statement of this package, each one sentence naming the field or file. The same
+    types raised anywhere else (inside jax or numpy, or by an operation of ours gone wrong) are
+    bugs, whose traceback says where."""
+    if not isinstance(error, (ValueError, OSError)):
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    code = frame.tb_frame.f_code
+    return code.co_filename.startswith(_PACKAGE + os.sep) and code.co_code[frame.tb_lasti] == dis.opmap["RAISE_VARARGS"]
+
+
+def for_people(command: Callable[[], None]) -> None:
+    """Runs a command-line program: a person's mistake (`for_a_person`) is printed as
+    `error: <sentence>` with exit status 1, a bug keeps its traceback."""
+    try:
+        command()
+    except (ValueError, OSError) as error:
+        if not for_a_person(error):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

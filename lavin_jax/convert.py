@@ -513,4 +513,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    config_lib.for_people(lambda: app.run(main))

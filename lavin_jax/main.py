@@ -7,13 +7,11 @@ config or the files it names stops the run with one line, `error: <sentence>`, a
 
 from __future__ import annotations
 
-import dis
 import functools
 import json
 import logging as logging_std
 import os
 import re
-import sys
 import time
 
 import jax
@@ -263,31 +261,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         raise ValueError(str(error)) from None
 
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
-def for_a_person(error: BaseException) -> bool:
-    """Whether `error` is lavin_jax telling a person what to change: a ValueError or OSError made by
-    a `raise` statement of this package, each one sentence naming the field or file. The same
-    types raised anywhere else (inside jax or numpy, or by an operation of ours gone wrong) are
-    bugs, whose traceback says where."""
-    if not isinstance(error, (ValueError, OSError)):
-        return False
-    frame = error.__traceback__
-    while frame.tb_next is not None:
-        frame = frame.tb_next
-    code = frame.tb_frame.f_code
-    return code.co_filename.startswith(_PACKAGE + os.sep) and code.co_code[frame.tb_lasti] == dis.opmap["RAISE_VARARGS"]
-
-
 def run():
-    try:
-        app.run(main, flags_parser=_parse_flags)
-    except (ValueError, OSError) as error:
-        if not for_a_person(error):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    config_lib.for_people(lambda: app.run(main, flags_parser=_parse_flags))
 
 
 if __name__ == "__main__":

@@ -325,3 +325,13 @@ def test_a_converted_dit_draws_its_grid_and_npz_without_its_training_data(dit_va
     assert grid.shape[0] == 2 * (16 * 8 + 2) + 2  # a row for each of the two classes asked for.
     with pytest.raises(ValueError, match=r"tfds:a_dataset_not_prepared_here"):
         main.evaluate_run(asked, run, "eval")  # judging reads the held-out images.
+
+
+def test_the_command_names_a_mistake_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lavin_jax.convert", f"--dit={tmp_path}/DiT-XL-2-256x256.pt", f"--out={tmp_path}/out"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"error: {tmp_path}/DiT-XL-2-256x256.pt does not exist."
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

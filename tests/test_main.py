@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lavin_jax import config as config_lib
-from lavin_jax import evaluation, main
+from lavin_jax import evaluation
 from conftest import ROOT
 
 
@@ -51,12 +51,12 @@ def raised(function):
 
 
 def test_only_lavin_jax_own_sentences_lose_their_traceback():
-    assert main.for_a_person(raised(lambda: config_lib.require(False, "config.seed=-1 must be non-negative.")))
-    assert main.for_a_person(raised(lambda: config_lib.load("nowhere.py")))
+    assert config_lib.for_a_person(raised(lambda: config_lib.require(False, "config.seed=-1 must be non-negative.")))
+    assert config_lib.for_a_person(raised(lambda: config_lib.load("nowhere.py")))
     # The same types raised inside a library, or by an operation of lavin_jax that went wrong, are bugs.
-    assert not main.for_a_person(raised(lambda: jax.numpy.zeros(3).reshape(5)))
-    assert not main.for_a_person(raised(lambda: np.zeros(3).reshape(5)))
-    assert not main.for_a_person(raised(lambda: evaluation.mean_target(np.zeros(3), 2)))
+    assert not config_lib.for_a_person(raised(lambda: jax.numpy.zeros(3).reshape(5)))
+    assert not config_lib.for_a_person(raised(lambda: np.zeros(3).reshape(5)))
+    assert not config_lib.for_a_person(raised(lambda: evaluation.mean_target(np.zeros(3), 2)))
 
 
 def test_sample_command_names_its_files_apart_writes_to_output_dir_and_caches_compiles(trained_jdit, tmp_path):
