@@ -133,17 +133,17 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(patchify(x, self.patch)))
 
 
-def posemb_sincos_2d(height: int, width: int, dim: int, base: float = 10_000.0) -> jax.Array:
+def posemb_sincos_2d(height: int, width: int, dim: int, base: float = 10_000.0, *, column_first: bool = True) -> jax.Array:
     """Fixed 2D sin-cos position embedding, (height*width, dim), tokens row by row: the first
     half of the features encodes the column, the second the row (as DiT's, from MAE, whose
     meshgrid lists the column first, and big_vision's), each as sines then cosines of
-    base**(-i/(dim/4)). The released DiT files hold this table (`pos_embed`); the converter
-    checks theirs against it."""
+    base**(-i/(dim/4)); `column_first=False` swaps the halves. The released DiT files hold the
+    column-first table (`pos_embed`); the converter checks theirs against it."""
     if dim % 4:
         raise ValueError(f"A 2D sin-cos embedding needs a width divisible by 4, not {dim}.")
     omega = 1.0 / base ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
     y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
-    parts = [f(pos.reshape(-1)[:, None] * omega[None, :]) for pos in (x, y) for f in (jnp.sin, jnp.cos)]
+    parts = [f(pos.reshape(-1)[:, None] * omega[None, :]) for pos in ((x, y) if column_first else (y, x)) for f in (jnp.sin, jnp.cos)]
     return jnp.concatenate(parts, axis=1)
 
 

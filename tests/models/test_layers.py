@@ -74,3 +74,13 @@ def test_rms_norm_unit_rms():
     x = jax.random.normal(jax.random.key(2), (4, 16)) * 7.0
     y = layers.rms_norm(x, 1e-6)
     np.testing.assert_allclose(jnp.sqrt(jnp.mean(y**2, axis=-1)), 1.0, rtol=1e-4)
+
+
+def test_the_sincos_table_is_dit_s_column_first_and_swaps_halves_on_request():
+    """DiT's (MAE's) table: the first half of the features from the column, the second from the
+    row; J-DiT's tiny recipe keeps the row's half first (`column_first=False`)."""
+    table = np.asarray(layers.posemb_sincos_2d(3, 4, 8))
+    column = np.tile(np.arange(4.0), 3)[:, None] / 10_000 ** (np.arange(2) / 2)
+    np.testing.assert_allclose(table[:, :4], np.concatenate([np.sin(column), np.cos(column)], 1), atol=1e-6)
+    swapped = np.asarray(layers.posemb_sincos_2d(3, 4, 8, column_first=False))
+    np.testing.assert_array_equal(swapped, np.concatenate([table[:, 4:], table[:, :4]], 1))
