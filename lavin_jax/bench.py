@@ -22,12 +22,12 @@ For a config of a diffusion transformer (J-DiT, DiT), on this host's devices, ea
 
 Model FLOPs are `models.flops.forward` (closed form, checked against XLA's cost analysis in the
 tests): 3 forward passes a train step (forward and backward, whatever remat recomputes), one per
-model call of a sampling step (the conditional and the unconditional branch). The ST-VAE's work is not in the
+model call of a sampling step (the conditional and the unconditional branch). The autoencoder's work is not in the
 MFU; its FLOPs are counted from its jaxpr (`summary.jaxpr_flops`) and reported beside: in a
 pixel-source step the encoding of the example can outweigh the transformer.
-Weights are random: throughput does not depend on their values. An ST-VAE run that
-config.vae.checkpoint names is used if it exists, else random weights of the released ST-VAE's
-shapes, so a fresh clone can measure any config. `--profile` traces a few more calls of the
+Weights are random: throughput does not depend on their values. An autoencoder run that
+config.vae.checkpoint names is used if it exists, else random weights of the released
+autoencoder's shapes (ST-VAE or SD VAE, by vae.name), so a fresh clone can measure any config. `--profile` traces a few more calls of the
 train step and the sampler (jax.profiler) and reports where their time went.
 
 Prints a table and writes the report as JSON with the device, date and commit; every figure
@@ -143,14 +143,14 @@ def prepare(config, peak_tflops: float = 0.0, profile_dir: str = "") -> Bench:
 
 
 def _constants(config, s: state_lib.Setup, mesh: Mesh) -> dict:
-    """The objective's constants: from the ST-VAE run config.vae.checkpoint names, or, where there
-    is none yet, random weights of the released ST-VAE's shapes."""
+    """The objective's constants: from the autoencoder run config.vae.checkpoint names, or, where
+    there is none yet, random weights of the released autoencoder's shapes."""
     v = config.vae
     directory = os.path.join(v.checkpoint, "checkpoints")
     if v.name == "none" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
         s.objective.check_files()
         return state_lib.place_constants(s)
-    s.objective.abstract_constants(mesh)  # the released ST-VAE's config and latent statistics.
+    s.objective.abstract_constants(mesh)  # the released autoencoder's config and latent statistics.
     model_config = s.objective.autoencoder.config.model
     init = lambda: nnx.split(models.build(model_config, nnx.Rngs(0)), nnx.Param)[1].to_pure_dict()
     return {"vae": jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()}

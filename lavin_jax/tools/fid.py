@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import zipfile
 from collections.abc import Iterable, Iterator
 
@@ -401,25 +400,23 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    try:  # a person's mistakes, found before anything is computed: one sentence each.
-        if f.make_reference:
-            if f.samples or f.reference:
-                raise ValueError("--make_reference writes a reference from --config; it takes no --samples or --reference.")
-            if not (f.config and f.out):
-                raise ValueError("--make_reference needs --config=CONFIG and --out=R.npz.")
-            dataset, indices = reference_source(config_lib.load(f.config), f.out, f.num)
-        else:
-            if f.config or f.num:
-                raise ValueError("--config and --num go with --make_reference.")
-            if not (f.samples and f.reference):
-                raise ValueError("Give --samples=S.npz and --reference=R.npz (or --make_reference --config=CONFIG --out=R.npz).")
-            if f.batch < 1:
-                raise ValueError(f"--batch={f.batch} must be positive.")
-            if f.out:
-                check_out(f.out)
-            samples, reference = check_inputs(f.samples, f.reference, f.inception)
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
+    # A person's mistakes are found before anything is computed: one sentence each.
+    if f.make_reference:
+        if f.samples or f.reference:
+            raise ValueError("--make_reference writes a reference from --config; it takes no --samples or --reference.")
+        if not (f.config and f.out):
+            raise ValueError("--make_reference needs --config=CONFIG and --out=R.npz.")
+        dataset, indices = reference_source(config_lib.load(f.config), f.out, f.num)
+    else:
+        if f.config or f.num:
+            raise ValueError("--config and --num go with --make_reference.")
+        if not (f.samples and f.reference):
+            raise ValueError("Give --samples=S.npz and --reference=R.npz (or --make_reference --config=CONFIG --out=R.npz).")
+        if f.batch < 1:
+            raise ValueError(f"--batch={f.batch} must be positive.")
+        if f.out:
+            check_out(f.out)
+        samples, reference = check_inputs(f.samples, f.reference, f.inception)
     if f.make_reference:
         print(write_reference(dataset, indices, f.out))
         return
@@ -433,4 +430,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    config_lib.for_people(lambda: app.run(main))  # a mistake: `error: <sentence>`, exit 1; a bug: its traceback.
