@@ -294,7 +294,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     traced, static = objective.sample_options(**({"sampler": "euler"} if c.objective == "flow" else {}))
     abstract = objective.largest_batch(1)
     frames = abstract["target"].shape[1]
-    context = {name: x for name, x in abstract.items() if name not in ("target", "skipped")}
+    context = objective.conditioning.prompt_context(abstract)
     calls = objective.model_calls(traced, static)
     flops = calls * b.flops(abstract, frames)
     if dict(static)["guided"]:  # every step also runs the model on the null condition.

@@ -91,7 +91,11 @@ def base(model: str) -> ml_collections.ConfigDict:
     # conditioning='class': the labelled images, "digits" (scikit-learn's bundled 8x8 digits),
     # "tfds:<name>" (an image classification dataset) or a directory written by ingest's `classes:`.
     c.data.classes = "digits"
-    c.data.video_frames = 5  # frames of each input and target clip of a video task (1+4k for the ST-VAE).
+    c.data.video_frames = 5  # frames of each input and target clip of a video task (1+4k for the ST-VAE); mask: of each clip.
+    # conditioning='mask': the clips, "moving_digits" (bouncing digits made from the bundled digits),
+    # "synthetic" (the moving scenes), a directory of video files or "tfds:<name>" (data/clips.py).
+    c.data.clips = "moving_digits"
+    c.data.frame_stride = 1  # conditioning='mask': the step between the source frames a clip takes.
     c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
     c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).
     c.data.num_workers = 0  # worker processes per host decoding and rendering; 0: in the trainer's process.
@@ -107,6 +111,18 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.data.clip_frames = 17
     c.data.video_start = 0
     c.data.video_share = 0.5
+
+    # conditioning='mask' (VDT's mask modelling): which part of each clip is given clean. Each
+    # example draws a mode by these weights (VDT's mixture: a spatial block mask 0.2, the six
+    # temporal modes sharing the rest); 0 turns a mode off. Masks are laid on the model's grid.
+    c.mask = ml_collections.ConfigDict()
+    c.mask.weights = ml_collections.ConfigDict({"spatial": 0.2, **{mode: 0.8 / 6 for mode in (
+        "predict", "backward", "interpolate", "unconditional", "one_frame", "random")}})
+    c.mask.given_frames = 0  # predict / backward: the frames given at the start / end; 0: half the clip (VDT: 8 of 16).
+    c.mask.interpolation_step = 4  # interpolate: every k-th frame is given.
+    c.mask.random_ratio = 0.8  # random: the chance that each frame is hidden.
+    c.mask.spatial_ratio = 0.5  # spatial: the share of a frame's grid hidden, in blocks of 4+ cells.
+    c.mask.spatial_edge = 3  # spatial: up to this many frames at each end of the clip are given whole.
 
     c.flow = ml_collections.ConfigDict()
     c.flow.t_mean = 0.0  # logit-normal t = sigmoid(N(t_mean, t_std)), then shifted.

@@ -193,9 +193,12 @@ def vb_terms_bpd(schedule: Schedule, output: jax.Array, x0: jax.Array, x_t: jax.
     return jnp.where(t == 0, nll, kl)
 
 
-def training_loss(schedule: Schedule, model, x0: jax.Array, context, key: jax.Array, *, learn_sigma: bool) -> tuple[jax.Array, dict]:
+def training_loss(schedule: Schedule, model, x0: jax.Array, context, key: jax.Array, *, learn_sigma: bool,
+                  weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """Per-example losses at a uniform random step, and their mean parts: noise MSE ("mse") and,
-    with `learn_sigma`, the variational bound ("vb") that trains the variance.
+    with `learn_sigma`, the variational bound ("vb") that trains the variance. `weight` (broadcast
+    to x0) counts only part of each example in the MSE, still divided by its full size; the bound
+    keeps every element, as VDT's code has both.
 
     `model(x_t, timesteps, context)` is called with the original timesteps (int32, shape (B,))."""
     t_key, noise_key = jax.random.split(key)
@@ -204,7 +207,7 @@ def training_loss(schedule: Schedule, model, x0: jax.Array, context, key: jax.Ar
     x_t = q_sample(schedule, x0, t, noise)
     output = model(x_t, jnp.asarray(schedule.timesteps, jnp.int32)[t], context).astype(jnp.float32)
     eps, v = _split(output, learn_sigma)
-    mse = _mean_flat(jnp.square(noise - eps))
+    mse = _mean_flat(jnp.square(noise - eps) * (1.0 if weight is None else weight))
     if not learn_sigma:
         return mse, {"mse": jnp.mean(mse)}
     # The bound would also pull the noise prediction, which the MSE already trains better; through a

@@ -52,8 +52,10 @@ def velocity(model, prediction: str = "velocity", min_remaining: float = 0.05) -
     return from_data
 
 
-def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]:
-    """Velocity MSE plus `l1_weight` times velocity L1, each a mean per example, then over the batch."""
+def loss(model, batch: dict, key: jax.Array, flow_cfg, weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """Velocity MSE plus `l1_weight` times velocity L1, each a mean per example, then over the
+    batch; `weight` (broadcast to the target) counts only part of each example, still divided by
+    its full size (VDT's masked loss)."""
     x1 = batch["target"]
     context = {name: value for name, value in batch.items() if name != "target"}
     noise_key, time_key = jax.random.split(key)
@@ -61,6 +63,8 @@ def loss(model, batch: dict, key: jax.Array, flow_cfg) -> tuple[jax.Array, dict]
     t = sample_time(time_key, x1.shape[0], flow_cfg)
     predicted = velocity(model, flow_cfg.prediction, flow_cfg.min_remaining)
     error = predicted(interpolate(x0, x1, t), t, context) - (x1 - x0)
+    if weight is not None:
+        error = error * weight
     axes = tuple(range(1, error.ndim))
     mse = jnp.mean(jnp.square(error), axis=axes)
     l1 = jnp.mean(jnp.abs(error), axis=axes)

@@ -137,7 +137,10 @@ def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None)
         videos = {task: examples for task, examples in report.get("examples", {}).items() if examples[2].shape[1] > 1}
         for task, examples in videos.items():
             writer.write_animation(step, judged.grid_name(task), metrics.episode_animation(*examples, scale=metrics.display_scale(examples[2].shape[2])))
-        message = f"Wrote the grids of step {step} ({len(report['grids'])} PNGs, {len(videos)} GIFs) to {os.path.join(out, 'samples', judged.prefix)}_*"
+        for name, frames in report.get("animations", {}).items():
+            writer.write_animation(step, name, frames)
+        gifs = len(videos) + len(report.get("animations", {}))
+        message = f"Wrote the grids of step {step} ({len(report['grids'])} PNGs, {gifs} GIFs) to {os.path.join(out, 'samples', judged.prefix)}_*"
         if predictor.config.sample.num:
             message += ", and " + write_npz(predictor, os.path.join(out, "samples", f"{step}.npz"), int(predictor.config.sample.num))
         if primary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -74,9 +75,8 @@ class MetricWriter:
         """A looping GIF `samples/<name>_<step>.gif` of uint8 HxWx3 frames (a video task's grids)."""
         if not self._enabled:
             return
-        images = [Image.fromarray(frame) for frame in frames]
-        path = os.path.join(self.paths["samples"], f"{name}_{step:07d}.gif")
-        images[0].save(path, save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
+        with open(os.path.join(self.paths["samples"], f"{name}_{step:07d}.gif"), "wb") as f:
+            f.write(gif(frames, seconds_per_frame))
 
     def close(self) -> None:
         if self._enabled:
@@ -110,6 +110,14 @@ def _repair(path: str, resume_step: int | None) -> None:
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             f.write(repaired)
         os.replace(path + ".tmp", path)
+
+
+def gif(frames: list[np.ndarray], seconds_per_frame: float = 0.4) -> bytes:
+    """A looping GIF of uint8 HxWx3 frames (files, and notebooks: IPython.display.Image(data))."""
+    images = [Image.fromarray(frame) for frame in frames]
+    out = io.BytesIO()
+    images[0].save(out, format="GIF", save_all=True, append_images=images[1:], duration=int(seconds_per_frame * 1000), loop=0)
+    return out.getvalue()
 
 
 def display_scale(side: int) -> int:

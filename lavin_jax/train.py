@@ -95,14 +95,14 @@ def compile_step(config, mesh: Mesh) -> jax.stages.Compiled:
 
 
 def evaluator(s: state_lib.Setup, constants: dict):
-    """EMA parameters -> (PNG grids by name, scalars, the printed table): a generative model's
+    """EMA parameters -> (PNG grids by name, GIFs by name, scalars, the printed table): a generative model's
     samples judged by its conditioning's evaluator (built once: held-out data, the compiled
     sampler), or the objective's own evaluation, its scalars listed by name."""
     if not s.objective.samples:
 
         def evaluate_objective(params):
             grids, scalars = s.objective.evaluate(s.graphdefs, params, constants, s.mesh)
-            return grids, scalars, "\n".join(f"{name:<42} {value:.4g}" for name, value in scalars.items())
+            return grids, {}, scalars, "\n".join(f"{name:<42} {value:.4g}" for name, value in scalars.items())
 
         return evaluate_objective
     judged = predictor = None
@@ -114,7 +114,7 @@ def evaluator(s: state_lib.Setup, constants: dict):
             predictor = inference.Predictor(s.objective, s.graphdefs["model"], params, constants, s.mesh)
         predictor.params = params
         report = judged.run(predictor)
-        return report["grids"], judged.scalars(report), judged.table(report)
+        return report["grids"], report.get("animations", {}), judged.scalars(report), judged.table(report)
 
     return evaluate
 
@@ -268,8 +268,10 @@ def train(config, workdir: str) -> dict:
     judge = evaluator(s, constants) if config.eval_every else None
 
     def evaluate(step: int):
-        images, scalars, table = judge(state["ema"])
+        images, animations, scalars, table = judge(state["ema"])
         writer.write_images(step, images)
+        for name, frames in animations.items():
+            writer.write_animation(step, name, frames)
         if scalars:
             writer.write_scalars(step, scalars)
             evaluated.update(step=step, table=table)

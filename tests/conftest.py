@@ -98,6 +98,29 @@ def digits_config(**overrides):
     return shipped_config("dit_digits", DIGITS_SMALL, overrides)
 
 
+# configs/vdt_tiny.py made small: 16 px moving digits, 4-frame clips of 16 tokens each.
+VDT_SMALL = {
+    "model.hidden": 32,
+    "model.num_heads": 2,
+    "model.depth": 1,
+    "data.image_size": 16,
+    "data.video_frames": 4,
+    "mask.given_frames": 2,
+    "mask.interpolation_step": 2,
+    "global_batch_size": 8,
+    "sample.num_examples": 2,
+    "flow.sample_steps": 3,
+    "ddpm.sample_steps": 3,
+    "eval.episodes": 2,
+    "compile_cache": "",
+}
+
+
+def vdt_config(**overrides):
+    """configs/vdt_tiny.py with VDT_SMALL, then `overrides`."""
+    return shipped_config("vdt_tiny", VDT_SMALL, overrides)
+
+
 # XLA's CPU backend spends about half of a compile optimising machine code; a function a test runs
 # once or a few times on tiny arrays is done sooner without that (what is computed is the same).
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}
@@ -197,6 +220,16 @@ def trained_digits(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("trained_digits")
     train.train(digits_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_vdt(tmp_path_factory):
+    """The workdir of a two-step VDT run on moving digits (configs/vdt_tiny.py)."""
+    from lavin_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained_vdt")
+    train.train(vdt_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
     return workdir
 
 

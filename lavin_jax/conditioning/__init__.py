@@ -18,9 +18,9 @@ from lavin_jax.conditioning.base import Conditioning
 
 
 def _conditionings() -> dict[str, type[Conditioning]]:
-    from lavin_jax.conditioning import incontext, labels
+    from lavin_jax.conditioning import incontext, labels, masks
 
-    return {"incontext": incontext.InContext, "class": labels.ClassLabels}
+    return {"incontext": incontext.InContext, "class": labels.ClassLabels, "mask": masks.FrameMasks}
 
 
 def get(config) -> Conditioning:

@@ -13,6 +13,9 @@ class Conditioning:
     """The interface; `incontext.InContext` and `labels.ClassLabels` implement it."""
 
     pixel_fields: tuple[str, ...] = ()
+    # In latent space, each frame of an item is encoded alone (VDT's per-frame latents) rather
+    # than the item as one clip (J-DiT's).
+    frames_alone = False
 
     def __init__(self, config):
         self.config = config
@@ -46,6 +49,11 @@ class Conditioning:
     def largest_batch(self, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The shapes of the largest pixel batch `source` makes."""
         raise NotImplementedError
+
+    def prompt_context(self, batch: dict) -> dict:
+        """What a prompt gives the sampler for the examples of a training batch (arrays or
+        shapes): the batch without its target."""
+        return {name: value for name, value in batch.items() if name not in ("target", "skipped")}
 
     def example_context(self, frame: tuple[int, int, int]) -> tuple[int, dict[str, jax.ShapeDtypeStruct]]:
         """(target frames, context of one example) of the largest example, for FLOPs; `frame` is

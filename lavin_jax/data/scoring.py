@@ -190,6 +190,15 @@ def _per_example(score_example: Callable[[np.ndarray, np.ndarray], dict[str, flo
 _MAX_PSNR = 100.0
 
 
+def frame_scores(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(PSNR, SSIM) of each frame alone, [M] each, of frames [M, H, W, 3] in [-1, 1] (the
+    prediction clipped), as `image` scores them, in one batched call."""
+    a, b = (np.clip(prediction, -1.0, 1.0) + 1.0) / 2.0, (np.asarray(target, np.float32) + 1.0) / 2.0
+    psnr = np.minimum(np.asarray(dm_pix.psnr(a, b), np.float64), _MAX_PSNR)
+    ssim = np.asarray(dm_pix.ssim(a, b, filter_size=min(11, *target.shape[1:3])), np.float64)
+    return psnr, ssim
+
+
 @_per_example
 def _image(prediction, target):
     """psnr: dB, of the mean squared error over all the example's frames; ssim: dm-pix's (11 px

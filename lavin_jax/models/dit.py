@@ -12,15 +12,12 @@ patches. The output is the noise and, with `learn_sigma`, the log-variance inter
 
 from __future__ import annotations
 
-import re
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
 from lavin_jax.models import layers, transformer
-from lavin_jax.models.attention import attention
 from lavin_jax.parallel import constrain
 
 # The paper's four sizes, (hidden, depth, heads); a variant is a size and a patch, e.g. "XL/2".
@@ -31,11 +28,7 @@ VARIANTS = tuple(f"{size}/{patch}" for size in SIZES for patch in PATCHES)
 
 def variant(name: str) -> dict:
     """{'hidden', 'depth', 'num_heads', 'patch_size'} of a variant string such as 'XL/2'."""
-    match = re.fullmatch(r"(S|B|L|XL)/(\d+)", name)
-    if not match or int(match[2]) not in PATCHES:
-        raise ValueError(f"DiT variant {name!r} is unknown; known variants: {', '.join(VARIANTS)}.")
-    hidden, depth, heads = SIZES[match[1]]
-    return {"hidden": hidden, "depth": depth, "num_heads": heads, "patch_size": int(match[2])}
+    return transformer.variant("DiT", name, SIZES, PATCHES)
 
 
 class DiTBlock(nnx.Module):
@@ -55,19 +48,35 @@ class DiTBlock(nnx.Module):
         self.fc1 = layers.dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = layers.dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def attend(self, h: jax.Array) -> jax.Array:
-        heads = lambda x, name: constrain(x.reshape(*x.shape[:2], -1, self.head_dim), "batch", "length", name, None)
-        q, k, v = (heads(proj(h), "act_heads") for proj in (self.q, self.k, self.v))
-        out = attention(q, k, v, self.attention_impl)
-        return self.out(out.reshape(*out.shape[:2], -1))
-
-    def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, c: jax.Array, frames: int = 1) -> jax.Array:
+        """x: (B, L, D) tokens, c: (B, D). With `frames` > 1 the L tokens are that many frames'
+        and attention runs within each frame (VDT's spatial attention); the modulations are the
+        example's for all of them."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = transformer.modulations(self.modulation, c, 6)
         h = transformer.modulate(layers.layer_norm(x, self.eps), scale_msa, shift_msa)
-        x = x + gate_msa[:, None] * self.attend(h)
+        b, length, d = h.shape
+        attended = transformer.self_attention(self, h.reshape(b * frames, length // frames, d)).reshape(b, length, d)
+        x = x + gate_msa[:, None] * attended
         h = transformer.modulate(layers.layer_norm(x, self.eps), scale_mlp, shift_mlp)
         x = x + gate_mlp[:, None] * self.fc2(nnx.gelu(self.fc1(h), approximate=True))
         return constrain(x, "batch", "length", "act_embed")
+
+
+def add_final_layer(model: nnx.Module, cfg, *, dtype, rngs: nnx.Rngs) -> None:
+    """Gives `model` DiT's final layer: an adaLN (shift, scale) of the last tokens, then a
+    zero-initialised projection to the patches of `out_channels` channels."""
+    d, p = cfg.hidden, cfg.patch_size
+    model.out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
+    model.final_modulation = transformer.adaln(d, 2, dtype=dtype, rngs=rngs)
+    model.final = layers.dense(d, p * p * model.out_channels, ("embed", "patch"), zero_init=True, dtype=dtype, rngs=rngs)
+
+
+def final_layer(model: nnx.Module, h: jax.Array, c: jax.Array, frames: int, height: int, width: int) -> jax.Array:
+    """Tokens (B, frames*height*width, D) through `add_final_layer`'s layers, as frames (B,
+    frames, H, W, out_channels) in float32."""
+    shift, scale = transformer.modulations(model.final_modulation, c, 2)
+    out = model.final(transformer.modulate(layers.layer_norm(h, model.cfg.norm_eps), scale, shift))
+    return layers.unpatchify(out.astype(jnp.float32), model.cfg.patch_size, frames, height, width)
 
 
 class DiT(nnx.Module):
@@ -100,7 +109,6 @@ class DiT(nnx.Module):
         self.cfg = cfg
         dtype = layers.DTYPES[cfg.dtype]
         d, p = cfg.hidden, cfg.patch_size
-        self.out_channels = cfg.in_channels * (2 if cfg.learn_sigma else 1)
         self.patch_embed = layers.dense(p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
         self.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
         self.class_embed = nnx.Embed(
@@ -108,8 +116,7 @@ class DiT(nnx.Module):
             embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
         )
         self.blocks = transformer.stack(lambda rngs: DiTBlock(cfg, dtype=dtype, rngs=rngs), cfg.depth, rngs)
-        self.final_modulation = transformer.adaln(d, 2, dtype=dtype, rngs=rngs)
-        self.final = layers.dense(d, p * p * self.out_channels, ("embed", "patch"), zero_init=True, dtype=dtype, rngs=rngs)
+        add_final_layer(self, cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
         """x: noisy images (B, 1, H, W, C); t: (B,) diffusion timesteps (0..999 for ddpm, [0, 1]
@@ -128,6 +135,4 @@ class DiT(nnx.Module):
         c = self.t_embed(t) + self.class_embed(context["label"])
 
         h = transformer.run_stack(self.blocks, h, c, cfg=self.cfg)
-        shift, scale = transformer.modulations(self.final_modulation, c, 2)
-        out = self.final(transformer.modulate(layers.layer_norm(h, self.cfg.norm_eps), scale, shift))
-        return layers.unpatchify(out.astype(jnp.float32), p, 1, height, width)
+        return final_layer(self, h, c, 1, height, width)

@@ -54,7 +54,23 @@ def dit(cfg, shapes: dict) -> int:
     return cfg.depth * block + embed + final
 
 
-FORMULAS = {"jdit": jdit, "dit": dit}
+def vdt(cfg, shapes: dict) -> int:
+    """VDT: per block a temporal attention over each patch's T frames (its q, k, v, out and fc
+    projections), then DiT's block with attention within each frame."""
+    d, p = cfg.hidden, cfg.patch_size
+    frames, height, width, channels = shapes["target"]
+    n = (height // p) * (width // p)
+    tokens = frames * n
+    mlp = int(d * cfg.mlp_ratio)
+    out = p * p * channels * (2 if cfg.learn_sigma else 1)
+    temporal = tokens * 2 * 5 * d * d + n * 4 * frames * frames * d
+    spatial = tokens * 2 * (4 * d * d + 2 * d * mlp) + frames * 4 * n * n * d + 2 * d * 6 * d
+    embed = 2 * tokens * p * p * channels * d + _timestep(d)
+    final = 2 * d * 2 * d + 2 * tokens * d * out
+    return cfg.depth * (temporal + spatial) + embed + final
+
+
+FORMULAS = {"jdit": jdit, "dit": dit, "vdt": vdt}
 
 
 def forward(model_cfg, shapes: dict) -> int:

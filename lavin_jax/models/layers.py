@@ -133,18 +133,26 @@ class PatchEmbed(nnx.Module):
         return self.norm(self.proj(patchify(x, self.patch)))
 
 
+def posemb_sincos_1d(positions: jax.Array, dim: int, base: float = 10_000.0) -> jax.Array:
+    """Fixed sin-cos embedding of `positions` (N,), (N, dim): sines then cosines of
+    positions * base**(-i/(dim/2)), MAE's 1D table (VDT's frames use it as it is)."""
+    if dim % 2:
+        raise ValueError(f"A sin-cos embedding needs an even width, not {dim}.")
+    omega = 1.0 / base ** (jnp.arange(dim // 2, dtype=jnp.float32) / (dim // 2))
+    angles = positions.astype(jnp.float32).reshape(-1)[:, None] * omega[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)
+
+
 def posemb_sincos_2d(height: int, width: int, dim: int, base: float = 10_000.0, *, column_first: bool = True) -> jax.Array:
     """Fixed 2D sin-cos position embedding, (height*width, dim), tokens row by row: the first
-    half of the features encodes the column, the second the row (as DiT's, from MAE, whose
-    meshgrid lists the column first, and big_vision's), each as sines then cosines of
-    base**(-i/(dim/4)); `column_first=False` swaps the halves. The released DiT files hold the
-    column-first table (`pos_embed`); the converter checks theirs against it."""
+    half of the features is the 1D table of the column, the second of the row (as DiT's, from
+    MAE, whose meshgrid lists the column first, and big_vision's); `column_first=False` swaps the
+    halves. The released DiT files hold the column-first table (`pos_embed`); the converter
+    checks theirs against it."""
     if dim % 4:
         raise ValueError(f"A 2D sin-cos embedding needs a width divisible by 4, not {dim}.")
-    omega = 1.0 / base ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
     y, x = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
-    parts = [f(pos.reshape(-1)[:, None] * omega[None, :]) for pos in ((x, y) if column_first else (y, x)) for f in (jnp.sin, jnp.cos)]
-    return jnp.concatenate(parts, axis=1)
+    return jnp.concatenate([posemb_sincos_1d(pos, dim // 2, base) for pos in ((x, y) if column_first else (y, x))], axis=1)
 
 
 def rope_3d(grid: tuple[int, int, int], head_dim: int, base: float) -> tuple[jax.Array, jax.Array]:

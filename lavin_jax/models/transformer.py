@@ -10,6 +10,7 @@ A family's block is an nnx.Module called as `block(carry, *args) -> carry`; `sta
 
 from __future__ import annotations
 
+import re
 from typing import Callable
 
 import jax
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lavin_jax.models import layers
+from lavin_jax.models.attention import attention
+from lavin_jax.parallel import constrain
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole block in the backward pass.
@@ -48,6 +51,51 @@ def check_fields(cfg, positive: tuple[str, ...], choices: tuple = ()) -> None:
             raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
     if cfg.hidden % cfg.num_heads:
         raise ValueError(f"config.model.hidden={cfg.hidden} is not divisible by config.model.num_heads={cfg.num_heads}.")
+
+
+def variant(family: str, name: str, sizes: dict[str, tuple[int, int, int]], patches: tuple[int, ...]) -> dict:
+    """{'hidden', 'depth', 'num_heads', 'patch_size'} of a variant string such as 'XL/2': a size
+    of `sizes` ((hidden, depth, heads) by name) and a patch of `patches`."""
+    match = re.fullmatch(r"([A-Za-z]+)/(\d+)", name)
+    if not match or match[1] not in sizes or int(match[2]) not in patches:
+        known = ", ".join(f"{size}/{patch}" for size in sizes for patch in patches)
+        raise ValueError(f"{family} variant {name!r} is unknown; known variants: {known}.")
+    hidden, depth, heads = sizes[match[1]]
+    return {"hidden": hidden, "depth": depth, "num_heads": heads, "patch_size": int(match[2])}
+
+
+def self_attention(layer: nnx.Module, h: jax.Array) -> jax.Array:
+    """Multi-head self-attention over the tokens of h, (B, L, D), by `layer`'s q, k, v and out
+    projections (its `head_dim` and `attention_impl` say how)."""
+    heads = lambda x: constrain(x.reshape(*x.shape[:2], -1, layer.head_dim), "batch", "length", "act_heads", None)
+    out = attention(heads(layer.q(h)), heads(layer.k(h)), heads(layer.v(h)), layer.attention_impl)
+    return layer.out(out.reshape(*out.shape[:2], -1))
+
+
+class TemporalAttention(nnx.Module):
+    """Self-attention over the frames of each spatial token, outside adaLN (VDT's, after
+    TimeSformer): x + fc(attention(LN(x))) for tokens (B, T, N, D). The LayerNorm is affine
+    (eps 1e-5) and the attention has its own output projection before `fc`, as VDT's code has
+    them. `zero_fc` starts `fc` at zero, so the block starts as the identity over time (GenTron
+    grows a text-to-image model into a video one so); VDT initialises it like any projection."""
+
+    def __init__(self, hidden: int, num_heads: int, attention_impl: str, *, zero_fc: bool, dtype, rngs: nnx.Rngs):
+        self.head_dim = hidden // num_heads
+        self.attention_impl = attention_impl
+        self.norm = nnx.LayerNorm(
+            hidden, epsilon=1e-5, dtype=dtype, rngs=rngs,
+            scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
+            bias_init=nnx.with_partitioning(layers.zeros, ("embed",)),
+        )
+        self.q, self.k, self.v = (layers.dense(hidden, hidden, ("embed", "heads"), dtype=dtype, rngs=rngs) for _ in range(3))
+        self.out = layers.dense(hidden, hidden, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        self.fc = layers.dense(hidden, hidden, ("embed", "mlp"), zero_init=zero_fc, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, n, d = x.shape
+        over_time = x.transpose(0, 2, 1, 3).reshape(b * n, t, d)
+        h = self_attention(self, self.norm(over_time)).reshape(b, n, t, d).transpose(0, 2, 1, 3)
+        return x + self.fc(h)
 
 
 def adaln(hidden: int, parts: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:

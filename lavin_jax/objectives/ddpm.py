@@ -48,9 +48,9 @@ class DDPM(Generative):
         scale = 1000 / d.num_steps  # as improved-diffusion: the same total noise at any step count.
         return diffusion.linear_schedule(int(d.num_steps), scale * float(d.beta_start), scale * float(d.beta_end))
 
-    def loss(self, model, batch, key):
+    def loss(self, model, batch, key, weight=None):
         context = {name: value for name, value in batch.items() if name != "target"}
-        losses, stats = diffusion.training_loss(self.schedule, model, batch["target"], context, key, learn_sigma=self.learn_sigma)
+        losses, stats = diffusion.training_loss(self.schedule, model, batch["target"], context, key, learn_sigma=self.learn_sigma, weight=weight)
         return jnp.mean(losses), stats
 
     def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,

@@ -39,8 +39,8 @@ class FlowMatching(Generative):
             "config.model.learn_sigma=True is for objective='ddpm'; flow matching predicts no variance: set it False.",
         )
 
-    def loss(self, model, batch, key):
-        return flow.loss(model, batch, key, self.config.flow)
+    def loss(self, model, batch, key, weight=None):
+        return flow.loss(model, batch, key, self.config.flow, weight)
 
     def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
                        time_grid: str | None = None) -> tuple[dict, tuple]:

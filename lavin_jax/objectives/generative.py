@@ -31,6 +31,17 @@ def frame_shape(config) -> tuple[int, int]:
     return config.data.image_size // config.vae.downsample, config.model.in_channels
 
 
+def given(model, values: jax.Array):
+    """`model` called with the known part of its input, `context["known"]` ((B, T, h, w) on the
+    model's grid, 1: known), replaced by `values`: VDT's mask modelling gives those tokens clean,
+    in training (the target) and sampling (the prompt's clip) alike."""
+
+    def call(x, t, context):
+        return model(jnp.where(context["known"][..., None].astype(bool), values, x), t, context)
+
+    return call
+
+
 class Generative(Objective):
     samples = True
 
@@ -114,10 +125,15 @@ class Generative(Objective):
         frames = pixels["target"].shape[1]
         return jax.eval_shape(lambda batch: self.encoded(batch, {"vae": self.autoencoder.params}, frames), pixels)
 
+    def item_frames(self, frames: int) -> int:
+        """The frames encoded together, for items of `frames` frames: the item as one clip, or
+        each frame alone where the conditioning says so (VDT's per-frame latents)."""
+        return 1 if self.conditioning.frames_alone else frames
+
     def encoded(self, batch: dict, constants: dict, frames: int) -> dict:
         """A batch whose target (if any) and pixel fields hold items of `frames` frames, with
-        those fields as latents, each item encoded as one clip."""
-        encode = lambda x: self.autoencoder.encode_frames(constants["vae"], x, frames)
+        those fields as latents."""
+        encode = lambda x: self.autoencoder.encode_frames(constants["vae"], x, self.item_frames(frames))
         fields = ("target", *self.conditioning.pixel_fields)
         return {**batch, **{name: encode(batch[name]) for name in fields if name in batch}}
 
@@ -125,16 +141,21 @@ class Generative(Objective):
         """How many frames the model sees for an item of `frames` pixel frames."""
         if self.config.vae.name == "none":
             return frames
-        return self.autoencoder.latent_frames(frames)
+        return frames // self.item_frames(frames) * self.autoencoder.latent_frames(self.item_frames(frames))
 
-    def loss(self, model, batch: dict, key: jax.Array) -> tuple[jax.Array, dict]:
-        """(the batch's loss, stats) of `model` on a batch in model space."""
+    def loss(self, model, batch: dict, key: jax.Array, weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+        """(the batch's loss, stats) of `model` on a batch in model space; `weight`, broadcast to
+        the target, counts only part of it."""
         raise NotImplementedError
 
     def grads(self, graphdefs, params, constants, batch, key, phase):
         if self.config.vae.name != "none" and self.config.data.source != "latents":
             batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
-        loss_fn = lambda p: self.loss(nnx.merge(graphdefs["model"], p), batch, key)
+        if "known" in batch:  # the known part enters clean and is not learnt.
+            weight = 1.0 - batch["known"][..., None].astype(jnp.float32)
+            loss_fn = lambda p: self.loss(given(nnx.merge(graphdefs["model"], p), batch["target"]), batch, key, weight)
+        else:
+            loss_fn = lambda p: self.loss(nnx.merge(graphdefs["model"], p), batch, key)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params["model"])
         return {"model": grads}, {"loss": loss, **aux}
 
@@ -181,9 +202,13 @@ class Generative(Objective):
                 shape = (indices.shape[0], model_frames, size, size, channels)
                 guided = dict(static)["guided"]
                 null = self.conditioning.null(context, model_frames) if guided else None
+                if "known" in context:
+                    model = given(model, context["given"])
                 prediction = self.draw(model, context, null, keys, shape, traced, static)
+                if "known" in context:
+                    prediction = jnp.where(context["known"][..., None].astype(bool), context["given"], prediction)
                 if c.vae.name != "none":
-                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction, frames)
+                    prediction = self.autoencoder.decode_frames(constants["vae"], prediction, self.item_frames(frames))
                 return prediction
 
         # Replicated, so every host can read every answer.

@@ -79,3 +79,12 @@ def test_every_dit_variant_has_the_papers_size_and_flops(variant):
 def test_a_family_without_a_formula_is_named():
     with pytest.raises(ValueError, match=r"config.model.name='stvae' has no closed-form FLOPs"):
         flops.forward(models.default_config("stvae"), {"target": (1, 8, 8, 3)})
+
+
+def test_vdt_closed_form_is_every_matrix_product_of_the_forward():
+    from conftest import vdt_config
+
+    config = vdt_config(**{"model.hidden": 64, "model.depth": 2, "model.attention": "xla", "model.scan_layers": False})
+    inputs = objectives.get(config).example_inputs()
+    assert inputs[0].shape == (1, 4, 16, 16, 3)
+    assert summary.forward_flops(config, inputs) == flops.forward(config.model, one_example(inputs))
