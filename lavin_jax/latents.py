@@ -7,7 +7,8 @@ and config, and `latent_stats.json` beside the checkpoints). The commands:
 
     # shift and scale of a trained ST-VAE's latents, written to RUN/latent_stats.json
     python -m lavin_jax.main --mode=latent_stats --config=configs/stvae_tiny.py --workdir=RUN
-    # episodes of a J-DiT config, or the labelled images of a DiT config, encoded once into
+    # episodes of a J-DiT config, the labelled images of a DiT config or the clips of a VDT
+    # config (each frame alone), encoded once into
     # ArrayRecord shards in DIR (config.vae.checkpoint names the ST-VAE run); then train with
     # --config.data.source=latents --config.data.latent_dir=DIR
     python -m lavin_jax.main --mode=latent_cache --config=configs/tiny_latent.py --workdir=DIR --examples=4096
@@ -32,7 +33,7 @@ from flax import nnx
 
 from lavin_jax import checkpoint, models, parallel, runs
 from lavin_jax import config as config_lib
-from lavin_jax.data import episodes, labelled, records, synthetic
+from lavin_jax.data import clips, episodes, labelled, records, scoring, synthetic
 from lavin_jax.models import sdvae
 
 OFFICIAL_SHIFT = 0.032470703125
@@ -157,6 +158,8 @@ def _cache_description(config) -> dict:
               "vae": os.path.abspath(config.vae.checkpoint)}
     if config.conditioning == "class":
         return {**common, "classes": d.classes, "mirrored": bool(d.flip_prob > 0)}
+    if config.conditioning == "mask":
+        return {**common, "clips": d.clips, "video_frames": int(d.video_frames), "frame_stride": int(d.frame_stride)}
     return {
         **common,
         "max_pairs": int(d.max_pairs),
@@ -169,13 +172,13 @@ def _cache_description(config) -> dict:
 
 def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_size: int = 1024) -> dict:
     """Encodes `examples` examples of `config`'s source into ArrayRecord shards in `out_dir`,
-    described by its CACHE_FILE: episodes (in-context) or class-labelled images."""
+    described by its CACHE_FILE: episodes (in-context), class-labelled images or clips (masks)."""
     if examples < 1:
         raise ValueError(f"examples={examples}: the latent cache needs at least one example.")
     vae = load(config.vae.checkpoint, config.vae.name)
     os.makedirs(out_dir, exist_ok=True)
     writer = records.ShardWriter(out_dir, "latents", shard_size)
-    write = _write_images if config.conditioning == "class" else _write_episodes
+    write = {"class": _write_images, "mask": _write_clips}.get(config.conditioning, _write_episodes)
     written = write(config, vae, writer, examples, batch)
     description = {**_cache_description(config), **written, "shards": writer.close(), "shift": vae.shift, "scale": vae.scale}
     with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
@@ -207,6 +210,21 @@ def _write_episodes(config, vae: Autoencoder, writer: records.ShardWriter, examp
     return {"examples": examples, "video": [i for i in range(examples) if video[i]], "video_share": source.video_share}
 
 
+def _good_batches(dataset, examples: int, batch: int):
+    """The reads of the first `examples` records of `dataset` (all, if it has fewer) in batches
+    of up to `batch`, bad records passed over with a warning."""
+    count = min(examples, len(dataset))
+    for start in range(0, count, batch):
+        read = []
+        for i in range(start, min(start + batch, count)):
+            try:
+                read.append(dataset.read(i))
+            except records.BadRecord as error:
+                logging.warning("Leaving a bad record of %s out of the latent cache: %s", dataset.name, error)
+        if read:
+            yield read
+
+
 def _write_images(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
     """The first `examples` images of the labelled training split (all, if it has fewer), each
     with its mirror image where the run flips (`data.flip_prob`): a flip of the latents is not the
@@ -215,22 +233,29 @@ def _write_images(config, vae: Autoencoder, writer: records.ShardWriter, example
     dataset = labelled.open_dataset(d.classes, "train", int(d.image_size), seed=int(config.seed))
     views = (False, True) if d.flip_prob > 0 else (False,)
     encode = jax.jit(vae.encode_frames)
-    count, skipped = min(examples, len(dataset)), 0
-    for start in range(0, count, batch):
-        read = []
-        for i in range(start, min(start + batch, count)):
-            try:
-                read.append(dataset.read(i))
-            except records.BadRecord as error:
-                logging.warning("Leaving a bad record of %s out of the latent cache: %s", dataset.name, error)
-                skipped += 1
-        if not read:
-            continue
+    written = 0
+    for read in _good_batches(dataset, examples, batch):
         pixels = np.concatenate([dataset.target(image, flip) for image, _ in read for flip in views])[:, None]
         z = np.asarray(jax.device_get(encode(vae.params, pixels)), np.float32)  # [images * views, 1, h, w, C]
         for (_, label), latents in zip(read, z.reshape(len(read), len(views), *z.shape[1:])):
             writer.write(_to_bytes({"target": latents, "label": np.int32(label)}))
-    return {"examples": count - skipped, "skipped": skipped, "class_names": list(dataset.class_names)}
+        written += len(read)
+    return {"examples": written, "skipped": min(examples, len(dataset)) - written, "class_names": list(dataset.class_names)}
+
+
+def _write_clips(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
+    """The first `examples` training clips (all, if there are fewer), each frame encoded alone as
+    VDT learns them. Bad clips are passed over and counted."""
+    d = config.data
+    dataset = clips.open_clips(d.clips, "train", int(d.image_size), int(d.video_frames), stride=int(d.frame_stride), seed=int(config.seed))
+    encode = jax.jit(vae.encode_frames)
+    written = 0
+    for read in _good_batches(dataset, examples, batch):
+        z = np.asarray(jax.device_get(encode(vae.params, scoring.from_uint8(np.stack(read)))), np.float32)
+        for latents in z:
+            writer.write(_to_bytes({"target": latents}))
+        written += len(read)
+    return {"examples": written, "skipped": min(examples, len(dataset)) - written}
 
 
 def _open_cache(config):
@@ -283,6 +308,21 @@ class LatentImages:
     @staticmethod
     def target(latents: np.ndarray, flip: bool) -> np.ndarray:
         return latents[1 if flip and len(latents) > 1 else 0]
+
+
+class LatentClips:
+    """The clips of a latent cache, read as `data.clips` are (so `masks.MaskedClips` draws from
+    it as from pixels): `read(i)` is the clip's per-frame latents [T, h, w, C]."""
+
+    def __init__(self, config):
+        self.description, self._records = _open_cache(config)
+        self.name = f"the latent cache {config.data.latent_dir!r}"
+
+    def __len__(self) -> int:
+        return int(self.description["examples"])
+
+    def read(self, index: int) -> np.ndarray:
+        return _from_bytes(self._records[int(index)])["target"]
 
 
 class LatentEpisodes:

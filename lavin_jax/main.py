@@ -29,8 +29,8 @@ _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "summary", "compile", "latent_stats", "latent_cache", "sample", "eval"],
     "train; summary (params, FLOPs); compile (the train step, ahead of time for --topology, with "
     "its per-device memory); latent_stats (of the autoencoder run in --workdir); latent_cache (encode "
-    "--examples episodes of the config into --workdir, with config.vae.checkpoint); sample (grids of "
-    "the run in --workdir, DIR/samples/sampled_<task or classes>_<step>.png; a class-conditional run "
+    "--examples episodes, images or clips of the config into --workdir, with config.vae.checkpoint); sample (grids of "
+    "the run in --workdir, DIR/samples/sampled_<task, classes or mask mode>_<step>.png, and GIFs of clips; a class-conditional run "
     "also writes config.sample.num images to DIR/samples/<step>.npz); eval (its scores, in "
     "DIR/eval/metrics.json). sample and eval take the model "
     "and data from the run's checkpoint, and from --config the fields EVAL_FIELDS name (e.g. "
@@ -40,7 +40,7 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", "cpu:8", "compile: the devices to compile for: cpu:N (N CPU devices) or a TPU topology "
     "such as v5p:4x4x4 (abstract devices; needs libtpu).",
 )
-_EXAMPLES = flags.DEFINE_integer("examples", 256, "latent_stats / latent_cache: how many images or episodes to encode.")
+_EXAMPLES = flags.DEFINE_integer("examples", 256, "latent_stats / latent_cache: how many images, episodes or clips to encode.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "sample / eval: the folder their files go to instead of --workdir (e.g. for a run that cannot be written).",
 )

@@ -243,3 +243,28 @@ def test_sd_vae_latent_statistics_are_computed_like_the_st_vae_s(sdvae_run, tmp_
     shutil.copytree(sdvae_run, copy)
     stats = latents.compute_stats(copy, "sdvae", examples=8)
     assert stats["examples"] == 8 and stats["scale"] > 0 and latents.load(copy, "sdvae").scale == stats["scale"]
+
+
+def test_a_vdt_trains_on_per_frame_latents_from_the_step_and_from_a_cache(sdvae_run, tmp_path):
+    """VDT's clips encoded frame by frame (4 frames -> 4 latent frames of 2x2x4), in the step or
+    once into the cache, whose clip i is the training clip i encoded; the masks are laid on the
+    2x2 latent grid and the samples are decoded to 16 px frames."""
+    from conftest import vdt_config
+
+    fields = {"vae.name": "sdvae", "vae.checkpoint": sdvae_run, "model.in_channels": 4, "model.patch_size": 1,
+              "total_steps": 2, "checkpoint_every": 2, "eval_every": 2}
+    config = vdt_config(**fields)
+    cache = str(tmp_path / "cache")
+    assert latents.write_cache(config, cache, 6)["examples"] == 6
+    cached = vdt_config(**fields, **{"data.source": "latents", "data.latent_dir": cache})
+    vae = latents.load(sdvae_run, "sdvae")
+    clip = conditioning.get(config).dataset("train").read(3)
+    np.testing.assert_allclose(latents.LatentClips(cached).read(3), vae.encode_frames(vae.params, (clip[None] / 127.5 - 1).astype(np.float32))[0], atol=1e-5)
+    example = conditioning.get(cached).source(0)[0]
+    assert example["target"].shape == (4, 2, 2, 4) and example["known"].shape == (4, 2, 2)
+    for run, c in (("step", config), ("cache", cached)):
+        with jax.threefry_partitionable(False):
+            assert int(train.train(c, str(tmp_path / run))["step"]) == 2
+    from PIL import Image
+    grid = np.asarray(Image.open(tmp_path / "step" / "samples" / "samples_predict_0000002.png"))
+    assert grid.shape[1] == 4 * (16 * 8 + 2) + 2  # 4 frames of 16 px, not 2 px latents.

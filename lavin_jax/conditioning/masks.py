@@ -1,7 +1,8 @@
 """Frame masks, VDT's conditioning: the model is told what to make by which part of a clip it is given.
 
-A batch is {"target": clips (B, T, S, S, 3) in [-1, 1], "known": float32 (B, T, h, w) on the
-model's grid (1: given), "mode", "skipped"}. The objective (`objectives.generative.given`) puts
+A batch is {"target": clips (B, T, S, S, 3) in [-1, 1] (or their per-frame latents from a cache,
+`data.source='latents'`), "known": float32 (B, T, h, w) on the model's grid (1: given), "mode",
+"skipped"}. The objective (`objectives.generative.given`) puts
 the clean target where `known` is 1 into the model's noisy input and learns only the rest, so
 one model does every task a mask can state. Each example draws its mode by `mask.weights`:
 
@@ -36,7 +37,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from lavin_jax import evaluation, metrics
+from lavin_jax import evaluation, latents, metrics
 from lavin_jax.conditioning.base import Conditioning
 from lavin_jax.config import require
 from lavin_jax.data import clips, media, records, scoring, synthetic
@@ -168,7 +169,7 @@ class MaskedClips:
         mode = int(rng.choice(len(MODES), p=self._modes))
         known = draw_mask(MODES[mode], rng, len(clip), self._tokens, self._config.mask)
         return {
-            "target": scoring.from_uint8(clip),
+            "target": scoring.from_uint8(clip) if clip.dtype == np.uint8 else clip,  # pixels, or a cache's latents.
             "known": upsample(known, self._cell).astype(np.float32),
             "mode": np.array(mode, np.int32),
             "skipped": np.array(skipped, np.int32),
@@ -184,7 +185,7 @@ class FrameMasks(Conditioning):
     @staticmethod
     def check(config) -> None:
         d, m = config.data, config.mask
-        require(d.source == "synthetic", f"config.data.source={d.source!r}: conditioning='mask' reads its clips live ('synthetic'); a video latent cache is not built yet.")
+        Conditioning.check_source(config)
         require(bool(d.clips), "config.conditioning='mask' needs config.data.clips: 'moving_digits', 'synthetic', a video folder or 'tfds:<name>'.")
         require(d.video_frames >= 2, f"config.data.video_frames={d.video_frames} must be at least 2 (the clip length).")
         require(d.frame_stride >= 1, f"config.data.frame_stride={d.frame_stride} must be at least 1.")
@@ -216,6 +217,8 @@ class FrameMasks(Conditioning):
 
     def check_files(self) -> None:
         self.dataset("train")
+        if self.config.data.source == "latents":
+            latents.LatentClips(self.config)
 
     def check_eval_files(self, judge: bool = True) -> None:
         e = self.config.eval
@@ -224,7 +227,8 @@ class FrameMasks(Conditioning):
         self.dataset("test")
 
     def source(self, seed: int):
-        return MaskedClips(self.dataset("train"), self.config, seed)
+        cached = self.config.data.source == "latents"
+        return MaskedClips(latents.LatentClips(self.config) if cached else self.dataset("train"), self.config, seed)
 
     def largest_batch(self, batch_size: int) -> dict:
         s, t = int(self.config.data.image_size), self.frames

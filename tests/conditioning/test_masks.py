@@ -107,7 +107,7 @@ def test_config_mistakes_are_named():
         ({**{f"mask.weights.{m}": 0.0 for m in masks.MODES}}, r"config.mask.weights are all 0"),
         ({"mask.given_frames": 8}, r"config.mask.given_frames=8 must be in \[0, config.data.video_frames=8\)"),
         ({"data.clips": ""}, r"config.conditioning='mask' needs config.data.clips"),
-        ({"data.source": "latents"}, r"conditioning='mask' reads its clips live"),
+        ({"data.source": "latents"}, r"config.data.source='latents' needs an autoencoder"),
     ):
         with pytest.raises(ValueError, match=match):
             validation.validate(tiny(**overrides), num_devices=8)
