@@ -154,3 +154,20 @@ def test_evaluation_and_sampling_cover_every_trained_mode(trained_vdt, tmp_path)
     main.evaluate_run(config, str(trained_vdt), "sample", output_dir=str(tmp_path / "sample"))
     written = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "sample" / "samples").glob("*.gif"))
     assert written == sorted(f"sampled_{mode}" for mode in masks.MODES)
+
+
+def test_gaussian_diffusion_trains_and_samples_vdt_keeping_what_was_given(tmp_path):
+    """VDT's own objective: ddpm with a learned variance, its evaluation sampled by DDPM steps."""
+    from lavin_jax import inference, train
+
+    config = vdt_config(**{"objective": "ddpm", "model.learn_sigma": True, "total_steps": 1, "checkpoint_every": 1,
+                           "eval_every": 1, "mask.weights.spatial": 0.0})
+    with jax.threefry_partitionable(False):
+        train.train(config, str(tmp_path))
+    gifs = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "samples").glob("*.gif"))
+    assert gifs == [f"samples_{mode}" for mode in sorted(set(masks.MODES) - {"spatial"})]  # the modes trained on.
+    predictor = inference.Predictor.from_workdir(str(tmp_path))
+    clip = predictor.conditioning.dataset("test").read(1)
+    answer = predictor.predict(clip, [1, 2], steps=2, sampler="ddim")
+    np.testing.assert_array_equal(answer[[1, 2]], clip[[1, 2]])
+    assert not np.array_equal(answer[0], clip[0])
