@@ -124,8 +124,14 @@ def eval_data(config):
 
 def check_files(config) -> None:
     """Whatever the evaluation reads, checked before anything runs: the FID and FVD weight files
-    (present, each tensor of its shape, and able to score the config's episodes) and the record
-    directories."""
+    (`check_distance_files`) and the record directories."""
+    check_distance_files(config)
+    episodes.components(eval_data(config))
+
+
+def check_distance_files(config) -> None:
+    """The FID and FVD weight files: present, each tensor of its shape, and able to score the
+    config's items (`data.video_frames`)."""
     e = config.eval
     for _, _, field, module in DISTANCES:
         if e[field] and not os.path.exists(e[field]):
@@ -140,7 +146,6 @@ def check_files(config) -> None:
     for _, _, field, module in DISTANCES:
         if e[field]:
             module.check_file(e[field])  # every tensor named and shaped, not only the file present.
-    episodes.components(eval_data(config))
 
 
 class Evaluation:

@@ -221,9 +221,7 @@ class FrameMasks(Conditioning):
             latents.LatentClips(self.config)
 
     def check_eval_files(self, judge: bool = True) -> None:
-        e = self.config.eval
-        if e.fvd_weights:
-            evaluation.check_files(self.config.copy_and_resolve_references())  # FVD's file and its clip length.
+        evaluation.check_distance_files(self.config)  # FVD's file and the clip length it needs.
         self.dataset("test")
 
     def source(self, seed: int):

@@ -171,3 +171,15 @@ def test_gaussian_diffusion_trains_and_samples_vdt_keeping_what_was_given(tmp_pa
     answer = predictor.predict(clip, [1, 2], steps=2, sampler="ddim")
     np.testing.assert_array_equal(answer[[1, 2]], clip[[1, 2]])
     assert not np.array_equal(answer[0], clip[0])
+
+
+def test_evaluation_files_are_checked_before_anything_runs():
+    from lavin_jax import objectives as objectives_lib
+
+    for overrides, error, match in (
+        ({"eval.fvd_weights": "/no/i3d.safetensors"}, FileNotFoundError, r"config.eval.fvd_weights='/no/i3d.safetensors' does not exist"),
+        ({"eval.fvd_weights": __file__}, ValueError, r"I3D needs clips of at least 9 frames"),
+        ({"data.clips": "/no/videos"}, ValueError, r"Clips '/no/videos' are not 'moving_digits', 'synthetic', 'tfds:NAME' or a directory"),
+    ):
+        with pytest.raises(error, match=match):
+            objectives_lib.get(vdt_config(**overrides)).check_eval_files()
