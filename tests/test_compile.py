@@ -78,3 +78,18 @@ def test_a_dit_variant_compiles_on_an_fsdp_and_tensor_parallel_mesh(tmp_path):
     report = json.loads((tmp_path / "compile.json").read_text())
     assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
     assert report["argument_bytes"] > report["alias_bytes"] > 0
+
+
+def test_vdt_compiles_on_an_fsdp_and_tensor_parallel_mesh(tmp_path):
+    """configs/vdt.py:S/2 as it trains, on SD VAE latents of each frame encoded in the step, with
+    its temporal attention's heads split over 2 tensor devices and its weights over 4 FSDP ones."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lavin_jax.main", "--mode=compile", "--config=configs/vdt.py:S/2", f"--workdir={tmp_path}", "--topology=cpu:8",
+         "--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.global_batch_size=8", "--config.data.image_size=32",
+         "--config.data.video_frames=4", "--config.compile_cache="],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "XLA_FLAGS": ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "compile.json").read_text())
+    assert report["devices"] == 8 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 2}
+    assert report["argument_bytes"] > report["alias_bytes"] > 0
