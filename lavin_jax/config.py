@@ -47,6 +47,13 @@ DEFAULT_RULES = (
 )
 
 
+def frame_shape(config) -> tuple[int, int]:
+    """The side and channel count of one frame as the model sees it: pixels or latents."""
+    if config.vae.name == "none":
+        return config.data.image_size, 3
+    return config.data.image_size // config.vae.downsample, config.model.in_channels
+
+
 def base(model: str) -> ml_collections.ConfigDict:
     """LaVin-DiT's training setup on ST-VAE latents of 256px episodes, for the model family `model`
     (its `default_config()` is `config.model`); the configs in `configs/` change a few fields."""

@@ -248,11 +248,12 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write(report: dict, workdir: str, step: int) -> str:
-    """`workdir/eval/metrics.json`: the step, the episodes and every task's scores."""
+def write(report: dict, workdir: str, step: int, fields: tuple[str, ...] = ("pairs", "episodes", "tasks")) -> str:
+    """`workdir/eval/metrics.json`: the step and the report's `fields` (by default the episodes
+    and every task's scores)."""
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
     path = os.path.join(workdir, "eval", "metrics.json")
-    kept = {name: report[name] for name in ("pairs", "episodes", "tasks")}
+    kept = {name: report[name] for name in fields}
     with open(path, "w") as f:
         json.dump({"step": int(step), **kept}, f, indent=2)
     return path

@@ -79,7 +79,7 @@ from typing import Callable
 import numpy as np
 
 from lavin_jax.models import layers
-from lavin_jax.objectives.generative import frame_shape
+from lavin_jax.config import frame_shape
 
 
 @dataclasses.dataclass(frozen=True)

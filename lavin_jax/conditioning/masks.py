@@ -1,7 +1,7 @@
 """Frame masks, VDT's conditioning: the model is told what to make by which part of a clip it is given.
 
 A batch is {"target": clips (B, T, S, S, 3) in [-1, 1] (or their per-frame latents from a cache,
-`data.source='latents'`), "known": float32 (B, T, h, w) on the model's grid (1: given), "mode",
+`data.source='latents'`), "known": float32 (B, T, h, w) on the model's grid (1: given),
 "skipped"}. The objective (`objectives.generative.given`) puts
 the clean target where `known` is 1 into the model's noisy input and learns only the rest, so
 one model does every task a mask can state. Each example draws its mode by `mask.weights`:
@@ -27,30 +27,26 @@ beside copying the nearest given frame.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from PIL import Image
 
 from lavin_jax import evaluation, latents, metrics
 from lavin_jax.conditioning.base import Conditioning
-from lavin_jax.config import require
+from lavin_jax.config import frame_shape, require
 from lavin_jax.data import clips, media, records, scoring, synthetic
 
 MODES = ("spatial", "predict", "backward", "interpolate", "unconditional", "one_frame", "random")
 MASK_STREAM = 0x6D61736B  # the masks' own seed stream, apart from the clips'.
-_MAX_BAD_IN_A_ROW = 32
 
 
 def model_grid(config) -> tuple[int, int]:
     """(side of the model's input grid, its cells per token side)."""
-    side = config.data.image_size // (1 if config.vae.name == "none" else config.vae.downsample)
-    return side, int(config.model.patch_size)
+    return frame_shape(config)[0], int(config.model.patch_size)
 
 
 def block_mask(rng: np.random.Generator, side: int, count: float, min_cells: int = 4, min_aspect: float = 0.3) -> np.ndarray:
@@ -156,22 +152,12 @@ class MaskedClips:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self._seed, MASK_STREAM, int(index)))
-        record = int(rng.integers(len(self.dataset)))
-        for skipped in range(_MAX_BAD_IN_A_ROW):
-            try:
-                clip = self.dataset.read((record + skipped) % len(self.dataset))
-                break
-            except records.BadRecord as error:
-                last = error
-                logging.warning("Skipping a bad clip of %s: %s", self.dataset.name, error)
-        else:
-            raise RuntimeError(f"{self.dataset.name} gave {_MAX_BAD_IN_A_ROW} bad clips in a row; the last: {last}")
-        mode = int(rng.choice(len(MODES), p=self._modes))
-        known = draw_mask(MODES[mode], rng, len(clip), self._tokens, self._config.mask)
+        clip, skipped = records.read_past_bad(self.dataset, int(rng.integers(len(self.dataset))))
+        mode = MODES[rng.choice(len(MODES), p=self._modes)]
+        known = draw_mask(mode, rng, len(clip), self._tokens, self._config.mask)
         return {
             "target": scoring.from_uint8(clip) if clip.dtype == np.uint8 else clip,  # pixels, or a cache's latents.
             "known": upsample(known, self._cell).astype(np.float32),
-            "mode": np.array(mode, np.int32),
             "skipped": np.array(skipped, np.int32),
         }
 
@@ -191,11 +177,10 @@ class FrameMasks(Conditioning):
         require(d.frame_stride >= 1, f"config.data.frame_stride={d.frame_stride} must be at least 1.")
         side, cell = model_grid(config)
         require(side % cell == 0, f"config.data.image_size={d.image_size} gives a model grid of {side}, not divisible by config.model.patch_size={cell}.")
-        unknown = sorted(set(m.weights.keys()) - set(MODES))
-        require(not unknown, f"config.mask.weights has {unknown[0] if unknown else ''!r}, not a mode; modes: {', '.join(MODES)}.")
-        bad = [mode for mode in MODES if float(m.weights.get(mode, 0.0)) < 0]
-        require(not bad, f"config.mask.weights.{bad[0] if bad else ''}={m.weights.get(bad[0]) if bad else 0} must not be negative.")
-        require(sum(float(m.weights.get(mode, 0.0)) for mode in MODES) > 0, "config.mask.weights are all 0: give some mode a positive weight.")
+        require(set(m.weights.keys()) == set(MODES), f"config.mask.weights names {sorted(m.weights.keys())}; it must weigh exactly the modes {', '.join(MODES)}.")
+        for mode in MODES:
+            require(m.weights[mode] >= 0, f"config.mask.weights.{mode}={m.weights[mode]} must not be negative.")
+        require(sum(m.weights[mode] for mode in MODES) > 0, "config.mask.weights are all 0: give some mode a positive weight.")
         require(0 <= m.given_frames < d.video_frames, f"config.mask.given_frames={m.given_frames} must be in [0, config.data.video_frames={d.video_frames}).")
         require(m.interpolation_step >= 2, f"config.mask.interpolation_step={m.interpolation_step} must be at least 2.")
         require(0.0 <= m.random_ratio <= 1.0, f"config.mask.random_ratio={m.random_ratio} must be in [0, 1].")
@@ -234,7 +219,6 @@ class FrameMasks(Conditioning):
         return {
             "target": jax.ShapeDtypeStruct((batch_size, t, s, s, 3), jnp.float32),
             "known": jax.ShapeDtypeStruct((batch_size, t, side, side), jnp.float32),
-            "mode": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
             "skipped": jax.ShapeDtypeStruct((batch_size,), jnp.int32),
         }
 
@@ -337,25 +321,28 @@ class ClipEvaluation:
             drawn = [draw_mask(mode, np.random.default_rng((int(c.seed) + 1, MASK_STREAM, index, i)), masks.frames, side // cell, c.mask)
                      for i in range(self.count)]
             self.known[mode] = upsample(np.stack(drawn), pixels)
+        self.real = scoring.from_uint8(self.clips)
+        # The baseline's scores depend on the held-out clips and masks alone: scored once.
+        self.baseline = {mode: score_frames(np.stack([nearest_given(r, k) for r, k in zip(self.real, known)]), self.real, known)
+                         for mode, known in self.known.items() if known.any()}
         self._fvd = None
         if distances and c.eval.fvd_weights:
             features = evaluation.feature_networks(c.eval)[True][1]
-            self._fvd = (features, features(scoring.from_uint8(self.clips)))
+            self._fvd = (features, features(self.real))
 
     def grid_name(self, mode: str) -> str:
         return f"{self.prefix}_{mode}"
 
     def run(self, predictor, **options) -> dict:
-        c = self.masks.config
-        real = scoring.from_uint8(self.clips)
+        c, real = self.masks.config, self.real
         report = {"modes": {}, "grids": {}, "animations": {}}
         shown = min(int(c.sample.num_examples), self.count)
         scale = metrics.display_scale(real.shape[2])
         for mode, known in self.known.items():
             model = self.masks.complete(predictor, self.clips, known, seed=int(c.seed) + 2, **options)
             scores = {"model": score_frames(model, real, known)}
-            if known.any():
-                scores["nearest_given"] = score_frames(np.stack([nearest_given(r, k) for r, k in zip(real, known)]), real, known)
+            if mode in self.baseline:
+                scores["nearest_given"] = self.baseline[mode]
             if self._fvd is not None:
                 features, reference = self._fvd
                 scores["fvd"] = evaluation.frechet_distance(features(model), reference)
@@ -397,11 +384,7 @@ class ClipEvaluation:
 
     @staticmethod
     def write(report: dict, workdir: str, step: int) -> str:
-        path = os.path.join(workdir, "eval", "metrics.json")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"step": step, "modes": report["modes"]}, f, indent=2)
-        return path
+        return evaluation.write(report, workdir, step, fields=("modes",))
 
 
 def score_frames(prediction: np.ndarray, real: np.ndarray, known: np.ndarray) -> dict:

@@ -107,7 +107,7 @@ class MovingDigits(Clips):
 
     def _clip(self, index: int) -> np.ndarray:
         digits, corners = self.trajectory(index)
-        images = labelled._digits()[0]
+        images = labelled.bundled_digits()[0]
         sprites = [np.asarray(Image.fromarray(images[d]).resize((self.side,) * 2, Image.Resampling.BILINEAR))
                    for d in digits]
         canvas = np.zeros((self.frames, self.size, self.size), np.uint8)
@@ -210,7 +210,7 @@ class VideoFolder(Clips):
 
 
 def _videos_below(folder: str) -> list[str]:
-    return [path for path in labelled._files_below(folder) if media.is_video(path)]
+    return [path for path in labelled.files_below(folder) if media.is_video(path)]
 
 
 def _video_feature(name: str, features) -> str:
@@ -235,7 +235,7 @@ class TfdsVideos(Clips):
                  data_dir: str | None = None):
         super().__init__(f"tfds:{name}", size, frames, stride)
         importlib.import_module("tensorflow_datasets.video")  # registers ucf101, moving_mnist: tfds imports it lazily.
-        info = labelled._tfds_info(name, data_dir)
+        info = labelled.tfds_info(name, data_dir)
         self.feature = _video_feature(name, info.features)
         if info.splits and split not in info.splits:
             raise ValueError(f"tfds:{name} has no {split} split; it has {', '.join(info.splits)}.")
@@ -264,7 +264,7 @@ def open_clips(spec: str, split: str, size: int, frames: int, *, stride: int = 1
     """The `split` ('train' or 'test') of the clips `spec` names ('moving_digits', 'synthetic',
     'tfds:NAME' or a directory of videos), `frames` frames every `stride`-th of the source's, at
     size x size; ValueError naming the spec, split or file."""
-    labelled._check_split(split)
+    labelled.check_split(split)
     for field, value in (("Clip size", size), ("Clip length frames", frames), ("Frame stride", stride)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{field} {value!r} must be a positive integer.")

@@ -32,9 +32,6 @@ from absl import logging
 from lavin_jax.data import records, scoring, synthetic
 
 NUM_EXAMPLES = synthetic.NUM_EXAMPLES
-# A component that yields this many bad records in a row is broken, not unlucky: stop and say so
-# rather than spin or train on whatever is left.
-_MAX_BAD_IN_A_ROW = 32
 
 
 def num_pairs(seed: int, batch_index: int, max_pairs: int, cond_drop_prob: float) -> int:
@@ -183,14 +180,14 @@ class Episodes:
 
         def pair():
             nonlocal skipped
-            for _ in range(_MAX_BAD_IN_A_ROW):
+            for _ in range(records.MAX_BAD_IN_A_ROW):
                 try:
                     return component.make(rng, self._image_size, frames)
                 except records.BadRecord as error:
                     skipped += 1
                     last = error
                     logging.warning("Skipping a bad record of task %r: %s", component.name, error)
-            raise RuntimeError(f"Task {component.name!r} gave {_MAX_BAD_IN_A_ROW} bad records in a row; the last: {last}")
+            raise RuntimeError(f"Task {component.name!r} gave {records.MAX_BAD_IN_A_ROW} bad records in a row; the last: {last}")
 
         query_input, query_target = pair()
         items = []

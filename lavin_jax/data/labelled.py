@@ -62,8 +62,6 @@ VERSION = 1
 # dropout (index: the example), and with `shuffle` an epoch's order (index: the epoch).
 LABELLED_STREAM = 5
 EPOCH_STREAM = 6
-# A dataset that gives this many bad records in a row is broken, not unlucky (as in episodes).
-_MAX_BAD_IN_A_ROW = 32
 _CHUNK = 256  # images read ahead by ingest's threads.
 
 
@@ -92,7 +90,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(array[..., None], 3, axis=-1) if array.ndim == 2 else np.ascontiguousarray(array)
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
     if split not in SPLITS:
         raise ValueError(f"Split {split!r} must be one of {', '.join(SPLITS)}.")
 
@@ -145,7 +143,7 @@ class Dataset:
 
 
 @functools.cache
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn import datasets
 
     digits = datasets.load_digits()
@@ -156,8 +154,8 @@ class Digits(Dataset):
     """scikit-learn's 8x8 digits, the split held out by `seed` (see the module's docstring)."""
 
     def __init__(self, split: str, size: int, *, seed: int):
-        _check_split(split)
-        images, labels = _digits()
+        check_split(split)
+        images, labels = bundled_digits()
         order = np.random.default_rng(seed).permutation(len(images))
         held_out = round(TEST_FRACTION * len(images))
         self.indices = order[:held_out] if split == "test" else order[held_out:]  # into load_digits.
@@ -172,7 +170,7 @@ class Digits(Dataset):
         return self._images[index], self._labels[index], f"Digit {index} of {self.name}"
 
 
-def _tfds_info(name: str, data_dir: str | None):
+def tfds_info(name: str, data_dir: str | None):
     """The dataset's info: its splits when prepared in data_dir, its features always."""
     import tensorflow_datasets as tfds
 
@@ -186,8 +184,8 @@ class TfdsImages(Dataset):
     """The `image` and `label` features of a prepared tfds dataset (see the module's docstring)."""
 
     def __init__(self, name: str, split: str, size: int, *, data_dir: str | None = None):
-        _check_split(split)
-        info = _tfds_info(name, data_dir)
+        check_split(split)
+        info = tfds_info(name, data_dir)
         known = list(info.splits)
         features = info.features
         label = features["label"] if "label" in features else None
@@ -258,7 +256,7 @@ class RecordImages(Dataset):
     (and again after pickling, in a worker process)."""
 
     def __init__(self, directory: str, split: str, size: int):
-        _check_split(split)
+        check_split(split)
         metadata = _read_metadata(directory)
         entry = metadata["splits"][split]
         if entry["count"] == 0:
@@ -326,7 +324,7 @@ def open_dataset(spec: str, split: str, size: int, *, seed: int, tfds_data_dir: 
     """The `split` ('train' or 'test') of the labelled images `spec` names ('digits', 'tfds:NAME'
     or an ingested directory), read at size x size; ValueError naming the spec, split or file.
     `seed` draws the digits' held-out split; the other sources have fixed splits."""
-    _check_split(split)
+    check_split(split)
     if not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"Image size {size!r} must be a positive integer.")
     if spec == "digits":
@@ -389,17 +387,7 @@ class LabelledImages:
         rng = np.random.default_rng((self._seed, LABELLED_STREAM, index))
         flip = rng.random() < self._flip_prob
         drop = rng.random() < self._cond_drop_prob
-        count = len(self.dataset)
-        record = self._record(index)
-        for skipped in range(_MAX_BAD_IN_A_ROW):
-            try:
-                image, label = self.dataset.read((record + skipped) % count)
-                break
-            except records.BadRecord as error:
-                last = error
-                logging.warning("Skipping a bad record of %s: %s", self.dataset.name, error)
-        else:
-            raise RuntimeError(f"{self.dataset.name} gave {_MAX_BAD_IN_A_ROW} bad records in a row; the last: {last}")
+        (image, label), skipped = records.read_past_bad(self.dataset, self._record(index))
         return {
             "target": self.dataset.target(image, flip),
             "label": np.array(self.num_classes if drop else label, np.int32),
@@ -416,7 +404,7 @@ def _visible(directory: str) -> list[str]:
     return sorted(name for name in os.listdir(directory) if not name.startswith("."))
 
 
-def _files_below(folder: str) -> list[str]:
+def files_below(folder: str) -> list[str]:
     """Every visible file below `folder` (hidden folders and files left out), sorted."""
     found = []
     for parent, folders, files in os.walk(folder):
@@ -436,7 +424,7 @@ def _class_files(root: str, what: str) -> dict[str, list[str]]:
     found = {}
     for name in classes:
         folder = os.path.join(root, name)
-        found[name] = _files_below(folder)
+        found[name] = files_below(folder)
         if not found[name]:
             raise ValueError(f"Class folder {folder!r} holds no image files; every class needs images.")
     return found

@@ -55,6 +55,7 @@ import re
 
 import msgpack
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from lavin_jax.data import scoring
@@ -75,6 +76,24 @@ _JPEG_QUALITY = 95
 
 class BadRecord(ValueError):
     """A record that cannot be used; the message names its shard file, index, id and the reason."""
+
+
+# A source that yields this many bad records in a row is broken, not unlucky: stop and say so
+# rather than spin or train on whatever is left.
+MAX_BAD_IN_A_ROW = 32
+
+
+def read_past_bad(dataset, index: int):
+    """(dataset.read(i), how many bad records were passed over) for the first i from `index` on
+    (wrapping around) whose record reads; each BadRecord is logged. A RuntimeError names the
+    dataset after MAX_BAD_IN_A_ROW bad ones in a row."""
+    for skipped in range(MAX_BAD_IN_A_ROW):
+        try:
+            return dataset.read((index + skipped) % len(dataset)), skipped
+        except BadRecord as error:
+            last = error
+            logging.warning("Skipping a bad record of %s: %s", dataset.name, error)
+    raise RuntimeError(f"{dataset.name} gave {MAX_BAD_IN_A_ROW} bad records in a row; the last: {last}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,16 @@ class DiTBlock(nnx.Module):
         return constrain(x, "batch", "length", "act_embed")
 
 
+def check_fields(cfg, positive: tuple[str, ...] = ()) -> None:
+    """The checks of the fields DiT's patches, blocks and sin-cos table read (VDT's too), and of
+    `positive` fields besides."""
+    transformer.check_fields(cfg, positive=("patch_size", "in_channels", *positive))
+    if cfg.mlp_ratio <= 0:
+        raise ValueError(f"config.model.mlp_ratio={cfg.mlp_ratio} must be positive.")
+    if cfg.hidden % 4:
+        raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for the 2D sin-cos position embedding.")
+
+
 def add_final_layer(model: nnx.Module, cfg, *, dtype, rngs: nnx.Rngs) -> None:
     """Gives `model` DiT's final layer: an adaLN (shift, scale) of the last tokens, then a
     zero-initialised projection to the patches of `out_channels` channels."""
@@ -98,11 +108,7 @@ class DiT(nnx.Module):
 
     @staticmethod
     def check_config(cfg) -> None:
-        transformer.check_fields(cfg, positive=("patch_size", "in_channels", "num_classes"))
-        if cfg.mlp_ratio <= 0:
-            raise ValueError(f"config.model.mlp_ratio={cfg.mlp_ratio} must be positive.")
-        if cfg.hidden % 4:
-            raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for the 2D sin-cos position embedding.")
+        check_fields(cfg, positive=("num_classes",))
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.

@@ -64,7 +64,7 @@ class VDT(nnx.Module):
 
     @staticmethod
     def check_config(cfg) -> None:
-        dit.DiT.check_config(ml_collections.ConfigDict({**cfg.to_dict(), "num_classes": 1}))
+        dit.check_fields(cfg)
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.

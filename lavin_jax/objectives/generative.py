@@ -20,15 +20,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from lavin_jax import conditioning, latents, models, parallel
-from lavin_jax.config import require
+from lavin_jax.config import frame_shape, require
 from lavin_jax.objectives.base import Objective
-
-
-def frame_shape(config) -> tuple[int, int]:
-    """The side and channel count of one frame as the model sees it: pixels or latents."""
-    if config.vae.name == "none":
-        return config.data.image_size, 3
-    return config.data.image_size // config.vae.downsample, config.model.in_channels
 
 
 def given(model, values: jax.Array):
@@ -141,7 +134,8 @@ class Generative(Objective):
         """How many frames the model sees for an item of `frames` pixel frames."""
         if self.config.vae.name == "none":
             return frames
-        return frames // self.item_frames(frames) * self.autoencoder.latent_frames(self.item_frames(frames))
+        item = self.item_frames(frames)
+        return frames // item * self.autoencoder.latent_frames(item)
 
     def loss(self, model, batch: dict, key: jax.Array, weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
         """(the batch's loss, stats) of `model` on a batch in model space; `weight`, broadcast to

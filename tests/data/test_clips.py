@@ -39,7 +39,7 @@ def test_moving_digits_come_from_their_split_and_bounce_inside_the_canvas():
     for split, clip_set in zip(labelled.SPLITS, (train, test)):
         np.testing.assert_array_equal(clip_set.sources, labelled.Digits(split, 8, seed=0).indices)
     assert not set(train.sources) & set(test.sources)
-    images = labelled._digits()[0]
+    images = labelled.bundled_digits()[0]
     for clip_set in (train, test):
         for index in range(4):
             digits, corners = clip_set.trajectory(index)
