@@ -8,24 +8,13 @@ latents of DiT's own autoencoder, the SD VAE (32 x 32 x 4 at 256 px, scaled by 0
 first 3 of the 4 noise channels.
 """
 
-from lavin_jax.config import base
+from lavin_jax.config import dit_recipe
 from lavin_jax.models import dit
 
 
 def get_config(variant: str = "XL/2"):
-    c = base("dit")
-    c.model.update(dit.variant(variant))
-    c.vae.name = "sdvae"
-    c.vae.checkpoint = "runs/sdvae"
+    c = dit_recipe("dit", dit.variant(variant))  # AdamW at a constant 1e-4 (no weight decay); EMA 0.9999.
     c.data.classes = "tfds:imagenet2012"
-    c.data.image_size = 256
-    c.total_steps = 400_000
-    c.global_batch_size = 256
-    c.eval_every = 50_000
-    c.checkpoint_every = 10_000
-    # AdamW at a constant 1e-4, no weight decay, no warmup or clipping; EMA 0.9999 (DiT's train.py).
-    c.optim.warmup_steps = 0
-    c.optim.grad_clip = 0.0
     c.ddpm.guided_channels = 3  # sample.py guides 3 of the 4 latent channels (kept for its FIDs).
     c.sample.classes = (207, 360, 387, 974, 88, 979, 417, 279)  # --mode=sample's grid: sample.py's classes.
     c.eval.episodes = 50  # per class: 50,000 samples, the FID-50K protocol.

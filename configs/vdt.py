@@ -8,25 +8,15 @@ each; any `data.clips` source works (`tfds:bair_robot_pushing_small`, `moving_di
 VAE's run is made by `python -m lavin_jax.convert --vae=sd-vae-ft-ema.safetensors --out=runs/sdvae`.
 """
 
-from lavin_jax.config import base
+from lavin_jax.config import dit_recipe
 from lavin_jax.models import vdt
 
 
 def get_config(variant: str = "L/2"):
-    c = base("vdt")
-    c.model.update(vdt.variant(variant))
-    c.vae.name = "sdvae"
-    c.vae.checkpoint = "runs/sdvae"
+    c = dit_recipe("vdt", vdt.variant(variant))  # DiT's train.py, which VDT's users trained with.
     c.data.clips = "data/UCF-101"
-    c.data.image_size = 256
     c.data.video_frames = 16
-    c.total_steps = 400_000
     c.global_batch_size = 64
-    c.eval_every = 50_000
-    c.checkpoint_every = 10_000
-    # DiT's train.py, which VDT's users trained with: AdamW at a constant 1e-4, no warmup or clipping.
-    c.optim.warmup_steps = 0
-    c.optim.grad_clip = 0.0
     c.ddpm.cfg_scale = 1.0  # VDT samples unguided: the mask is the condition.
     c.eval.episodes = 16
     return c

@@ -297,8 +297,8 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     context = objective.conditioning.prompt_context(abstract)
     calls = objective.model_calls(traced, static)
     flops = calls * b.flops(abstract, frames)
-    if dict(static)["guided"]:  # every step also runs the model on the null condition.
-        null = jax.eval_shape(lambda context: objective.conditioning.null(context, frames), context)
+    # Every step also runs the model on each null condition guidance samples against.
+    for null in jax.eval_shape(lambda context: objective.guidance_nulls(context, frames, static), context):
         flops += calls * b.flops({**null, "target": abstract["target"]}, frames)
     report = {"model_calls": calls, "guided": dict(static)["guided"], "model_flops_per_example": flops}
     shards = parallel.batch_shards(b.mesh, c.mesh.rules)

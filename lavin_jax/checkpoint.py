@@ -228,19 +228,24 @@ def _check_run_matches(step_dir: epath.Path, saved_config: dict, config) -> None
         )
 
 
-def check_same_model(directory: str, step: int, config) -> None:
+def check_same_model(directory: str, step: int, config, may_grow: tuple[str, ...] = ()) -> list[str]:
     """Raises ValueError naming the model fields in which the checkpoint `step` of `directory`
-    differs from `config` (precision, attention kernel and remat may differ)."""
+    differs from `config` (precision, attention kernel and remat may differ), but for the
+    `may_grow` fields (`model.<field>`) off in the checkpoint and on in the config: the ones
+    returned, whose new parameters a fine-tune adds to the checkpoint's."""
     with reading(directory) as checkpointer:
         saved = _run_fields(checkpointer.read_config(step))
     current = _run_fields(_config_as_json(config))
     names = list(current) + [name for name in saved if name not in current]
     differing = [name for name in names if name.startswith("model.") and saved.get(name) != current.get(name)]
+    grown = [name for name in differing if name[len("model."):] in may_grow and not saved.get(name) and current.get(name)]
+    differing = [name for name in differing if name not in grown]
     if differing:
         raise ValueError(
             f"Checkpoint {directory}/{step} holds a model with {_describe(saved, differing)} "
             f"but the config has {_describe(current, differing)}."
         )
+    return grown
 
 
 def _first_cause(error: BaseException) -> str:

@@ -103,6 +103,10 @@ def base(model: str) -> ml_collections.ConfigDict:
     # "synthetic" (the moving scenes), a directory of video files or "tfds:<name>" (data/clips.py).
     c.data.clips = "moving_digits"
     c.data.frame_stride = 1  # conditioning='mask': the step between the source frames a clip takes.
+    # conditioning='text': the captioned images (clips for a video model), "scenes" (rendered with
+    # exact captions, data/captions.py); a share of video examples is motion-free (GenTron).
+    c.data.captions = "scenes"
+    c.data.motion_free_prob = 0.1
     c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
     c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).
     c.data.num_workers = 0  # worker processes per host decoding and rendering; 0: in the trainer's process.
@@ -142,6 +146,7 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.flow.sampler = "euler"  # euler (as the official code) | heun (second order, 2 model calls a step).
     c.flow.time_grid = "lavin"  # lavin: dense near the noise end; uniform; official (the release's, 19 steps).
     c.flow.cfg_scale = 1.5
+    c.flow.motion_scale = 1.0  # GenTron's video: motion-free guidance's scale (1: none); guidance.py.
 
     # Gaussian diffusion (objective='ddpm'), as DiT trains and samples it.
     c.ddpm = ml_collections.ConfigDict()
@@ -152,6 +157,7 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.ddpm.sampler = "ddpm"  # ddpm (ancestral) | ddim
     c.ddpm.eta = 0.0  # DDIM's noise.
     c.ddpm.cfg_scale = 1.5
+    c.ddpm.motion_scale = 1.0  # as flow.motion_scale.
     c.ddpm.guided_channels = 0  # guidance on the first N noise channels; 0: all (DiT's sample.py: 3).
 
     # ST-VAE training (model.name='stvae'): loss weights, the perceptual net, the discriminator.
@@ -196,6 +202,25 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.eval.fid_weights = ""  # Inception-v3 file for FID of image tasks (lavin_jax.tools.convert_fid).
     c.eval.fvd_weights = ""  # I3D file for FVD of video tasks.
     c.lock()  # a misspelt field in a config file or override is an error, not a new field.
+    return c
+
+
+def dit_recipe(model: str, sizes: dict) -> ml_collections.ConfigDict:
+    """`base(model)` of `sizes` (a variant's: the family's `variant('XL/2')`) set up as DiT's train.py
+    trains at 256 px, which the papers built on DiT (VDT, GenTron) kept: SD VAE latents (the run
+    `runs/sdvae`, made by `python -m lavin_jax.convert --vae=...`), AdamW at a constant 1e-4 with
+    no warmup or clipping, global batch 256, 400k steps."""
+    c = base(model)
+    c.model.update(sizes)
+    c.vae.name = "sdvae"
+    c.vae.checkpoint = "runs/sdvae"
+    c.data.image_size = 256
+    c.total_steps = 400_000
+    c.global_batch_size = 256
+    c.eval_every = 50_000
+    c.checkpoint_every = 10_000
+    c.optim.warmup_steps = 0
+    c.optim.grad_clip = 0.0
     return c
 
 

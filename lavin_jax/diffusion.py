@@ -26,11 +26,14 @@ x: the first half the noise, the second half v.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lavin_jax import guidance
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -217,15 +220,17 @@ def training_loss(schedule: Schedule, model, x0: jax.Array, context, key: jax.Ar
     return mse + vb, {"mse": jnp.mean(mse), "vb": jnp.mean(vb)}
 
 
-def guide(cond_out: jax.Array, uncond_out: jax.Array, scale, *, learn_sigma: bool, channels: int | None) -> jax.Array:
-    """Classifier-free guidance as DiT's forward_with_cfg: the noise prediction becomes
-    uncond + scale * (cond - uncond), on its first `channels` channels only when given (DiT guides 3
-    of its 4 latent channels); every other channel, the variance's included, is the conditional one."""
+def guide(outputs: Sequence[jax.Array], scales: Sequence, *, learn_sigma: bool, channels: int | None) -> jax.Array:
+    """Classifier-free guidance as DiT's forward_with_cfg, of the model's outputs for the prompt
+    and its weaker contexts (`guidance.chain`; one null: uncond + scale * (cond - uncond)), on the
+    first `channels` noise channels only when given (DiT guides 3 of its 4 latent channels); every
+    other channel, the variance's included, is the prompt's."""
+    cond_out = outputs[0]
     eps_channels = cond_out.shape[-1] // 2 if learn_sigma else cond_out.shape[-1]
     guided = eps_channels if channels is None else channels
     if not 0 < guided <= eps_channels:
         raise ValueError(f"Cannot guide {channels} of {eps_channels} noise channels.")
-    eps = uncond_out[..., :guided] + scale * (cond_out[..., :guided] - uncond_out[..., :guided])
+    eps = guidance.chain([out[..., :guided] for out in outputs], scales)
     return jnp.concatenate([eps.astype(cond_out.dtype), cond_out[..., guided:]], axis=-1)
 
 

@@ -13,11 +13,14 @@ the last sampling step lands exactly on its answer instead of leaving unremoved 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lavin_jax import guidance
 
 
 def sample_time(key: jax.Array, batch: int, flow_cfg) -> jax.Array:
@@ -130,21 +133,17 @@ def integrate(velocity: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Arr
     return jax.lax.scan(step, x0, (grid[:-1], grid[1:]))[0]
 
 
-def sample(model, context: dict, keys: jax.Array, shape, grid, *, uncond: dict | None = None, cfg_scale=None,
+def sample(model, context: dict, keys: jax.Array, shape, grid, *, nulls: Sequence[dict] = (), scales: Sequence = (),
            method: str = "euler", prediction: str = "velocity", min_remaining: float = 0.05) -> jax.Array:
     """Draws targets of `shape` (B, T, H, W, C) for `context`, integrating over the time `grid`,
-    with classifier-free guidance of scale `cfg_scale` (may be traced) against the context
-    `uncond` (None: no guidance, and no unconditional branch). `model` predicts `prediction`
+    with classifier-free guidance against the weaker contexts `nulls` by `scales` (may be traced;
+    `guidance.chain`; none: unguided, and no other branch). `model` predicts `prediction`
     (`velocity`'s arguments). Example b's noise comes from `keys[b]` alone, so it does not depend
     on the batch it is in."""
     model_velocity = velocity(model, prediction, min_remaining)
 
     def guided(x, t):
-        v = model_velocity(x, t, context)
-        if uncond is None:
-            return v
-        v_uncond = model_velocity(x, t, uncond)
-        return v_uncond + cfg_scale * (v - v_uncond)
+        return guidance.chain([model_velocity(x, t, c) for c in (context, *nulls)], scales)
 
     x0 = jax.vmap(lambda key: jax.random.normal(key, shape[1:], jnp.float32))(keys)
     return integrate(guided, x0, grid, method)

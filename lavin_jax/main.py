@@ -97,8 +97,8 @@ def main(argv):
 
 
 # What --mode=sample/eval take from --config; the model, the data and the autoencoder are the run's own.
-EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale",
-               "ddpm.sample_steps", "ddpm.sampler", "ddpm.eta", "ddpm.cfg_scale", "ddpm.guided_channels")
+EVAL_FIELDS = ("eval", "sample", "flow.sample_steps", "flow.sampler", "flow.time_grid", "flow.cfg_scale", "flow.motion_scale",
+               "ddpm.sample_steps", "ddpm.sampler", "ddpm.eta", "ddpm.cfg_scale", "ddpm.motion_scale", "ddpm.guided_channels")
 
 
 def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None) -> dict:

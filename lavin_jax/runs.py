@@ -67,3 +67,27 @@ def restore_ema(workdir: str, step: int, abstract_ema):
     """The EMA parameters of a run's checkpoint `step`, placed like `abstract_ema`."""
     with checkpoint.reading(os.path.join(workdir, "checkpoints")) as checkpointer:
         return checkpointer.restore_state(step, {"ema": abstract_ema})["ema"]
+
+
+def restore_shared(workdir: str, step: int, abstract_ema: dict, saved_model_config) -> tuple[dict, list[str]]:
+    """(the EMA parameters of a run's checkpoint `step`, placed like those of `abstract_ema`,
+    the paths of `abstract_ema`'s parameters the run lacks) for a model that grows the run's
+    (`saved_model_config`'s): GenTron's video model started from its image model. Every saved
+    parameter must be the new model's, in the same shape."""
+    saved = nnx.split(nnx.eval_shape(lambda: models.build(saved_model_config, nnx.Rngs(0))), nnx.Param)[1].to_pure_dict()
+    new = []
+
+    def shared(grown: dict, old: dict, path: str) -> dict:
+        new.extend(f"{path}{name}" for name in grown if name not in old)
+        out = {}
+        for name, value in old.items():
+            here = grown.get(name)
+            if here is None or isinstance(value, dict) != isinstance(here, dict) or (not isinstance(value, dict) and here.shape != value.shape):
+                raise ValueError(f"Run {workdir!r} holds parameter {path}{name} {getattr(value, 'shape', '')}, which the config's model "
+                                 f"does not have in that shape.")
+            out[name] = shared(here, value, f"{path}{name}/") if isinstance(value, dict) else here
+        return out
+
+    subset = shared(abstract_ema, saved, "")
+    return restore_ema(workdir, step, subset), new
+

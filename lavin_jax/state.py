@@ -88,14 +88,18 @@ def shardings(abstract) -> Any:
 
 def init_state(config, s: Setup, model_params=None) -> dict:
     """Initialises parameters directly into their shards; `model_params` (placed like the state's
-    EMA), when given, are the "model" module's and its EMA's starting point instead (fine-tuning:
-    the random ones are then never computed)."""
+    EMA, all of the "model" module's or a nested part of them), when given, are its and its EMA's
+    starting point instead (fine-tuning: the random ones they replace are never computed)."""
+
+    def fill(fresh: dict, given: dict) -> dict:
+        return {name: fill(value, given[name]) if isinstance(value, dict) and name in given else given.get(name, value)
+                for name, value in fresh.items()}
 
     def init(model_params):
         states = _split(s.objective.build(nnx.Rngs(config.seed)))[1]
         params = {name: state.to_pure_dict() for name, state in states.items()}
         if model_params is not None:
-            params["model"] = model_params
+            params["model"] = fill(params["model"], model_params)
         opt = {name: s.tx.init(tree) for name, tree in params.items()}
         return {"step": jnp.zeros((), jnp.int32), "params": params, "ema": params["model"], "opt": opt}
 

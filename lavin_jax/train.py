@@ -24,16 +24,17 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from lavin_jax import checkpoint, inference, metrics, parallel, runs, summary, validation
+from lavin_jax import checkpoint, inference, metrics, models, parallel, runs, summary, validation
 from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
 
 
-def check_init_from(config) -> int | None:
-    """The step of `config.init_from`'s newest checkpoint (None when unset); a directory without
-    one is named before anything is compiled."""
+def check_init_from(config) -> tuple[int | None, list[str]]:
+    """(the step of `config.init_from`'s newest checkpoint (None when unset), the model fields the
+    config switches on that grow the run's model (the family's `grows`)); a directory without a
+    checkpoint, or of another model, is named before anything is compiled."""
     if not config.init_from:
-        return None
+        return None, []
     directory = os.path.join(config.init_from, "checkpoints")
     step = checkpoint.latest_step(directory) if os.path.isdir(directory) else None
     if step is None:
@@ -41,8 +42,8 @@ def check_init_from(config) -> int | None:
             f"config.init_from={config.init_from!r} holds no checkpoint in {directory!r}: name a run, or a release "
             "converted by python -m lavin_jax.convert."
         )
-    checkpoint.check_same_model(directory, step, config)
-    return step
+    grown = checkpoint.check_same_model(directory, step, config, may_grow=getattr(models.FAMILIES[config.model.name], "grows", ()))
+    return step, grown
 
 
 def make_train_step(config, s: state_lib.Setup):
@@ -235,7 +236,8 @@ def train(config, workdir: str) -> dict:
     checkpoint_dir = os.path.join(workdir, "checkpoints")
     latest = _agreed(checkpoint.latest_step(checkpoint_dir))
     # A fresh run only: a resumed fine-tune has its own checkpoints and no longer needs init_from.
-    init_step = _agreed(check_init_from(config)) if latest is None else None
+    init_step, grown = check_init_from(config) if latest is None else (None, [])
+    init_step = _agreed(init_step)
     # The data position is the step (data/pipeline.py): a resumed run, in any number of
     # processes, reads on from its checkpoint's step. Made here, so bad data is named before the
     # workdir is touched.
@@ -249,7 +251,14 @@ def train(config, workdir: str) -> dict:
     checkpointer = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints, save_every=config.checkpoint_every)
     if init_step is not None:
         logging.info("Starting from the EMA weights of %s, step %d.", config.init_from, init_step)
-        state = state_lib.init_state(config, s, runs.restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
+        if grown:  # a model grown from the run's: its parameters, and the new ones as initialised.
+            saved_model = runs.trained_config(config.init_from, step=init_step)[0].model
+            restored, new = runs.restore_shared(config.init_from, init_step, s.abstract_state["ema"], saved_model)
+            if primary:
+                print(f"Started from {config.init_from} (step {init_step}) grown by {', '.join(grown)}; new parameters: {', '.join(new)}.")
+            state = state_lib.init_state(config, s, restored)
+        else:
+            state = state_lib.init_state(config, s, runs.restore_ema(config.init_from, init_step, s.abstract_state["ema"]))
     elif latest is None:
         state = state_lib.init_state(config, s)
     else:

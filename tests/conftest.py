@@ -121,6 +121,18 @@ def vdt_config(**overrides):
     return shipped_config("vdt_tiny", VDT_SMALL, overrides)
 
 
+GENTRON_SMALL = {"model.hidden": 32, "model.num_heads": 2, "model.depth": 1, "model.text_width": 16, "model.text_depth": 1,
+                 "model.text_length": 72, "global_batch_size": 8, "eval.episodes": 4, "sample.num_examples": 2, "flow.sample_steps": 2}
+
+
+GENTRON_FAST = {"optim.lr": 0.01, "optim.warmup_steps": 0, "optim.ema_decay": 0.0}
+
+
+def gentron_config(**overrides):
+    """configs/gentron_tiny.py with GENTRON_SMALL, then `overrides`."""
+    return shipped_config("gentron_tiny", GENTRON_SMALL, overrides)
+
+
 # XLA's CPU backend spends about half of a compile optimising machine code; a function a test runs
 # once or a few times on tiny arrays is done sooner without that (what is computed is the same).
 QUICK_COMPILE = {"xla_backend_optimization_level": 0}
@@ -230,6 +242,19 @@ def trained_vdt(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("trained_vdt")
     train.train(vdt_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0}), str(workdir))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def trained_gentron(tmp_path_factory):
+    """The workdir of a two-step text-to-image GenTron run on captioned scenes, its steps large
+    and kept whole by the EMA (GENTRON_FAST) so that its zero-initialised layers have moved: the
+    first step moves the final layer alone (the others' gradients pass through it), the second
+    the layers before it, the caption's cross-attention among them."""
+    from lavin_jax import train
+
+    workdir = tmp_path_factory.mktemp("trained_gentron")
+    train.train(gentron_config(**{"total_steps": 2, "checkpoint_every": 2, "eval_every": 0, **GENTRON_FAST}), str(workdir))
     return workdir
 
 

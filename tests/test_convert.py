@@ -163,7 +163,8 @@ def test_the_converted_model_is_prompted_and_fine_tuned_from(converted, tmp_path
     predictor = inference.Predictor.from_workdir(converted["jdit"])
     assert predictor.predict([], np.zeros((20, 12, 3), np.uint8), steps=2).shape == (20, 12, 3)
     config = released_kind(**{"init_from": converted["jdit"]})
-    step = train.check_init_from(config)
+    step, grown = train.check_init_from(config)
+    assert grown == []
     s = state_lib.setup(config, parallel.make_mesh(config))
     state = state_lib.init_state(config, s, runs.restore_ema(config.init_from, step, s.abstract_state["ema"]))
     _, params = restored(converted["jdit"], "jdit")

@@ -212,9 +212,9 @@ def test_the_bound_trains_only_the_variance():
 def test_guidance():
     cond, uncond = np.random.default_rng(0).standard_normal((2, 2, 1, 3, 3, 8)).astype(np.float32)  # (B, F, H, W, 2C)
     same, guided, every = jit(lambda c, u: (
-        diffusion.guide(c, u, 1.0, learn_sigma=True, channels=None),
-        diffusion.guide(c, u, 4.0, learn_sigma=True, channels=3),
-        diffusion.guide(c, u, 4.0, learn_sigma=False, channels=None),
+        diffusion.guide([c, u], [1.0], learn_sigma=True, channels=None),
+        diffusion.guide([c, u], [4.0], learn_sigma=True, channels=3),
+        diffusion.guide([c, u], [4.0], learn_sigma=False, channels=None),
     ))(cond, uncond)
     np.testing.assert_allclose(same, cond, atol=1e-6)
     assert guided.shape == cond.shape
@@ -222,7 +222,7 @@ def test_guidance():
     np.testing.assert_array_equal(guided[..., 3:], cond[..., 3:])  # the fourth noise channel and the variance.
     np.testing.assert_allclose(every, uncond + 4.0 * (cond - uncond), rtol=1e-6)
     with pytest.raises(ValueError):
-        diffusion.guide(cond, uncond, 4.0, learn_sigma=True, channels=5)
+        diffusion.guide([cond, uncond], [4.0], learn_sigma=True, channels=5)
 
 
 SHAPE = (4, 2, 4, 4, 3)

@@ -107,15 +107,18 @@ def test_model_never_sees_the_target():
 
 
 def test_guidance_extrapolates_from_the_unconditional_velocity():
-    """With v_cond = a and v_uncond = b constant, guided sampling moves by b + s(a - b)."""
-    a, b = 2.0, 0.5
+    """With v_cond = a and v_uncond = b constant, guided sampling moves by b + s(a - b); with a
+    second, weaker null of velocity m (GenTron's motion-free one), by m + s(a - b) + s2(b - m)."""
+    a, b, m = 2.0, 0.5, -1.0
 
     def model(x, t, context):
-        return jnp.full_like(x, a if context["cond"].shape[1] == 5 else b)
+        return jnp.full_like(x, {5: a, 2: b, 1: m}[context["cond"].shape[1]])
 
-    context, uncond = {"cond": jnp.ones((1, 5, 2, 2, 1))}, {"cond": jnp.ones((1, 2, 2, 2, 1))}
+    context, uncond, weaker = ({"cond": jnp.ones((1, n, 2, 2, 1))} for n in (5, 2, 1))
+    x0 = jax.random.normal(jax.random.key(7), (1, 2, 2, 1))[None]
+    draw = lambda nulls, scales: flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3), nulls=nulls, scales=scales)
     for scale in (1.0, 1.5, 3.0):
-        out = flow.sample(model, context, jax.random.key(7)[None], (1, 1, 2, 2, 1), flow.time_grid(3),
-                          uncond=None if scale == 1.0 else uncond, cfg_scale=scale)
-        x0 = jax.random.normal(jax.random.key(7), (1, 2, 2, 1))[None]
+        out = draw([] if scale == 1.0 else [uncond], [] if scale == 1.0 else [scale])
         np.testing.assert_allclose(out, x0 + b + scale * (a - b), atol=1e-5)
+    np.testing.assert_allclose(draw([uncond, weaker], [3.0, 2.0]), x0 + m + 3.0 * (a - b) + 2.0 * (b - m), atol=1e-5)
+    np.testing.assert_allclose(draw([uncond, weaker], [3.0, 1.0]), draw([uncond], [3.0]), atol=1e-5)

@@ -23,6 +23,7 @@ RUNS = {
     "incontext_demo": ("trained_jdit", {"TASK": "edges", "SCALES": (1.0, 2.0), "STEPS": (2, 3)}),
     "class_demo": ("trained_digits", {"SAMPLES_PER_CLASS": 2, "SCALES": (1.0, 2.0), "STEPS": (2,)}),
     "video_demo": ("trained_vdt", {"CLIPS": 2, "STEPS": 2}),
+    "text_demo": ("trained_gentron", {"CAPTIONS": 2, "STEPS": 2, "SCALES": (1.0, 3.0)}),
 }
 
 

@@ -18,9 +18,9 @@ from lavin_jax.conditioning.base import Conditioning
 
 
 def _conditionings() -> dict[str, type[Conditioning]]:
-    from lavin_jax.conditioning import incontext, labels, masks
+    from lavin_jax.conditioning import incontext, labels, masks, text
 
-    return {"incontext": incontext.InContext, "class": labels.ClassLabels, "mask": masks.FrameMasks}
+    return {"incontext": incontext.InContext, "class": labels.ClassLabels, "mask": masks.FrameMasks, "text": text.Captions}
 
 
 def get(config) -> Conditioning:

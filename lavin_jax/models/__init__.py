@@ -5,9 +5,9 @@ ValueError naming the field its architecture cannot take. Which objective trains
 
 from flax import nnx
 
-from lavin_jax.models import dit, jdit, sdvae, stvae, vdt
+from lavin_jax.models import dit, gentron, jdit, sdvae, stvae, vdt
 
-FAMILIES = {"jdit": jdit.JDiT, "dit": dit.DiT, "vdt": vdt.VDT, "stvae": stvae.STVAE, "sdvae": sdvae.SDVAE}
+FAMILIES = {"jdit": jdit.JDiT, "dit": dit.DiT, "vdt": vdt.VDT, "gentron": gentron.GenTron, "stvae": stvae.STVAE, "sdvae": sdvae.SDVAE}
 # The autoencoders a diffusion model can work in (config.vae.name): each has encode -> posterior,
 # decode, and a static latent_frames(model_config, frames).
 AUTOENCODERS = ("stvae", "sdvae")

@@ -48,15 +48,18 @@ class DiTBlock(nnx.Module):
         self.fc1 = layers.dense(d, mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.fc2 = layers.dense(mlp, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, c: jax.Array, frames: int = 1) -> jax.Array:
+    def __call__(self, x: jax.Array, c: jax.Array, frames: int = 1, between=None) -> jax.Array:
         """x: (B, L, D) tokens, c: (B, D). With `frames` > 1 the L tokens are that many frames'
         and attention runs within each frame (VDT's spatial attention); the modulations are the
-        example's for all of them."""
+        example's for all of them. `between` (tokens -> tokens) runs after the attention and
+        before the MLP: GenTron's cross-attention to text and temporal attention."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = transformer.modulations(self.modulation, c, 6)
         h = transformer.modulate(layers.layer_norm(x, self.eps), scale_msa, shift_msa)
         b, length, d = h.shape
         attended = transformer.self_attention(self, h.reshape(b * frames, length // frames, d)).reshape(b, length, d)
         x = x + gate_msa[:, None] * attended
+        if between is not None:
+            x = between(x)
         h = transformer.modulate(layers.layer_norm(x, self.eps), scale_mlp, shift_mlp)
         x = x + gate_mlp[:, None] * self.fc2(nnx.gelu(self.fc1(h), approximate=True))
         return constrain(x, "batch", "length", "act_embed")
@@ -70,6 +73,17 @@ def check_fields(cfg, positive: tuple[str, ...] = ()) -> None:
         raise ValueError(f"config.model.mlp_ratio={cfg.mlp_ratio} must be positive.")
     if cfg.hidden % 4:
         raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for the 2D sin-cos position embedding.")
+
+
+def add_embedders(model: nnx.Module, cfg, *, rngs: nnx.Rngs):
+    """Gives `model` its config (frozen: hashable static graph data) and DiT's input side: the
+    patch projection and the timestep embedder. Returns the compute dtype."""
+    model.cfg = ml_collections.FrozenConfigDict(cfg)
+    dtype = layers.DTYPES[cfg.dtype]
+    d, p = cfg.hidden, cfg.patch_size
+    model.patch_embed = layers.dense(p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
+    model.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
+    return dtype
 
 
 def add_final_layer(model: nnx.Module, cfg, *, dtype, rngs: nnx.Rngs) -> None:
@@ -111,14 +125,10 @@ class DiT(nnx.Module):
         check_fields(cfg, positive=("num_classes",))
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
-        self.cfg = cfg
-        dtype = layers.DTYPES[cfg.dtype]
-        d, p = cfg.hidden, cfg.patch_size
-        self.patch_embed = layers.dense(p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
-        self.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
+        dtype = add_embedders(self, cfg, rngs=rngs)
+        cfg = self.cfg
         self.class_embed = nnx.Embed(
-            cfg.num_classes + 1, d, rngs=rngs,
+            cfg.num_classes + 1, cfg.hidden, rngs=rngs,
             embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
         )
         self.blocks = transformer.stack(lambda rngs: DiTBlock(cfg, dtype=dtype, rngs=rngs), cfg.depth, rngs)

@@ -64,11 +64,13 @@ def variant(family: str, name: str, sizes: dict[str, tuple[int, int, int]], patc
     return {"hidden": hidden, "depth": depth, "num_heads": heads, "patch_size": int(match[2])}
 
 
-def self_attention(layer: nnx.Module, h: jax.Array) -> jax.Array:
-    """Multi-head self-attention over the tokens of h, (B, L, D), by `layer`'s q, k, v and out
-    projections (its `head_dim` and `attention_impl` say how)."""
+def self_attention(layer: nnx.Module, h: jax.Array, context: jax.Array | None = None, lengths: jax.Array | None = None) -> jax.Array:
+    """Multi-head attention of the tokens of h, (B, L, D), over themselves or over `context`
+    (B, S, D) (cross-attention), by `layer`'s q, k, v and out projections (its `head_dim` and
+    `attention_impl` say how); `lengths` (B,): the keys past them are padding."""
     heads = lambda x: constrain(x.reshape(*x.shape[:2], -1, layer.head_dim), "batch", "length", "act_heads", None)
-    out = attention(heads(layer.q(h)), heads(layer.k(h)), heads(layer.v(h)), layer.attention_impl)
+    keys = h if context is None else context
+    out = attention(heads(layer.q(h)), heads(layer.k(keys)), heads(layer.v(keys)), layer.attention_impl, lengths)
     return layer.out(out.reshape(*out.shape[:2], -1))
 
 
@@ -77,7 +79,12 @@ class TemporalAttention(nnx.Module):
     TimeSformer): x + fc(attention(LN(x))) for tokens (B, T, N, D). The LayerNorm is affine
     (eps 1e-5) and the attention has its own output projection before `fc`, as VDT's code has
     them. `zero_fc` starts `fc` at zero, so the block starts as the identity over time (GenTron
-    grows a text-to-image model into a video one so); VDT initialises it like any projection."""
+    grows a text-to-image model into a video one so); VDT initialises it like any projection.
+    `alone` (B,) bool marks examples whose frames each attend to themselves only (GenTron's
+    motion-free mask, the identity): a softmax over one key is 1, so their attention is the
+    projected values. `positions` (T, D), added to the normalised tokens, tells the attention
+    which frame is which without touching the residual stream (GenTron's, whose image model
+    must stay as it was at the start)."""
 
     def __init__(self, hidden: int, num_heads: int, attention_impl: str, *, zero_fc: bool, dtype, rngs: nnx.Rngs):
         self.head_dim = hidden // num_heads
@@ -91,11 +98,15 @@ class TemporalAttention(nnx.Module):
         self.out = layers.dense(hidden, hidden, ("heads", "embed"), dtype=dtype, rngs=rngs)
         self.fc = layers.dense(hidden, hidden, ("embed", "mlp"), zero_init=zero_fc, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, alone: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
         b, t, n, d = x.shape
-        over_time = x.transpose(0, 2, 1, 3).reshape(b * n, t, d)
-        h = self_attention(self, self.norm(over_time)).reshape(b, n, t, d).transpose(0, 2, 1, 3)
-        return x + self.fc(h)
+        over_time = self.norm(x.transpose(0, 2, 1, 3).reshape(b * n, t, d))
+        if positions is not None:
+            over_time = over_time + positions.astype(over_time.dtype)
+        h = self_attention(self, over_time)
+        if alone is not None:
+            h = jnp.where(jnp.repeat(alone, n)[:, None, None], self.out(self.v(over_time)), h)
+        return x + self.fc(h.reshape(b, n, t, d).transpose(0, 2, 1, 3))
 
 
 def adaln(hidden: int, parts: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:

@@ -67,12 +67,8 @@ class VDT(nnx.Module):
         dit.check_fields(cfg)
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
-        cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: it is static graph data.
-        self.cfg = cfg
-        dtype = layers.DTYPES[cfg.dtype]
-        d, p = cfg.hidden, cfg.patch_size
-        self.patch_embed = layers.dense(p * p * cfg.in_channels, d, ("patch", "embed"), dtype=dtype, rngs=rngs)
-        self.t_embed = layers.TimestepEmbedder(d, rngs=rngs)
+        dtype = dit.add_embedders(self, cfg, rngs=rngs)
+        cfg = self.cfg
         self.blocks = transformer.stack(lambda rngs: VDTBlock(cfg, dtype=dtype, rngs=rngs), cfg.depth, rngs)
         dit.add_final_layer(self, cfg, dtype=dtype, rngs=rngs)
 

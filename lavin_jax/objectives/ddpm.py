@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 
 import jax.numpy as jnp
-import numpy as np
 
 from lavin_jax import diffusion
 from lavin_jax.config import require
@@ -53,8 +52,8 @@ class DDPM(Generative):
         losses, stats = diffusion.training_loss(self.schedule, model, batch["target"], context, key, learn_sigma=self.learn_sigma, weight=weight)
         return jnp.mean(losses), stats
 
-    def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
-                       eta: float | None = None) -> tuple[dict, tuple]:
+    def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, motion_scale: float | None = None,
+                       sampler: str | None = None, eta: float | None = None) -> tuple[dict, tuple]:
         d = self.config.ddpm
         steps = int(d.sample_steps if steps is None else steps)
         if not 1 <= steps <= d.num_steps:
@@ -62,23 +61,23 @@ class DDPM(Generative):
         method = sampler or d.sampler
         if method not in SAMPLERS:
             raise ValueError(f"sampler={method!r} must be one of {', '.join(SAMPLERS)}.")
-        scale = float(d.cfg_scale if cfg_scale is None else cfg_scale)
         eta = float(d.eta if eta is None else eta)
-        return {"cfg_scale": np.float32(scale)}, (("guided", scale != 1.0), ("method", method), ("steps", steps), ("eta", eta))
+        scales, static = self.guidance_options(d, cfg_scale, motion_scale)
+        return scales, (*static, ("method", method), ("steps", steps), ("eta", eta))
 
     def model_calls(self, traced, static):
         return dict(static)["steps"]
 
-    def draw(self, model, context, null, keys, shape, traced, static):
+    def draw(self, model, context, nulls, keys, shape, traced, static):
         options = dict(static)
         schedule = diffusion.respace(self.schedule, options["steps"])
         channels = int(self.config.ddpm.guided_channels) or None
 
         def denoise(x, t):
-            out = model(x, t, context)
-            if null is None:
-                return out
-            return diffusion.guide(out, model(x, t, null), traced["cfg_scale"], learn_sigma=self.learn_sigma, channels=channels)
+            if not nulls:
+                return model(x, t, context)
+            outputs = [model(x, t, c) for c in (context, *nulls)]
+            return diffusion.guide(outputs, self.scales(traced, nulls), learn_sigma=self.learn_sigma, channels=channels)
 
         return diffusion.sample(schedule, denoise, keys, shape, method=options["method"], eta=options["eta"], learn_sigma=self.learn_sigma,
                                 clip=self.config.vae.name == "none")

@@ -42,22 +42,21 @@ class FlowMatching(Generative):
     def loss(self, model, batch, key, weight=None):
         return flow.loss(model, batch, key, self.config.flow, weight)
 
-    def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, sampler: str | None = None,
-                       time_grid: str | None = None) -> tuple[dict, tuple]:
+    def sample_options(self, *, steps: int | None = None, cfg_scale: float | None = None, motion_scale: float | None = None,
+                       sampler: str | None = None, time_grid: str | None = None) -> tuple[dict, tuple]:
         f = self.config.flow
         steps = f.sample_steps if steps is None else steps
-        scale = float(f.cfg_scale if cfg_scale is None else cfg_scale)
         method = sampler or f.sampler
         if method not in flow.SAMPLERS:
             raise ValueError(f"sampler={method!r} must be one of {', '.join(flow.SAMPLERS)}.")
         grid = np.asarray(flow.time_grid(steps, time_grid or f.time_grid), np.float32)
-        return {"grid": grid, "cfg_scale": np.float32(scale)}, (("guided", scale != 1.0), ("method", method))
+        scales, static = self.guidance_options(f, cfg_scale, motion_scale)
+        return {"grid": grid, **scales}, (*static, ("method", method))
 
     def model_calls(self, traced, static):
         return (len(traced["grid"]) - 1) * (2 if dict(static)["method"] == "heun" else 1)
 
-    def draw(self, model, context, null, keys, shape, traced, static):
+    def draw(self, model, context, nulls, keys, shape, traced, static):
         f = self.config.flow
-        return flow.sample(model, context, keys, shape, traced["grid"], uncond=null,
-                           cfg_scale=traced["cfg_scale"] if null is not None else None, method=dict(static)["method"],
-                           prediction=f.prediction, min_remaining=f.min_remaining)
+        return flow.sample(model, context, keys, shape, traced["grid"], nulls=nulls, scales=self.scales(traced, nulls),
+                           method=dict(static)["method"], prediction=f.prediction, min_remaining=f.min_remaining)

@@ -16,6 +16,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -168,14 +169,40 @@ class Generative(Objective):
         recompile the sampler; static ones (step counts, the method) do."""
         raise NotImplementedError
 
+    def guidance_options(self, section, cfg_scale: float | None, motion_scale: float | None) -> tuple[dict, tuple]:
+        """(traced scales, static flags) of guidance from `section` (config.flow or config.ddpm)
+        and a sampler's options: `cfg_scale` against the null condition and, for a model whose
+        conditioning has a motion-free null (GenTron's video), `motion_scale` against it
+        (`guidance.chain`); 1 leaves that branch out."""
+        scale = float(section.cfg_scale if cfg_scale is None else cfg_scale)
+        motion = float(section.motion_scale if motion_scale is None else motion_scale)
+        if motion != 1.0 and len(self.conditioning.null_chain()) < 2:
+            raise ValueError(f"motion_scale={motion} needs a model trained with motion-free clips (GenTron with config.model.temporal).")
+        traced = {"cfg_scale": np.float32(scale), "motion_scale": np.float32(motion)}
+        return traced, (("guided", scale != 1.0 or motion != 1.0), ("motion_guided", motion != 1.0))
+
+    def guidance_nulls(self, context: dict, frames: int, static: tuple) -> list[dict]:
+        """The weaker contexts a sample with these options is guided against (none: unguided)."""
+        options = dict(static)
+        if not options["guided"]:
+            return []
+        nulls = self.conditioning.nulls(context, frames)
+        return nulls if options["motion_guided"] else nulls[:1]
+
+    @staticmethod
+    def scales(traced: dict, nulls: list) -> list:
+        """The scales of `guidance_nulls`' contexts, in order."""
+        return [traced["cfg_scale"], traced["motion_scale"]][: len(nulls)]
+
     def model_calls(self, traced: dict, static: tuple) -> int:
         """The model calls of one sample drawn with these options, per condition (guidance
-        doubles them)."""
+        adds as many again per null)."""
         raise NotImplementedError
 
-    def draw(self, model, context: dict, null: dict | None, keys: jax.Array, shape: tuple, traced: dict, static: tuple) -> jax.Array:
-        """Samples of `shape` (B, T, H, W, C) in model space for `context`, guided against `null`
-        (None: unguided); example b's noise from `keys[b]` alone."""
+    def draw(self, model, context: dict, nulls: list[dict], keys: jax.Array, shape: tuple, traced: dict, static: tuple) -> jax.Array:
+        """Samples of `shape` (B, T, H, W, C) in model space for `context`, guided against the
+        weaker contexts `nulls` by `scales(traced, nulls)` (none: unguided); example b's noise
+        from `keys[b]` alone."""
         raise NotImplementedError
 
     def sampler(self, graphdef, mesh: Mesh):
@@ -194,11 +221,10 @@ class Generative(Objective):
                 keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
                 model_frames = self.model_frames(frames)
                 shape = (indices.shape[0], model_frames, size, size, channels)
-                guided = dict(static)["guided"]
-                null = self.conditioning.null(context, model_frames) if guided else None
+                nulls = self.guidance_nulls(context, model_frames, static)
                 if "known" in context:
                     model = given(model, context["given"])
-                prediction = self.draw(model, context, null, keys, shape, traced, static)
+                prediction = self.draw(model, context, nulls, keys, shape, traced, static)
                 if "known" in context:
                     prediction = jnp.where(context["known"][..., None].astype(bool), context["given"], prediction)
                 if c.vae.name != "none":

@@ -1,0 +1,82 @@
+"""Text for text-conditioned models (GenTron): a tokenizer and an encoder that need no files.
+
+`tokenize` writes a caption as its UTF-8 bytes, BOS before and EOS after, padded to a fixed
+length; `ByteEncoder` is a small pre-norm transformer over those tokens, trained with the
+diffusion model, so the tiny configs run on a fresh machine. The empty caption is BOS, EOS: never
+a sequence of padding alone, so every example has keys to attend to, and it is the null text that
+classifier-free guidance samples against.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lavin_jax.models import layers, transformer
+from lavin_jax.parallel import constrain
+
+PAD, BOS, EOS = 0, 1, 2
+VOCAB = 256 + 3  # the byte b is token b + 3.
+
+
+def tokenize(texts, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 tokens [N, length], int32 lengths [N]) of the strings `texts`; a caption longer
+    than `length` - 2 bytes is cut, still ending in EOS."""
+    tokens = np.full((len(texts), length), PAD, np.int32)
+    lengths = np.zeros(len(texts), np.int32)
+    for i, text in enumerate(texts):
+        body = np.frombuffer(text.encode("utf-8"), np.uint8)[: length - 2].astype(np.int32) + 3
+        row = np.concatenate([[BOS], body, [EOS]])
+        tokens[i, : len(row)], lengths[i] = row, len(row)
+    return tokens, lengths
+
+
+class ByteEncoderBlock(nnx.Module):
+    """Pre-norm: x + attention(LN(x)) over the example's tokens, then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, attention_impl: str, *, dtype, rngs: nnx.Rngs):
+        self.head_dim, self.attention_impl = width // heads, attention_impl
+        norm = lambda: nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
+                                     bias_init=nnx.with_partitioning(layers.zeros, ("embed",)))
+        self.norm1, self.norm2 = norm(), norm()
+        self.q, self.k, self.v = (layers.dense(width, width, ("embed", "heads"), dtype=dtype, rngs=rngs) for _ in range(3))
+        self.out = layers.dense(width, width, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        self.fc1 = layers.dense(width, 4 * width, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = layers.dense(4 * width, width, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+        x = x + transformer.self_attention(self, self.norm1(x), lengths=lengths)
+        return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=True))
+
+
+class ByteEncoder(nnx.Module):
+    """Byte tokens (B, L) -> (tokens (B, L, width), pooled (B, width)): learned token and position
+    embeddings, `depth` blocks, a final LayerNorm; padding comes out as zeros and the pooled
+    vector is the mean of the example's tokens."""
+
+    def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
+        width, self.length = cfg.text_width, cfg.text_length
+        init = nnx.initializers.normal(0.02)
+        self.embed = nnx.Embed(VOCAB, width, rngs=rngs, embedding_init=nnx.with_partitioning(init, (None, "embed")))
+        self.position = nnx.Param(nnx.with_partitioning(init, (None, "embed"))(rngs.params(), (self.length, width)))
+        self.blocks = transformer.stack(
+            lambda rngs: ByteEncoderBlock(width, cfg.text_heads, cfg.attention, dtype=dtype, rngs=rngs), cfg.text_depth, rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs,
+                                  scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("embed",)),
+                                  bias_init=nnx.with_partitioning(layers.zeros, ("embed",)))
+        # run_stack's fields for this stack; frozen: hashable static graph data.
+        self.stack_cfg = ml_collections.FrozenConfigDict(dict(depth=cfg.text_depth, scan_layers=cfg.scan_layers, remat=cfg.remat))
+        self.dtype = dtype
+
+    def __call__(self, tokens: jax.Array, lengths: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = (self.embed(tokens) + self.position[...][: tokens.shape[1]]).astype(self.dtype)
+        h = constrain(h, "batch", "length", "act_embed")
+        h = self.norm(transformer.run_stack(self.blocks, h, lengths, cfg=self.stack_cfg))
+        valid = (jnp.arange(tokens.shape[1])[None, :] < lengths[:, None])[..., None]
+        h = jnp.where(valid, h, 0)
+        pooled = jnp.sum(h.astype(jnp.float32), axis=1) / lengths[:, None]
+        return h, pooled

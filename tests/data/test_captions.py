@@ -1,0 +1,46 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lavin_jax.data import captions
+
+
+def scenes(count, moving, frames=6, seed=0):
+    return [captions.draw(np.random.default_rng((seed, i)), moving=moving, frames=frames) for i in range(count)]
+
+
+@pytest.mark.parametrize("size", [captions.MIN_SIZE, 64])
+def test_the_detector_reads_every_drawn_scene_back_exactly(size):
+    for things in scenes(150, moving=False):
+        assert captions.alignment(things, captions.render(things, size)) == {
+            **{aspect: 1.0 for aspect in ("colour", "shape", "size")}, **({"relation": 1.0} if len(things) == 2 else {}), "all": 1.0}
+    for things in scenes(60, moving=True):
+        scores = captions.alignment(things, captions.render_clip(things, size, 6))
+        assert scores["all"] == 1.0 and scores["motion"] == 1.0, (captions.caption(things), scores)
+
+
+def test_captions_say_what_the_picture_shows():
+    red = captions.Thing("circle", "red", "small", (0.5, 0.25))
+    blue = captions.Thing("square", "blue", "large", (0.45, 0.75), motion="up")
+    assert captions.caption([blue, red]) == "a small red circle left of a large blue square moving up"
+    below = captions.Thing("triangle", "green", "large", (0.8, 0.5))
+    assert captions.caption([below, dataclasses.replace(red, centre=(0.2, 0.45))]) == "a small red circle above a large green triangle"
+    drawn = scenes(200, moving=True)
+    assert {len(things) for things in drawn} == {1, 2}
+    assert all(len({thing.colour for thing in things}) == len(things) for things in drawn)
+
+
+def test_a_wrong_picture_scores_what_is_wrong():
+    red = captions.Thing("circle", "red", "small", (0.5, 0.2))
+    blue = captions.Thing("square", "blue", "large", (0.5, 0.7))
+    right = captions.render([red, blue], 32)
+    mirrored = right[:, ::-1]
+    assert captions.alignment([red, blue], mirrored) == {"colour": 1.0, "shape": 1.0, "size": 1.0, "relation": 0.0, "all": 0.0}
+    other_shape = captions.render([captions.Thing("triangle", "red", "small", (0.5, 0.2)), blue], 32)
+    assert captions.alignment([red, blue], other_shape)["shape"] == 0.5
+    assert captions.alignment([red, blue], np.zeros_like(right)) == {"colour": 0.0, "shape": 0.0, "size": 0.0, "relation": 0.0, "all": 0.0}
+    moving = captions.Thing("square", "green", "large", (0.5, 0.3), motion="right")
+    clip = captions.render_clip([moving], 32, 6)
+    assert captions.alignment([moving], clip)["motion"] == 1.0
+    assert captions.alignment([moving], clip[::-1])["motion"] == 0.0
