@@ -64,10 +64,6 @@ class Conditioning:
         """The context classifier-free guidance samples against (jit-traced)."""
         raise NotImplementedError
 
-    def null_chain(self) -> tuple[str, ...]:
-        """The names of the weaker conditions `nulls` gives, in order (guidance's scales follow it)."""
-        return ("null",)
-
     def nulls(self, context: dict, frames: int) -> list[dict]:
         """The contexts guidance samples against, each telling the model less than the one
         before (`guidance.chain`): the null alone, unless a conditioning has more."""

@@ -119,9 +119,6 @@ class Captions(Conditioning):
         return {**context, "text": jnp.broadcast_to(jnp.asarray(tokens), context["text"].shape),
                 "text_length": jnp.full_like(context["text_length"], int(lengths[0]))}
 
-    def null_chain(self) -> tuple[str, ...]:
-        return ("null", "motion_free") if self.frames > 1 else ("null",)
-
     def nulls(self, context: dict, frames: int) -> list[dict]:
         """The empty caption, then (video) the empty caption with every frame alone: GenTron's
         motion-free guidance."""

@@ -176,8 +176,6 @@ class Generative(Objective):
         (`guidance.chain`); 1 leaves that branch out."""
         scale = float(section.cfg_scale if cfg_scale is None else cfg_scale)
         motion = float(section.motion_scale if motion_scale is None else motion_scale)
-        if motion != 1.0 and len(self.conditioning.null_chain()) < 2:
-            raise ValueError(f"motion_scale={motion} needs a model trained with motion-free clips (GenTron with config.model.temporal).")
         traced = {"cfg_scale": np.float32(scale), "motion_scale": np.float32(motion)}
         return traced, (("guided", scale != 1.0 or motion != 1.0), ("motion_guided", motion != 1.0))
 
@@ -187,7 +185,11 @@ class Generative(Objective):
         if not options["guided"]:
             return []
         nulls = self.conditioning.nulls(context, frames)
-        return nulls if options["motion_guided"] else nulls[:1]
+        if not options["motion_guided"]:
+            return nulls[:1]
+        if len(nulls) < 2:  # raised while tracing, before any sampling runs.
+            raise ValueError("A motion_scale other than 1 needs a model trained with motion-free clips (GenTron with config.model.temporal).")
+        return nulls
 
     @staticmethod
     def scales(traced: dict, nulls: list) -> list:
