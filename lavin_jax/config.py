@@ -107,6 +107,9 @@ def base(model: str) -> ml_collections.ConfigDict:
     # exact captions, data/captions.py); a share of video examples is motion-free (GenTron).
     c.data.captions = "scenes"
     c.data.motion_free_prob = 0.1
+    # A video model's share of examples that are still images repeated over the clip's frames,
+    # captioned without motion and motion-free: GenTron's joint image-video training.
+    c.data.image_share = 0.0
     c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
     c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).
     c.data.num_workers = 0  # worker processes per host decoding and rendering; 0: in the trainer's process.

@@ -33,8 +33,8 @@ from flax import nnx
 
 from lavin_jax import checkpoint, models, parallel, runs
 from lavin_jax import config as config_lib
-from lavin_jax.data import clips, episodes, labelled, records, scoring, synthetic
-from lavin_jax.models import sdvae
+from lavin_jax.data import captioned, clips, episodes, labelled, records, scoring, synthetic
+from lavin_jax.models import sdvae, text
 
 OFFICIAL_SHIFT = 0.032470703125
 OFFICIAL_SCALE = 1.08936170213
@@ -42,6 +42,7 @@ OFFICIAL_SCALE = 1.08936170213
 RELEASED = {"stvae": (OFFICIAL_SHIFT, OFFICIAL_SCALE), "sdvae": (0.0, sdvae.SCALE)}
 STATS_FILE = "latent_stats.json"
 CACHE_FILE = "latents.json"  # the cache's description, beside its shards.
+NULL_TEXT_FILE = "null_text.npz"  # a caption cache's empty caption, as the step reads it.
 
 
 @dataclasses.dataclass
@@ -160,6 +161,11 @@ def _cache_description(config) -> dict:
         return {**common, "classes": d.classes, "mirrored": bool(d.flip_prob > 0)}
     if config.conditioning == "mask":
         return {**common, "clips": d.clips, "video_frames": int(d.video_frames), "frame_stride": int(d.frame_stride)}
+    if config.conditioning == "text":
+        m = config.model
+        return {**common, "captions": d.captions, "video_frames": _caption_frames(config), "frame_stride": int(d.frame_stride),
+                "text_encoder": m.text_encoder, "text_encoder_path": os.path.abspath(m.text_encoder_path) if m.text_encoder_path else "",
+                "text_length": int(m.text_length)}
     return {
         **common,
         "max_pairs": int(d.max_pairs),
@@ -178,7 +184,7 @@ def write_cache(config, out_dir: str, examples: int, *, batch: int = 8, shard_si
     vae = load(config.vae.checkpoint, config.vae.name)
     os.makedirs(out_dir, exist_ok=True)
     writer = records.ShardWriter(out_dir, "latents", shard_size)
-    write = {"class": _write_images, "mask": _write_clips}.get(config.conditioning, _write_episodes)
+    write = {"class": _write_images, "mask": _write_clips, "text": _write_captions}.get(config.conditioning, _write_episodes)
     written = write(config, vae, writer, examples, batch)
     description = {**_cache_description(config), **written, "shards": writer.close(), "shift": vae.shift, "scale": vae.scale}
     with open(os.path.join(out_dir, CACHE_FILE), "w") as f:
@@ -258,6 +264,41 @@ def _write_clips(config, vae: Autoencoder, writer: records.ShardWriter, examples
     return {"examples": written, "skipped": min(examples, len(dataset)) - written}
 
 
+def _caption_frames(config) -> int:
+    return int(config.data.video_frames) if config.model.get("temporal", False) else 1
+
+
+def _caption_fields(model_cfg, words: list[str]):
+    """A function of nothing -> the captions as the step reads them, by name ([N, ...] each): a
+    frozen encoder's hidden states and pooled vector, or a trained one's tokens."""
+    tokens, lengths = text.tokenizer(model_cfg)(words, int(model_cfg.text_length))
+    if model_cfg.text_encoder == "bytes":
+        return {"text": tokens, "text_length": lengths}
+    encoder = text.frozen(model_cfg.text_encoder, model_cfg.text_encoder_path)
+    hidden, pooled = jax.device_get(jax.jit(encoder.encode)(encoder.params, tokens, lengths))
+    return {"text_hidden": np.asarray(hidden, np.float32), "text_pooled": np.asarray(pooled, np.float32), "text_length": lengths}
+
+
+def _write_captions(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
+    """The first `examples` captioned training examples (all, if there are fewer), each frame
+    encoded alone, with their captions as the step would read them (`_caption_fields`: a frozen
+    encoder's output, computed once here); the empty caption's beside them (NULL_TEXT_FILE), for
+    the captions the run drops. Bad examples are passed over and counted."""
+    d, m = config.data, config.model
+    dataset = captioned.open_captioned(d.captions, "train", int(d.image_size), frames=_caption_frames(config),
+                                       stride=int(d.frame_stride), seed=int(config.seed))
+    encode = jax.jit(vae.encode_frames)
+    written = 0
+    for read in _good_batches(dataset, examples, batch):
+        z = np.asarray(jax.device_get(encode(vae.params, scoring.from_uint8(np.stack([pictures for pictures, _ in read])))), np.float32)
+        fields = _caption_fields(m, [words for _, words in read])
+        for i, latents in enumerate(z):
+            writer.write(_to_bytes({"target": latents, **{name: value[i] for name, value in fields.items()}}))
+        written += len(read)
+    np.savez(os.path.join(writer.directory, NULL_TEXT_FILE), **{name: value[0] for name, value in _caption_fields(m, [""]).items()})
+    return {"examples": written, "skipped": min(examples, len(dataset)) - written}
+
+
 def _open_cache(config):
     """(description, record source) of the cache in config.data.latent_dir, checked against the
     config; a cache written for other data is named."""
@@ -323,6 +364,25 @@ class LatentClips:
 
     def read(self, index: int) -> np.ndarray:
         return _from_bytes(self._records[int(index)])["target"]
+
+
+class LatentCaptions:
+    """The captioned examples of a latent cache, read as `data.captioned`'s are (so the text
+    conditioning's source draws from it as from pixels): `read(i)` is (the per-frame latents [T,
+    h, w, C], the caption as the step reads it, by name), `null` the empty caption's."""
+
+    def __init__(self, config):
+        self.description, self._records = _open_cache(config)
+        self.name = f"the latent cache {config.data.latent_dir!r}"
+        with np.load(os.path.join(config.data.latent_dir, NULL_TEXT_FILE)) as null:
+            self.null = {name: null[name] for name in null.files}
+
+    def __len__(self) -> int:
+        return int(self.description["examples"])
+
+    def read(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        record = _from_bytes(self._records[int(index)])
+        return record.pop("target"), record
 
 
 class LatentEpisodes:

@@ -333,3 +333,47 @@ def save_torch_archive(path, obj):
 class _Storage:
     def __init__(self, pid):
         self.pid = pid
+
+
+# --- released Hugging Face directories (models/released.py: t5, clip_text) ------------------------
+
+
+def release_factory(module, layouts, tmp_path_factory):
+    """layout -> (directory, the tensors written) of `module.write_random(*layouts[layout])`,
+    each written on first use."""
+    written = {}
+
+    def get(layout):
+        if layout not in written:
+            directory = str(tmp_path_factory.mktemp(layout.replace("/", "_")))
+            config, options = layouts[layout]
+            written[layout] = directory, module.write_random(directory, config, seed=len(written), **options)
+        return written[layout]
+
+    return get
+
+
+def rewrite_weights(directory, change):
+    """A release's model.safetensors rewritten as change(its tensors)."""
+    import safetensors.numpy
+    from lavin_jax.models import released
+
+    path = os.path.join(directory, released.WEIGHTS)
+    safetensors.numpy.save_file(change(safetensors.numpy.load_file(path)), path)
+
+
+def refused_before_reading(module, written, spoil, directory, monkeypatch, message):
+    """A release written as `written` (config.json, write_random's options), then spoilt by
+    `spoil(directory)`: `module.load` raises `message`, one sentence, before any tensor is read."""
+    from lavin_jax.models import released
+
+    config, options = written
+    module.write_random(directory, config, **options)
+    spoil(directory)
+
+    def no_reading(self):
+        raise AssertionError("a tensor was read")
+
+    monkeypatch.setattr(released.Checkpoint, "reader", no_reading)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        module.load(directory)

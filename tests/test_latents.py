@@ -256,7 +256,8 @@ def test_a_vdt_trains_on_per_frame_latents_from_the_step_and_from_a_cache(sdvae_
     config = vdt_config(**fields)
     cache = str(tmp_path / "cache")
     assert latents.write_cache(config, cache, 6)["examples"] == 6
-    cached = vdt_config(**fields, **{"data.source": "latents", "data.latent_dir": cache})
+    # The cached run's samples are the step's: it is not evaluated again.
+    cached = vdt_config(**{**fields, "eval_every": 0}, **{"data.source": "latents", "data.latent_dir": cache})
     vae = latents.load(sdvae_run, "sdvae")
     clip = conditioning.get(config).dataset("train").read(3)
     np.testing.assert_allclose(latents.LatentClips(cached).read(3), vae.encode_frames(vae.params, (clip[None] / 127.5 - 1).astype(np.float32))[0], atol=1e-5)
@@ -268,3 +269,37 @@ def test_a_vdt_trains_on_per_frame_latents_from_the_step_and_from_a_cache(sdvae_
     from PIL import Image
     grid = np.asarray(Image.open(tmp_path / "step" / "samples" / "samples_predict_0000002.png"))
     assert grid.shape[1] == 4 * (16 * 8 + 2) + 2  # 4 frames of 16 px, not 2 px latents.
+
+
+def test_a_gentron_trains_from_a_cache_of_latents_and_frozen_caption_embeddings(sdvae_run, tmp_path):
+    """GenTron's cache: each frame's SD VAE latents and, the encoder being frozen, the caption's
+    embeddings as the step computes them, the empty caption's beside them for dropped captions."""
+    from conftest import gentron_config
+    from lavin_jax.models import t5, text
+
+    release = str(tmp_path / "t5")
+    t5.write_random(release, {"vocab_size": 100, "d_model": 16, "d_kv": 8, "num_heads": 2, "d_ff": 32, "num_layers": 1})
+    fields = {"vae.name": "sdvae", "vae.checkpoint": sdvae_run, "model.in_channels": 4, "model.patch_size": 1, "model.text_encoder": "t5",
+              "model.text_encoder_path": release, "model.text_width": 16, "model.text_length": 24, "data.cond_drop_prob": 0.5,
+              "total_steps": 2, "checkpoint_every": 2, "eval_every": 0}
+    config = gentron_config(**fields)
+    cache = str(tmp_path / "cache")
+    assert latents.write_cache(config, cache, 6)["examples"] == 6
+    cached = gentron_config(**fields, **{"data.source": "latents", "data.latent_dir": cache})
+    captions = conditioning.get(config)
+    pictures, words = captions.dataset("train").read(3)
+    z, read = latents.LatentCaptions(cached).read(3)
+    vae = latents.load(sdvae_run, "sdvae")
+    np.testing.assert_allclose(z, vae.encode_frames(vae.params, (pictures[None] / 127.5 - 1).astype(np.float32))[0], atol=1e-5)
+    tokens, lengths = text.tokenizer(config.model)([words], 24)
+    step = captions.encoded({"text": tokens, "text_length": lengths}, captions.constants())
+    assert set(read) == {"text_hidden", "text_pooled", "text_length"} and read["text_length"] == lengths[0]
+    for name in ("text_hidden", "text_pooled"):
+        np.testing.assert_allclose(read[name], step[name][0], atol=1e-5)
+    source = conditioning.get(cached).source(0)
+    examples = [source[i] for i in range(12)]
+    null = latents.LatentCaptions(cached).null
+    dropped = [e for e in examples if np.array_equal(e["text_hidden"], null["text_hidden"])]
+    assert 0 < len(dropped) < 12 and examples[0]["target"].shape == (1, 4, 4, 4)
+    with jax.threefry_partitionable(False):
+        assert int(train.train(cached, str(tmp_path / "run"))["step"]) == 2

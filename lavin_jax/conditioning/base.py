@@ -42,6 +42,21 @@ class Conditioning:
         """Like `check_files`, for what only evaluation reads; with `judge` False, for what drawing
         the sample grids alone reads (`evaluator(judge=False)`)."""
 
+    def constants(self) -> dict:
+        """Frozen arrays of the conditioning's own encoder (GenTron's text encoder), passed to the
+        step and the sampler beside the autoencoder's."""
+        return {}
+
+    def abstract_constants(self) -> dict:
+        """`constants()` as ShapeDtypeStructs, its weights unread (`--mode=compile`)."""
+        return {}
+
+    def encoded(self, context: dict, constants: dict) -> dict:
+        """A batch or context (traced) with what a frozen encoder of this conditioning makes
+        from it (a caption's embeddings from its tokens) in place of its input; `constants` are
+        `constants()`'s. As it is, where there is nothing to encode (a latent cache holds it)."""
+        return context
+
     def source(self, seed: int):
         """A random-access source (`__len__`, `__getitem__` -> dict of numpy arrays) for grain."""
         raise NotImplementedError

@@ -226,3 +226,28 @@ def alignment(things, pictures: np.ndarray) -> dict[str, float]:
     out = {aspect: float(np.mean(values)) for aspect, values in scores.items() if values}
     out["all"] = float(all(value == 1.0 for value in out.values()))
     return out
+
+
+SCENE_STREAMS = {"train": 13, "test": 14}  # after clips.py's streams.
+
+
+class Scenes:
+    """The captioned scenes as a dataset (`data/captioned.py`'s 'scenes'): scene i of a split
+    drawn from (seed, stream, i), `frames` frames of it (moving for clips)."""
+
+    def __init__(self, split: str, size: int, frames: int, *, seed: int):
+        self._seed, self._stream = int(seed), SCENE_STREAMS[split]
+        self.frames, self.size = int(frames), int(size)
+        self.name = f"the captioned scenes ({split})"
+
+    def __len__(self) -> int:
+        return synthetic.NUM_EXAMPLES
+
+    def scene(self, index: int, moving: bool = True) -> tuple[Thing, ...]:
+        rng = np.random.default_rng((self._seed, self._stream, int(index)))
+        return draw(rng, moving=moving and self.frames > 1, frames=self.frames)
+
+    def read(self, index: int, still: bool = False) -> tuple[np.ndarray, str]:
+        """(uint8 [frames, S, S, 3], caption); a still is the scene drawn without motion."""
+        things = self.scene(index, moving=not still)
+        return render_clip(things, self.size, self.frames), caption(things)

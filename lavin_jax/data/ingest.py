@@ -6,6 +6,8 @@ directory (`records.py` describes the format).
         [--metric=TASK=METRIC ...] [--no_flip=TASK ...] [--tfds_data_dir=D] [--max_examples=N]
     python -m lavin_jax.data.ingest --config=configs/tiny.py --out=DIR \\
         --classes=ROOT [--classes_test=ROOT | --test_fraction=F]
+    python -m lavin_jax.data.ingest --config=configs/gentron_tiny.py --out=DIR \\
+        --captions=SPEC [--test_fraction=F] [--tfds_data_dir=D]
 
 Sources (`--source` may repeat; all go into DIR):
 - `folder:PATH`: LaVin-DiT's template layout, PATH/<task>/<id>_input.<ext> beside
@@ -24,6 +26,15 @@ then read with `labelled.open_dataset(DIR, ...)`): ImageNet-style class folders 
 files>, center-cropped to data.ingest.size and stored with data.ingest.encoding, the test split a
 second folder of the same classes (--classes_test) or a --test_fraction of each class drawn by
 config.seed. Unreadable files are skipped, logged and listed in DIR/labels.json.
+
+`--captions=SPEC` writes captioned examples (`captioned.ingest_captions`; DIR is then read with
+`captioned.open_captioned(DIR, ...)`): those of a folder of media files with .txt captions beside
+them, `tar:GLOB` webdataset shards or `tfds:NAME`, both splits as `open_captioned(SPEC, ...)`
+reads them (--test_fraction: the share held out of a source without its own split; 0:
+captioned.TEST_FRACTION), center-cropped to data.ingest.size and stored with data.ingest.encoding.
+They are the examples the config's model trains on: clips of data.video_frames frames every
+data.frame_stride-th for a video model (model.temporal), else images. Examples that cannot be read
+are skipped, logged and listed in DIR/captions.json.
 
 Video frames are taken as decoded, whatever the frame rate. Clips start every
 data.ingest.video_stride frames (0: one after the other, no frame in two clips).
@@ -57,7 +68,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from lavin_jax import config as config_lib
-from lavin_jax.data import labelled, media, records, tfds_sources
+from lavin_jax.data import captioned, labelled, media, records, tfds_sources
 
 FRAME_PREDICTION = "frame_prediction"
 REPORT = "report.json"
@@ -426,11 +437,14 @@ def run():
     classes = flags.DEFINE_string("classes", None, "ROOT/<class>/<images>: class-labelled images, not pairs.")
     classes_test = flags.DEFINE_string("classes_test", None, "With --classes: the test split's class folders.")
     test_fraction = flags.DEFINE_float("test_fraction", 0.0, "With --classes: each class's share held out as test.")
+    captions = flags.DEFINE_string("captions", None, "A folder, tar:GLOB or tfds:NAME of captioned images or videos.")
     flags.mark_flags_as_required(["config", "out"])
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+        if captions.value:
+            return main_captions()
         if classes.value:
             return main_classes()
         try:
@@ -462,6 +476,27 @@ def run():
         print(f"Wrote {splits['train']['count']} train and {splits['test']['count']} test images of "
               f"{len(metadata['class_names'])} classes to {out.value}; skipped {len(metadata['skipped'])} files "
               f"(see {os.path.join(out.value, labelled.METADATA)}).")
+
+    def main_captions():
+        c = config.value
+        try:
+            if sources.value or classes.value or classes_test.value:
+                raise ValueError("--captions, --classes and --source write one kind of data each, to a new directory; give one.")
+            check_config(c)
+            # The examples the config's model trains on, as conditioning.text.frames_of counts them.
+            frames = int(c.data.video_frames) if c.model.get("temporal", False) else 1
+            metadata = captioned.ingest_captions(
+                captions.value, out.value, int(c.data.ingest.size), frames=frames, stride=int(c.data.frame_stride),
+                seed=int(c.seed), test_fraction=test_fraction.value or None, tfds_data_dir=tfds_data_dir.value,
+                encoding=c.data.ingest.encoding, num_threads=min(16, os.cpu_count() or 1),
+            )
+        except (ValueError, FileNotFoundError) as error:
+            sys.exit(f"Error: {error}")
+        splits = metadata["splits"]
+        what = "images" if frames == 1 else f"clips of {frames} frames"
+        print(f"Wrote {splits['train']['count']} train and {splits['test']['count']} test captioned {what} to {out.value}; "
+              f"skipped {len(metadata['skipped'])} examples and {metadata['uncaptioned']} files without captions "
+              f"(see {os.path.join(out.value, captioned.METADATA)}).")
 
     app.run(main)
 

@@ -304,17 +304,7 @@ class RecordImages(Dataset):
         shard = int(np.searchsorted(starts, index, side="right")) - 1
         local = index - starts[shard]
         where = f"Record {local} of shard {os.path.join(self.directory, self._files[shard])!r}"
-        try:
-            record = msgpack.unpackb(readers[shard][local], raw=False)
-        except ValueError as error:
-            raise records.BadRecord(f"{where} is not msgpack ({error}).") from None
-        if not isinstance(record, dict) or not {"id", "label", "image"} <= record.keys():
-            raise records.BadRecord(f"{where} is not a dict with 'id', 'label' and 'image'.")
-        where = f"{where} (file {record['id']!r})"
-        try:
-            frames = records.decode_frames(record["image"])
-        except ValueError as error:
-            raise records.BadRecord(f"{where} is bad: its image: {error}.") from None
+        record, frames, where = records.unpack_example(readers[shard][local], where, ("id", "label", "image"), "image", "image")
         if len(frames) != 1:
             raise records.BadRecord(f"{where} has {len(frames)} frames, not one image.")
         return frames[0], record["label"], where
@@ -337,6 +327,22 @@ def open_dataset(spec: str, split: str, size: int, *, seed: int, tfds_data_dir: 
         f"Labelled dataset {spec!r} is not 'digits', 'tfds:NAME' or a directory written by "
         "python -m lavin_jax.data.ingest --classes=ROOT."
     )
+
+
+class EpochOrder:
+    """Which of `count` records example i reads: the i % count-th of epoch i // count's
+    permutation, drawn from (seed, EPOCH_STREAM, epoch)."""
+
+    def __init__(self, seed: int, count: int):
+        self._seed, self._count = int(seed), int(count)
+        self._cached = (-1, None)  # (epoch, its permutation): one epoch's, replaced whole (threads read it).
+
+    def __call__(self, index: int) -> int:
+        epoch, position = divmod(int(index), self._count)
+        cached = self._cached
+        if cached[0] != epoch:
+            self._cached = cached = (epoch, np.random.default_rng((self._seed, EPOCH_STREAM, epoch)).permutation(self._count))
+        return int(cached[1][position])
 
 
 class LabelledImages:
@@ -366,28 +372,18 @@ class LabelledImages:
         self.dataset = dataset
         self.num_classes = int(num_classes)
         self._seed, self._flip_prob, self._cond_drop_prob = int(seed), float(flip_prob), float(cond_drop_prob)
-        self._shuffle = bool(shuffle)
-        self._order = (-1, None)
+        self._order = EpochOrder(seed, len(dataset)) if shuffle else None
 
     def __len__(self) -> int:
         return synthetic.NUM_EXAMPLES
-
-    def _record(self, index: int) -> int:
-        epoch, position = divmod(index, len(self.dataset))
-        if not self._shuffle:
-            return position
-        cached = self._order  # (epoch, its permutation): one epoch's, replaced whole (threads read it).
-        if cached[0] != epoch:
-            order = np.random.default_rng((self._seed, EPOCH_STREAM, epoch)).permutation(len(self.dataset))
-            self._order = cached = (epoch, order)
-        return int(cached[1][position])
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         index = int(index)
         rng = np.random.default_rng((self._seed, LABELLED_STREAM, index))
         flip = rng.random() < self._flip_prob
         drop = rng.random() < self._cond_drop_prob
-        (image, label), skipped = records.read_past_bad(self.dataset, self._record(index))
+        record = self._order(index) if self._order else index % len(self.dataset)
+        (image, label), skipped = records.read_past_bad(self.dataset, record)
         return {
             "target": self.dataset.target(image, flip),
             "label": np.array(self.num_classes if drop else label, np.int32),

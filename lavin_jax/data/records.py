@@ -83,13 +83,13 @@ class BadRecord(ValueError):
 MAX_BAD_IN_A_ROW = 32
 
 
-def read_past_bad(dataset, index: int):
-    """(dataset.read(i), how many bad records were passed over) for the first i from `index` on
-    (wrapping around) whose record reads; each BadRecord is logged. A RuntimeError names the
-    dataset after MAX_BAD_IN_A_ROW bad ones in a row."""
+def read_past_bad(dataset, index: int, **options):
+    """(dataset.read(i, **options), how many bad records were passed over) for the first i from
+    `index` on (wrapping around) whose record reads; each BadRecord is logged. A RuntimeError
+    names the dataset after MAX_BAD_IN_A_ROW bad ones in a row."""
     for skipped in range(MAX_BAD_IN_A_ROW):
         try:
-            return dataset.read((index + skipped) % len(dataset)), skipped
+            return dataset.read((index + skipped) % len(dataset), **options), skipped
         except BadRecord as error:
             last = error
             logging.warning("Skipping a bad record of %s: %s", dataset.name, error)
@@ -178,6 +178,23 @@ def decode_frames(frames: dict) -> np.ndarray:
     return np.stack([_decode_frame(d, encoding, shape[1], shape[2]) for d in data])
 
 
+def unpack_example(data: bytes, where: str, keys: tuple[str, ...], frames_key: str, what: str) -> tuple[dict, np.ndarray, str]:
+    """A msgpack record of one example (a dict of `keys`, 'id' where it came from and its
+    `frames_key` frames as `encode_frames` writes them; `what`: how messages name them) ->
+    (the record, its frames, `where` with its id); BadRecord naming `where` otherwise."""
+    try:
+        record = msgpack.unpackb(data, raw=False)
+    except ValueError as error:
+        raise BadRecord(f"{where} is not msgpack ({error}).") from None
+    if not isinstance(record, dict) or not set(keys) <= record.keys():
+        raise BadRecord(f"{where} is not a dict with {', '.join(repr(k) for k in keys[:-1])} and {keys[-1]!r}.")
+    where = f"{where} ({'file' if what == 'image' else 'from'} {record['id']!r})"
+    try:
+        return record, decode_frames(record[frames_key]), where
+    except ValueError as error:
+        raise BadRecord(f"{where} is bad: its {what}: {error}.") from None
+
+
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -235,7 +252,7 @@ class ShardWriter:
     def __init__(self, directory: str, prefix: str, shard_size: int):
         if shard_size < 1:
             raise ValueError(f"shard_size={shard_size} must be positive.")
-        self._directory, self._prefix, self._shard_size = directory, prefix, shard_size
+        self.directory, self._prefix, self._shard_size = directory, prefix, shard_size
         self._files: list[str] = []
         self._writer = None  # the open shard, from the first write until close.
         self._count = 0
@@ -247,7 +264,7 @@ class ShardWriter:
             self.close()
             name = f"{self._prefix}-{len(self._files):05d}.array_record"
             # group_size:1: each record is its own chunk, so reading one decompresses only it.
-            self._writer = array_record_module.ArrayRecordWriter(os.path.join(self._directory, name), "group_size:1")
+            self._writer = array_record_module.ArrayRecordWriter(os.path.join(self.directory, name), "group_size:1")
             self._files.append(name)
         self._writer.write(record)
         self._count += 1

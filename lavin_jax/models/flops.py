@@ -72,16 +72,16 @@ def vdt(cfg, shapes: dict) -> int:
 
 def gentron(cfg, shapes: dict) -> int:
     """GenTron: the byte encoder over the caption's S tokens (all of them: padding is masked, not
-    skipped), the caption's projections, then per block DiT's block within each frame, the
+    skipped; a frozen encoder is not the model's, as the autoencoder is not), the caption's projections, then per block DiT's block within each frame, the
     cross-attention (queries from the image, keys and values from the caption) and, for video,
     the temporal attention."""
     d, p, w = cfg.hidden, cfg.patch_size, cfg.text_width
     frames, height, width, channels = shapes["target"]
     n = (height // p) * (width // p)
-    tokens, words = frames * n, shapes["text"][0]
+    tokens, words = frames * n, shapes["text" if "text" in shapes else "text_hidden"][0]
     mlp = int(d * cfg.mlp_ratio)
     out = p * p * channels * (2 if cfg.learn_sigma else 1)
-    encoder = cfg.text_depth * (words * 2 * (4 * w * w + 2 * w * 4 * w) + 4 * words * words * w)
+    encoder = cfg.text_depth * (words * 2 * (4 * w * w + 2 * w * 4 * w) + 4 * words * words * w) if cfg.text_encoder == "bytes" else 0
     caption = 2 * words * w * d + 2 * w * d + 2 * d * d  # the words' projection, the pooled MLP.
     spatial = tokens * 2 * (4 * d * d + 2 * d * mlp) + frames * 4 * n * n * d + 2 * d * 6 * d
     cross = tokens * 2 * 2 * d * d + words * 2 * 2 * d * d + 4 * tokens * words * d

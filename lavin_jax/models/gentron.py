@@ -17,8 +17,9 @@ Motion-free guidance: an example marked `motion_free` has the temporal attention
 identity (each frame attends to itself alone), which is how GenTron trains on images as still
 clips and samples with and without motion.
 
-The text encoder here is `text.ByteEncoder`, trained with the model (no files: the tiny configs);
-the frozen T5 and CLIP encoders of the paper come next.
+The caption's encoder is the paper's frozen T5 or CLIP text transformer (`text_encoder`, read
+from its released directory and run by the step, or once into the latent cache), or for the tiny
+configs `text.ByteEncoder`, trained with the model and needing no files.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lavin_jax.parallel import constrain
 # DiT's sizes and GenTron's giant, (hidden, depth, heads); a variant is a size and a patch, "XL/2".
 SIZES = {**dit.SIZES, "G": (1664, 48, 16)}
 PATCHES = dit.PATCHES
-TEXT_ENCODERS = ("bytes",)
+TEXT_ENCODERS = ("bytes", *text.FROZEN)
 
 
 def variant(name: str) -> dict:
@@ -101,7 +102,10 @@ class GenTron(nnx.Module):
         c.learn_sigma = True  # ddpm: also predict the variance (2x output channels); flow: False.
         c.mlp_ratio = 4.0
         c.temporal = False  # text-to-video: a temporal attention in every block.
+        # bytes: `text.ByteEncoder`, trained with the model (no files); t5 or clip: that encoder,
+        # frozen, released in the Hugging Face directory `text_encoder_path`, its width `text_width`.
         c.text_encoder = "bytes"  # of TEXT_ENCODERS
+        c.text_encoder_path = ""
         c.text_length = 64  # tokens a caption keeps (BOS and EOS included)
         c.text_width = 256
         c.text_depth = 4
@@ -114,14 +118,16 @@ class GenTron(nnx.Module):
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"config.model.text_encoder={cfg.text_encoder!r} must be one of {TEXT_ENCODERS}.")
         if cfg.text_length < 3:
-            raise ValueError(f"config.model.text_length={cfg.text_length} must be at least 3: BOS, a byte and EOS.")
+            raise ValueError(f"config.model.text_length={cfg.text_length} must be at least 3: BOS, a token and EOS.")
+        if cfg.text_encoder != "bytes" and not cfg.text_encoder_path:
+            raise ValueError(f"config.model.text_encoder={cfg.text_encoder!r} needs config.model.text_encoder_path, the directory of its release.")
         if cfg.text_width % cfg.text_heads:
             raise ValueError(f"config.model.text_width={cfg.text_width} is not divisible by config.model.text_heads={cfg.text_heads}.")
 
     def __init__(self, cfg, *, rngs: nnx.Rngs):
         dtype = dit.add_embedders(self, cfg, rngs=rngs)
         cfg, d = self.cfg, cfg.hidden
-        self.text_encoder = text.ByteEncoder(cfg, dtype=dtype, rngs=rngs)
+        self.text_encoder = text.ByteEncoder(cfg, dtype=dtype, rngs=rngs) if cfg.text_encoder == "bytes" else None
         self.words = layers.dense(cfg.text_width, d, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.pooled1 = layers.dense(cfg.text_width, d, ("embed", "mlp"), dtype=dtype, rngs=rngs)
         self.pooled2 = layers.dense(d, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
@@ -131,7 +137,8 @@ class GenTron(nnx.Module):
     def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
         """x: noisy images (B, 1, H, W, C) or clips (B, T, H, W, C) with `temporal`; t: (B,)
         diffusion timesteps; context: 'text' (B, S) byte tokens and 'text_length' (B,)
-        (`text.tokenize`), and for clips optionally 'motion_free' (B,) bool. Returns (B, T, H, W,
+        (`text.tokenize`), or with a frozen encoder its 'text_hidden' (B, S, text_width) and
+        'text_pooled' (B, text_width), and for clips optionally 'motion_free' (B,) bool. Returns (B, T, H, W,
         out_channels), float32."""
         p, channels = self.cfg.patch_size, self.cfg.in_channels
         frames = x.shape[1]
@@ -147,7 +154,10 @@ class GenTron(nnx.Module):
         h = constrain(h, "batch", "length", "act_embed")
 
         lengths = context["text_length"]
-        tokens, pooled = self.text_encoder(context["text"], lengths)
+        if self.text_encoder is not None:
+            tokens, pooled = self.text_encoder(context["text"], lengths)
+        else:  # a frozen encoder's output, from the step or the latent cache.
+            tokens, pooled = context["text_hidden"].astype(dtype), context["text_pooled"]
         words = constrain(self.words(tokens), "batch", "length", "act_embed")
         c = self.t_embed(t) + self.pooled2(nnx.silu(self.pooled1(pooled.astype(dtype))))
 

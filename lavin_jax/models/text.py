@@ -1,4 +1,5 @@
-"""Text for text-conditioned models (GenTron): a tokenizer and an encoder that need no files.
+"""Text for text-conditioned models (GenTron): a tokenizer and an encoder that need no files, and
+the frozen released encoders (`t5`, `clip_text`) by name.
 
 `tokenize` writes a caption as its UTF-8 bytes, BOS before and EOS after, padded to a fixed
 length; `ByteEncoder` is a small pre-norm transformer over those tokens, trained with the
@@ -9,13 +10,15 @@ classifier-free guidance samples against.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from lavin_jax.models import layers, transformer
+from lavin_jax.models import clip_text, layers, released, t5, transformer
 from lavin_jax.parallel import constrain
 
 PAD, BOS, EOS = 0, 1, 2
@@ -32,6 +35,48 @@ def tokenize(texts, length: int) -> tuple[np.ndarray, np.ndarray]:
         row = np.concatenate([[BOS], body, [EOS]])
         tokens[i, : len(row)], lengths[i] = row, len(row)
     return tokens, lengths
+
+
+# Frozen encoders released as Hugging Face directories (`config.model.text_encoder_path`): each
+# module has `load`, `load_tokenizer`, `shapes` and `read_config`.
+FROZEN = {"t5": t5, "clip": clip_text}
+
+
+def tokenizer(cfg):
+    """The tokenizer of `config.model`'s text encoder: (texts, length) -> (tokens, lengths)."""
+    if cfg.text_encoder == "bytes":
+        return tokenize
+    return _frozen_tokenizer(cfg.text_encoder, cfg.text_encoder_path)
+
+
+@functools.lru_cache(maxsize=4)
+def _frozen_tokenizer(kind: str, directory: str):
+    return FROZEN[kind].load_tokenizer(directory)  # once per process: a data worker's too.
+
+
+@functools.lru_cache(maxsize=1)
+def frozen(kind: str, directory: str) -> released.Encoder:
+    """The frozen encoder released in `directory`, read once per process (T5-XXL's is 9.5 GB)."""
+    return FROZEN[kind].load(directory)
+
+
+@functools.lru_cache(maxsize=4)
+def frozen_encode(kind: str, directory: str):
+    """The pure `encode(params, tokens, lengths)` of a frozen encoder, from its config.json alone."""
+    module = FROZEN[kind]
+    return functools.partial(module.encode, module.read_config(directory))
+
+
+def check_frozen(cfg) -> None:
+    """A frozen encoder's release fits `config.model`, from its config.json and tokenizer alone."""
+    found = FROZEN[cfg.text_encoder].read_config(cfg.text_encoder_path)
+    if found.width != cfg.text_width:
+        raise ValueError(f"config.model.text_width={cfg.text_width} but the {cfg.text_encoder} encoder in "
+                         f"config.model.text_encoder_path={cfg.text_encoder_path!r} is {found.width} wide.")
+    if found.max_length < cfg.text_length:
+        raise ValueError(f"config.model.text_length={cfg.text_length} is more than the {found.max_length} tokens the "
+                         f"{cfg.text_encoder} encoder in {cfg.text_encoder_path!r} takes.")
+    tokenizer(cfg)
 
 
 class ByteEncoderBlock(nnx.Module):

@@ -100,16 +100,20 @@ class Generative(Objective):
         return self.conditioning.source(seed)
 
     def constants(self) -> dict:
-        if self.config.vae.name != "none":  # pixels are encoded (step, sampler), samples decoded.
-            return {"vae": self.autoencoder.params}
-        return {}
+        """The frozen autoencoder's weights (pixels are encoded in the step and the sampler,
+        samples decoded) and the conditioning's frozen encoder's."""
+        frozen = {"conditioning": self.conditioning.constants()}
+        if self.config.vae.name != "none":
+            frozen["vae"] = self.autoencoder.params
+        return frozen
 
     def abstract_constants(self, mesh) -> dict:
-        if self.config.vae.name == "none":
-            return {}
-        # Shapes from the autoencoder run's config, or the released one's where there is no run yet.
-        self.autoencoder = latents.load(self.config.vae.checkpoint, self.config.vae.name, abstract=True, mesh=mesh)
-        return {"vae": self.autoencoder.params}
+        frozen = {"conditioning": self.conditioning.abstract_constants()}
+        if self.config.vae.name != "none":
+            # Shapes from the autoencoder run's config, or the released one's where there is no run yet.
+            self.autoencoder = latents.load(self.config.vae.checkpoint, self.config.vae.name, abstract=True, mesh=mesh)
+            frozen["vae"] = self.autoencoder.params
+        return frozen
 
     def largest_batch(self, batch_size: int) -> dict:
         """The conditioning's largest pixel batch; from a latent cache, the same batch encoded."""
@@ -117,7 +121,8 @@ class Generative(Objective):
         if self.config.data.source != "latents":
             return pixels
         frames = pixels["target"].shape[1]
-        return jax.eval_shape(lambda batch: self.encoded(batch, {"vae": self.autoencoder.params}, frames), pixels)
+        encoded = lambda batch, frozen: self.conditioning.encoded(self.encoded(batch, {"vae": self.autoencoder.params}, frames), frozen)
+        return jax.eval_shape(encoded, pixels, self.conditioning.abstract_constants())
 
     def item_frames(self, frames: int) -> int:
         """The frames encoded together, for items of `frames` frames: the item as one clip, or
@@ -146,6 +151,7 @@ class Generative(Objective):
     def grads(self, graphdefs, params, constants, batch, key, phase):
         if self.config.vae.name != "none" and self.config.data.source != "latents":
             batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
+        batch = self.conditioning.encoded(batch, constants.get("conditioning", {}))
         if "known" in batch:  # the known part enters clean and is not learnt.
             weight = 1.0 - batch["known"][..., None].astype(jnp.float32)
             loss_fn = lambda p: self.loss(given(nnx.merge(graphdefs["model"], p), batch["target"]), batch, key, weight)
@@ -224,6 +230,7 @@ class Generative(Objective):
                 model_frames = self.model_frames(frames)
                 shape = (indices.shape[0], model_frames, size, size, channels)
                 nulls = self.guidance_nulls(context, model_frames, static)
+                context, *nulls = (self.conditioning.encoded(c, constants.get("conditioning", {})) for c in (context, *nulls))
                 if "known" in context:
                     model = given(model, context["given"])
                 prediction = self.draw(model, context, nulls, keys, shape, traced, static)

@@ -236,3 +236,32 @@ def test_command_line(template, tmp_path):
         f"Error: Record directory {str(out)!r} already exists and is not empty; "
         "records are only written to a new directory."
     )
+
+
+def test_command_line_ingests_captioned_images(tmp_path):
+    from lavin_jax.data import captioned
+
+    folder = tmp_path / "captioned"
+    folder.mkdir()
+    for i in range(6):
+        _image(folder / f"{i}.png", seed=i)
+        (folder / f"{i}.txt").write_text(f"picture {i}\n")
+    _image(folder / "lonely.png")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "lavin_jax.data.ingest", "--config=configs/gentron_tiny.py", f"--captions={folder}",
+               f"--out={out}", "--test_fraction=0.5", f"--config.data.ingest.size={SIZE}", "--config.data.ingest.encoding=raw"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"Wrote 3 train and 3 test captioned images to {out}; skipped 0 examples and 1 files "
+                                   f"without captions (see {out / captioned.METADATA}).")
+    for split in captioned.SPLITS:  # gentron_tiny's seed holds out the same half again.
+        source = captioned.open_captioned(str(folder), split, SIZE, seed=0, test_fraction=0.5)
+        ingested = captioned.open_captioned(str(out), split, SIZE, seed=0)
+        for i in range(len(source)):
+            frames, caption = source.read(i)
+            np.testing.assert_array_equal(ingested.read(i)[0], frames)
+            assert ingested.read(i)[1] == caption
+    both = subprocess.run([*command, f"--classes={folder}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert both.returncode == 1 and both.stderr.strip().splitlines()[-1] == (
+        "Error: --captions, --classes and --source write one kind of data each, to a new directory; give one.")

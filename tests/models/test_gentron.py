@@ -101,11 +101,18 @@ def test_variants_sizes_and_the_closed_form_flops():
         config.model.temporal = temporal
         inputs = (jnp.zeros((1, frames, 32, 32, 3)), jnp.zeros((1,)), context(["a small red circle"]))
         assert summary.forward_flops(config, inputs) == flops.forward(config.model, {**shapes, "target": (frames, 32, 32, 3)})
+    # A frozen encoder's output is read, not computed: the model's FLOPs leave it out.
+    config.model.update(temporal=False, text_encoder="t5", text_encoder_path="t5-release")
+    frozen = {"text_hidden": jnp.zeros((1, LENGTH, 16)), "text_pooled": jnp.zeros((1, 16)), "text_length": jnp.array([5])}
+    inputs = (jnp.zeros((1, 1, 32, 32, 3)), jnp.zeros((1,)), frozen)
+    assert summary.forward_flops(config, inputs) == flops.forward(config.model, {"target": (1, 32, 32, 3), "text_hidden": (LENGTH, 16)})
 
 
 def test_bad_text_fields_are_named():
-    with pytest.raises(ValueError, match=r"config.model.text_encoder='t5' must be one of"):
-        models.check(small(text_encoder="t5"))
+    with pytest.raises(ValueError, match=r"config.model.text_encoder='bert' must be one of"):
+        models.check(small(text_encoder="bert"))
+    with pytest.raises(ValueError, match=r"config.model.text_encoder='clip' needs config.model.text_encoder_path"):
+        models.check(small(text_encoder="clip"))
     with pytest.raises(ValueError, match=r"config.model.text_width=30 is not divisible by config.model.text_heads=4"):
         models.check(small(text_width=30, text_heads=4))
     with pytest.raises(ValueError, match=r"GenTron takes images"):
