@@ -9,7 +9,7 @@ prepared by tensorflow-datasets (`data.captions`: any folder of pictures with .t
 shards or ingested directory, data/captioned.py). For long runs, encode both once:
 
     python -m lavin_jax.convert --vae=sd-vae-ft-ema.safetensors --out=runs/sdvae
-    python -m lavin_jax.main --mode=latent_cache --config=configs/gentron.py:XL/2 --workdir=DIR --examples=N
+    python -m lavin_jax.main --mode=latent_cache --config=configs/gentron.py:XL/2 --workdir=CACHE --examples=N
     python -m lavin_jax.main --config=configs/gentron.py:XL/2 --workdir=DIR --config.data.source=latents --config.data.latent_dir=CACHE
 """
 

@@ -150,19 +150,23 @@ def _constants(config, s: state_lib.Setup, mesh: Mesh) -> dict:
     if v.name == "none" or not v.checkpoint or (os.path.isdir(directory) and checkpoint.latest_step(directory) is not None):
         s.objective.check_files()
         return state_lib.place_constants(s)
-    s.objective.abstract_constants(mesh)  # the released autoencoder's config and latent statistics.
+    abstract = s.objective.abstract_constants(mesh)  # the released autoencoder's config and latent statistics.
     model_config = s.objective.autoencoder.config.model
     init = lambda: nnx.split(models.build(model_config, nnx.Rngs(0)), nnx.Param)[1].to_pure_dict()
-    return {"vae": jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()}
+    frozen = jax.tree.map(lambda x: parallel.replicate(_random(x.shape, x.dtype), mesh), abstract["conditioning"])
+    return {"vae": jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(), "conditioning": frozen}
 
 
 def _random(shape, dtype=np.float32) -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, shape).astype(dtype)
 
 
-def _example(shape, dtype) -> np.ndarray:
-    """An input of a batch: zeros for integer fields (labels, counts), else `_random`."""
-    return np.zeros(shape, dtype) if np.issubdtype(dtype, np.integer) else _random(shape, dtype)
+def _example(name: str, shape, dtype) -> np.ndarray:
+    """An input of a batch: ones for a length (a caption's: at least one token), zeros for other
+    integer fields (labels, counts), else `_random`."""
+    if np.issubdtype(dtype, np.integer):
+        return (np.ones if name.endswith("length") else np.zeros)(shape, dtype)
+    return _random(shape, dtype)
 
 
 def _tflops(flops: float, seconds: float, devices: int) -> float:
@@ -249,7 +253,7 @@ def train_step(b: Bench, steps: int) -> dict:
     """The train step on a fixed batch of the largest shape the pipeline makes."""
     c, s = b.config, b.s
     abstract = s.objective.largest_batch(c.global_batch_size)
-    batch = parallel.global_batch({name: _example(x.shape, x.dtype) for name, x in abstract.items()}, b.mesh, c.mesh.rules)
+    batch = parallel.global_batch({name: _example(name, x.shape, x.dtype) for name, x in abstract.items()}, b.mesh, c.mesh.rules)
     started = time.perf_counter()
     compiled = train.make_train_step(c, s).lower(b.state, b.constants, batch, s.objective.phase(c.total_steps)).compile()
     compile_seconds = time.perf_counter() - started
@@ -303,7 +307,7 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     report = {"model_calls": calls, "guided": dict(static)["guided"], "model_flops_per_example": flops}
     shards = parallel.batch_shards(b.mesh, c.mesh.rules)
     for n in sorted({1, batch}):
-        prompt = {name: parallel.replicate(_example((n, *x.shape[1:]), x.dtype), b.mesh) for name, x in context.items()}
+        prompt = {name: parallel.replicate(_example(name, (n, *x.shape[1:]), x.dtype), b.mesh) for name, x in context.items()}
         indices = np.arange(n)
         call = lambda: jax.block_until_ready(sampler(b.state["ema"], b.constants, prompt, 0, indices, traced, frames, static))
         first, seconds = _seconds(call, repeats)

@@ -21,6 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from lavin_jax import config as config_lib
+from lavin_jax import models
+
 # The fields that make a checkpoint this run's: the model's shapes, and what decides which examples
 # come in which order (the step means another data position under other values).
 # Everything else (precision, remat, attention kernel, optimizer, logging, mesh) may change on
@@ -29,6 +32,9 @@ _RUN_FIELDS = ("model", "seed", "global_batch_size", "data")
 _FREE_FIELDS = frozenset({
     "model.dtype", "model.attention", "model.remat", "model.scan_layers", "data.num_threads", "data.num_workers",
     "data.ingest",  # how real data was stored; the records it wrote are named by data.records.
+    # Where a frozen text encoder is and how its weights are held: checked against the model's
+    # fields (width, length) wherever it is read.
+    "model.text_encoder_path", "model.text_encoder_dtype",
 })
 
 
@@ -216,8 +222,16 @@ def _run_fields(config_json: dict) -> dict:
     return {name: value for name, value in flat.items() if name not in _FREE_FIELDS}
 
 
+def _saved_fields(saved_config: dict) -> dict:
+    """The `_run_fields` of a checkpoint's config, a field it lacks at its default: a run saved
+    before the field existed ran as the default does (a new field's default keeps the old way)."""
+    family = saved_config.get("model", {}).get("name")
+    defaults = _run_fields(_config_as_json(config_lib.base(family))) if family in models.FAMILIES else {}
+    return {**defaults, **_run_fields(saved_config)}
+
+
 def _check_run_matches(step_dir: epath.Path, saved_config: dict, config) -> None:
-    saved = _run_fields(saved_config)
+    saved = _saved_fields(saved_config)
     current = _run_fields(_config_as_json(config))
     fields = list(current) + [field for field in saved if field not in current]
     differing = [field for field in fields if saved.get(field) != current.get(field)]
@@ -234,7 +248,7 @@ def check_same_model(directory: str, step: int, config, may_grow: tuple[str, ...
     `may_grow` fields (`model.<field>`) off in the checkpoint and on in the config: the ones
     returned, whose new parameters a fine-tune adds to the checkpoint's."""
     with reading(directory) as checkpointer:
-        saved = _run_fields(checkpointer.read_config(step))
+        saved = _saved_fields(checkpointer.read_config(step))
     current = _run_fields(_config_as_json(config))
     names = list(current) + [name for name in saved if name not in current]
     differing = [name for name in names if name.startswith("model.") and saved.get(name) != current.get(name)]

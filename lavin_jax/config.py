@@ -47,6 +47,12 @@ DEFAULT_RULES = (
 )
 
 
+def caption_frames(config) -> int:
+    """A captioned example's frames: the clip length for a text-to-video model
+    (`model.temporal`), else 1."""
+    return int(config.data.video_frames) if config.model.get("temporal", False) else 1
+
+
 def frame_shape(config) -> tuple[int, int]:
     """The side and channel count of one frame as the model sees it: pixels or latents."""
     if config.vae.name == "none":
@@ -108,7 +114,8 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.data.captions = "scenes"
     c.data.motion_free_prob = 0.1
     # A video model's share of examples that are still images repeated over the clip's frames,
-    # captioned without motion and motion-free: GenTron's joint image-video training.
+    # motion-free (GenTron's joint image-video training): a scene drawn without motion and
+    # captioned so, or a clip's first frame with its caption.
     c.data.image_share = 0.0
     c.data.flip_prob = 0.5  # real pairs of tasks that allow it are mirrored, input and target alike.
     c.data.num_threads = 2  # threads building batches ahead, in each process (or worker).

@@ -163,7 +163,7 @@ def _cache_description(config) -> dict:
         return {**common, "clips": d.clips, "video_frames": int(d.video_frames), "frame_stride": int(d.frame_stride)}
     if config.conditioning == "text":
         m = config.model
-        return {**common, "captions": d.captions, "video_frames": _caption_frames(config), "frame_stride": int(d.frame_stride),
+        return {**common, "captions": d.captions, "video_frames": config_lib.caption_frames(config), "frame_stride": int(d.frame_stride),
                 "text_encoder": m.text_encoder, "text_encoder_path": os.path.abspath(m.text_encoder_path) if m.text_encoder_path else "",
                 "text_length": int(m.text_length)}
     return {
@@ -264,19 +264,22 @@ def _write_clips(config, vae: Autoencoder, writer: records.ShardWriter, examples
     return {"examples": written, "skipped": min(examples, len(dataset)) - written}
 
 
-def _caption_frames(config) -> int:
-    return int(config.data.video_frames) if config.model.get("temporal", False) else 1
-
-
-def _caption_fields(model_cfg, words: list[str]):
-    """A function of nothing -> the captions as the step reads them, by name ([N, ...] each): a
-    frozen encoder's hidden states and pooled vector, or a trained one's tokens."""
-    tokens, lengths = text.tokenizer(model_cfg)(words, int(model_cfg.text_length))
+def _caption_fields(model_cfg):
+    """A function of captions -> them as the step reads them, by name ([N, ...] each): a frozen
+    encoder's hidden states and pooled vector (its weights put on the devices once), or a
+    trained one's tokens."""
+    to_tokens, length = text.tokenizer(model_cfg), int(model_cfg.text_length)
     if model_cfg.text_encoder == "bytes":
-        return {"text": tokens, "text_length": lengths}
-    encoder = text.frozen(model_cfg.text_encoder, model_cfg.text_encoder_path)
-    hidden, pooled = jax.device_get(jax.jit(encoder.encode)(encoder.params, tokens, lengths))
-    return {"text_hidden": np.asarray(hidden, np.float32), "text_pooled": np.asarray(pooled, np.float32), "text_length": lengths}
+        return lambda words: dict(zip(("text", "text_length"), to_tokens(words, length)))
+    weights = jax.device_put(text.frozen_weights(model_cfg))
+    encode = jax.jit(text.frozen_encode(model_cfg.text_encoder, model_cfg.text_encoder_path))
+
+    def fields(words):
+        tokens, lengths = to_tokens(words, length)
+        hidden, pooled = jax.device_get(encode(weights, tokens, lengths))
+        return {"text_hidden": np.asarray(hidden, np.float32), "text_pooled": np.asarray(pooled, np.float32), "text_length": lengths}
+
+    return fields
 
 
 def _write_captions(config, vae: Autoencoder, writer: records.ShardWriter, examples: int, batch: int) -> dict:
@@ -285,17 +288,17 @@ def _write_captions(config, vae: Autoencoder, writer: records.ShardWriter, examp
     encoder's output, computed once here); the empty caption's beside them (NULL_TEXT_FILE), for
     the captions the run drops. Bad examples are passed over and counted."""
     d, m = config.data, config.model
-    dataset = captioned.open_captioned(d.captions, "train", int(d.image_size), frames=_caption_frames(config),
+    dataset = captioned.open_captioned(d.captions, "train", int(d.image_size), frames=config_lib.caption_frames(config),
                                        stride=int(d.frame_stride), seed=int(config.seed))
-    encode = jax.jit(vae.encode_frames)
+    encode, caption_fields = jax.jit(vae.encode_frames), _caption_fields(m)
     written = 0
     for read in _good_batches(dataset, examples, batch):
         z = np.asarray(jax.device_get(encode(vae.params, scoring.from_uint8(np.stack([pictures for pictures, _ in read])))), np.float32)
-        fields = _caption_fields(m, [words for _, words in read])
+        fields = caption_fields([words for _, words in read])
         for i, latents in enumerate(z):
             writer.write(_to_bytes({"target": latents, **{name: value[i] for name, value in fields.items()}}))
         written += len(read)
-    np.savez(os.path.join(writer.directory, NULL_TEXT_FILE), **{name: value[0] for name, value in _caption_fields(m, [""]).items()})
+    np.savez(os.path.join(writer.directory, NULL_TEXT_FILE), **{name: value[0] for name, value in caption_fields([""]).items()})
     return {"examples": written, "skipped": min(examples, len(dataset)) - written}
 
 

@@ -85,6 +85,7 @@ def main(argv):
         return
     if _MODE.value == "latent_cache":
         validation.validate(config, num_devices=None)
+        objectives.get(config).check_files()  # the autoencoder, a frozen encoder and the data, before any is read
         written = latents.write_cache(config, _WORKDIR.value, _EXAMPLES.value)
         print(f"Wrote {written['examples']} examples in {len(written['shards'])} shards to {_WORKDIR.value}.")
         return

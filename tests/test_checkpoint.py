@@ -181,6 +181,21 @@ def test_fields_that_keep_parameter_shapes_may_change(saved, config):
     assert jax.tree.structure(restored) == jax.tree.structure(abstract)
 
 
+def test_a_field_newer_than_the_checkpoint_reads_as_its_default(saved, config, monkeypatch):
+    """A run saved before a field existed ran as the field's default does: it resumes under newer
+    code, unless the config sets the new field otherwise."""
+    directory, abstract = saved
+    checkpointer = Checkpointer(str(directory), keep=2, save_every=2)
+    older = checkpointer.read_config(2)
+    del older["data"]["image_share"]
+    monkeypatch.setattr(Checkpointer, "read_config", lambda self, step: older)
+    assert jax.tree.structure(checkpointer.restore(2, abstract, config)) == jax.tree.structure(abstract)
+    config.data.image_share = 0.5
+    with pytest.raises(ValueError, match=r"data.image_share=0.0 but the config has data.image_share=0.5"):
+        checkpointer.restore(2, abstract, config)
+    checkpointer.close()
+
+
 def _remove_state_item(step_dir):
     shutil.rmtree(step_dir / "state")
 

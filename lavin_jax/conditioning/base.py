@@ -38,6 +38,10 @@ class Conditioning:
         """Raises, naming the field, where a file or dataset the run reads is missing (before any
         compilation)."""
 
+    def check_model_files(self) -> None:
+        """Like `check_files`, for what using the trained model reads besides its weights (a
+        frozen text encoder's release): checked wherever the model is loaded."""
+
     def check_eval_files(self, judge: bool = True) -> None:
         """Like `check_files`, for what only evaluation reads; with `judge` False, for what drawing
         the sample grids alone reads (`evaluator(judge=False)`)."""

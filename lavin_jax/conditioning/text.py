@@ -1,20 +1,27 @@
 """Text conditioning, GenTron's: the model is told what to draw by a caption.
 
 A batch is {"target": images (B, 1, S, S, 3) in [-1, 1] (clips (B, T, S, S, 3) for a model with
-`model.temporal`), "text": int32 byte tokens (B, model.text_length) and "text_length" (B,)
-(`models.text.tokenize`), for clips "motion_free" bool (B,), "skipped"}. The captioned scenes
-(`data.captions='scenes'`, `data/captions.py`) make the examples, each a pure function of (seed,
-index): a share `data.cond_drop_prob` carries the empty caption, the null text that
-classifier-free guidance samples against, and a share `data.motion_free_prob` of the clips is
-marked motion-free (their temporal attention sees each frame alone: GenTron's motion-free
-training), as is every still image a share `data.image_share` of the clips are (one picture
-repeated over the frames, captioned without motion: GenTron's joint image-video training). A prompt is a caption; the answer is an image (a clip for a video model).
+`model.temporal`), "text": int32 tokens (B, model.text_length) of the model's tokenizer
+(`models.text.tokenizer`: bytes, or a frozen encoder's own) and "text_length" (B,), for clips
+"motion_free" bool (B,), "skipped"}. A frozen encoder (T5, CLIP) is run on the tokens in the step
+and the sampler (`Captions.encoded`: its weights are the conditioning's constants), or once into
+the latent cache, whose batches carry its "text_hidden" and "text_pooled" instead of "text".
 
-Evaluation draws `eval.episodes` held-out scenes (their own seed stream), samples each from its
-caption, and reads the samples back with the renderer's fixed detector (`captions.alignment`):
-per aspect (colour, shape, size, relation, motion) the share the picture shows as the caption
-says, and `all`, beside the same model told nothing (the empty caption: a text-blind baseline)
-and, for a video model sampled with motion-free guidance, beside its clips without it.
+The examples come from `data.captions` (`data/captioned.py`): the captioned scenes, or real
+captioned pictures; each is a pure function of (seed, index): a share `data.cond_drop_prob`
+carries the empty caption, the null text that classifier-free guidance samples against, and a
+share `data.motion_free_prob` of the clips is marked motion-free (their temporal attention sees
+each frame alone: GenTron's motion-free training), as is every still a share `data.image_share`
+of the clips are (a scene drawn without motion, or a clip's first frame over all its frames:
+GenTron's joint image-video training). A prompt is a caption; the answer is an image (a clip for
+a video model).
+
+Evaluation samples `eval.episodes` held-out captions beside the same model told nothing (the
+empty caption: a text-blind baseline) and, for a video model sampled with motion-free guidance,
+beside its clips without it. Scenes are read back with the renderer's fixed detector
+(`captions.alignment`: per aspect, colour, shape, size, relation and motion, the share the
+picture shows as the caption says, and `all`); real pictures are scored by FID (FVD for clips)
+against the held-out ones where `eval.fid_weights` (`eval.fvd_weights`) is set.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ import numpy as np
 
 from lavin_jax import evaluation, latents, metrics
 from lavin_jax.conditioning.base import Conditioning
-from lavin_jax.config import require
+from lavin_jax.config import caption_frames, require
 from lavin_jax.data import captioned, captions, labelled, records, scoring, synthetic
-from lavin_jax.models import text
+from lavin_jax.models import layers, text
 
 EXAMPLE_STREAM = 16  # after captioned.py's streams: a training example's own draws.
 
@@ -44,7 +51,7 @@ class CaptionedExamples:
             raise ValueError(f"The captioned dataset {dataset.name} has no examples.")
         self._dataset, self._config, self._seed = dataset, config, int(seed)
         self._order = labelled.EpochOrder(seed, len(dataset)) if shuffle else None
-        self.frames = frames_of(config)
+        self.frames = caption_frames(config)
 
     def __len__(self) -> int:
         return synthetic.NUM_EXAMPLES
@@ -74,11 +81,6 @@ class CaptionedExamples:
     map = __getitem__  # grain's MapTransform protocol.
 
 
-def frames_of(config) -> int:
-    """A training example's frames: the clip length for a video model, else 1."""
-    return int(config.data.video_frames) if config.model.get("temporal", False) else 1
-
-
 class Captions(Conditioning):
     frames_alone = True  # a video's frames are encoded one at a time, as GenTron's SD VAE does.
 
@@ -87,6 +89,9 @@ class Captions(Conditioning):
         d = config.data
         Conditioning.check_source(config)
         require(bool(d.captions), "config.data.captions is empty; name 'scenes' or a captioned dataset (data/captioned.py).")
+        require(not (d.source == "latents" and d.captions == "scenes" and d.image_share > 0),
+                f"config.data.image_share={d.image_share}: a latent cache of moving scenes holds no still scenes (their captions "
+                "differ); train the stills from pixels, or set it to 0.")
         if d.captions == "scenes":
             require(d.image_size >= captions.MIN_SIZE, f"config.data.image_size={d.image_size} must be at least {captions.MIN_SIZE}, where the detector that judges samples reads every scene back exactly.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
@@ -98,7 +103,7 @@ class Captions(Conditioning):
 
     @property
     def frames(self) -> int:
-        return frames_of(self.config)
+        return caption_frames(self.config)
 
     @property
     def length(self) -> int:
@@ -110,17 +115,20 @@ class Captions(Conditioning):
         c, d = self.config, self.config.data
         return captioned.open_captioned(d.captions, split, int(d.image_size), frames=self.frames, stride=int(d.frame_stride), seed=int(c.seed))
 
-    def check_files(self) -> None:
+    def check_model_files(self) -> None:
         if self.frozen:
             text.check_frozen(self.config.model)
+
+    def check_files(self) -> None:
         if self.config.data.source == "latents":
             latents.LatentCaptions(self.config)
         else:
             self.dataset("train")
 
     def check_eval_files(self, judge: bool = True) -> None:
-        if judge and self.config.data.captions != "scenes":
-            evaluation.check_distance_files(self.config)
+        if self.config.data.captions != "scenes":  # its held-out captions are drawn, judged or not.
+            if judge:
+                evaluation.check_distance_files(self.config)
             self.dataset("test")
 
     def source(self, seed: int):
@@ -153,15 +161,15 @@ class Captions(Conditioning):
         return self.config.model.text_encoder != "bytes"
 
     def constants(self) -> dict:
-        m = self.config.model
-        return {"text_encoder": text.frozen(m.text_encoder, m.text_encoder_path).params} if self.frozen else {}
+        return {"text_encoder": text.frozen_weights(self.config.model)} if self.frozen else {}
 
     def abstract_constants(self) -> dict:
         if not self.frozen:
             return {}
         m = self.config.model
-        shapes = text.FROZEN[m.text_encoder].shapes(m.text_encoder_path)
-        return {"text_encoder": {name: jax.ShapeDtypeStruct(shape, jnp.float32) for name, shape in shapes.items()}}
+        text.check_frozen(m)
+        dtype = layers.DTYPES[m.text_encoder_dtype]
+        return {"text_encoder": {name: jax.ShapeDtypeStruct(shape, dtype) for name, shape in text.FROZEN[m.text_encoder].shapes(m.text_encoder_path).items()}}
 
     def encoded(self, context: dict, constants: dict) -> dict:
         """The caption's tokens replaced by the frozen encoder's output (hidden states, pooled)."""
@@ -201,7 +209,8 @@ class Captions(Conditioning):
         return {"text": tokens, "text_length": lengths}
 
     def prompt_context(self, batch: dict) -> dict:
-        return {name: batch[name] for name in ("text", "text_length")}
+        """The caption as a batch holds it: tokens, or a latent cache's encoded caption."""
+        return {name: batch[name] for name in ("text", "text_hidden", "text_pooled", "text_length") if name in batch}
 
     def answer(self, predictor, prompts, *, seed: int = 0, **options) -> list[np.ndarray]:
         """Pictures of the captions: uint8 [S, S, 3], or [T, S, S, 3] clips for a video model;

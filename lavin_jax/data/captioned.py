@@ -496,7 +496,7 @@ class RecordCaptions(Captioned):
             self._source = source
         shard, local = divmod(index, self._shard_size)  # every shard but the last holds shard_size.
         where = f"Record {local} of shard {self._files[shard]!r}"
-        record, frames, where = records.unpack_example(self._source[index], where, ("id", "caption", "frames"), "frames", "frames")
+        record, frames, where = records.unpack_example(self._source[index], where, ("id", "caption", "frames"), "frames")
         if len(frames) != self.frames:
             raise records.BadRecord(f"{where} has {len(frames)} frames, not {self.frames}.")
         return frames, record["caption"], where

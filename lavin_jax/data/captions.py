@@ -32,7 +32,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (60, 90, 240), 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.26, "large": 0.42}  # the side of an object's bounding box, of the image's.
 MOTIONS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
-SPEED = 0.05  # of the image's side a frame.
+SPEED = 0.1  # of the image's side a frame.
 FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}  # of the bounding box.
 MIN_BLOB = 0.25  # of a small object's area: less is noise, not an object.
 # How far a pixel may be from a palette colour and still be read as it (0-255 RGB distance).

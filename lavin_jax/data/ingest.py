@@ -483,8 +483,8 @@ def run():
             if sources.value or classes.value or classes_test.value:
                 raise ValueError("--captions, --classes and --source write one kind of data each, to a new directory; give one.")
             check_config(c)
-            # The examples the config's model trains on, as conditioning.text.frames_of counts them.
-            frames = int(c.data.video_frames) if c.model.get("temporal", False) else 1
+            # The examples the config's model trains on, as config.caption_frames counts them.
+            frames = config_lib.caption_frames(c)
             metadata = captioned.ingest_captions(
                 captions.value, out.value, int(c.data.ingest.size), frames=frames, stride=int(c.data.frame_stride),
                 seed=int(c.seed), test_fraction=test_fraction.value or None, tfds_data_dir=tfds_data_dir.value,

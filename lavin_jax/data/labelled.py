@@ -304,7 +304,7 @@ class RecordImages(Dataset):
         shard = int(np.searchsorted(starts, index, side="right")) - 1
         local = index - starts[shard]
         where = f"Record {local} of shard {os.path.join(self.directory, self._files[shard])!r}"
-        record, frames, where = records.unpack_example(readers[shard][local], where, ("id", "label", "image"), "image", "image")
+        record, frames, where = records.unpack_example(readers[shard][local], where, ("id", "label", "image"), "image")
         if len(frames) != 1:
             raise records.BadRecord(f"{where} has {len(frames)} frames, not one image.")
         return frames[0], record["label"], where

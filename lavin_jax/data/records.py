@@ -178,21 +178,21 @@ def decode_frames(frames: dict) -> np.ndarray:
     return np.stack([_decode_frame(d, encoding, shape[1], shape[2]) for d in data])
 
 
-def unpack_example(data: bytes, where: str, keys: tuple[str, ...], frames_key: str, what: str) -> tuple[dict, np.ndarray, str]:
+def unpack_example(data: bytes, where: str, keys: tuple[str, ...], frames_key: str) -> tuple[dict, np.ndarray, str]:
     """A msgpack record of one example (a dict of `keys`, 'id' where it came from and its
-    `frames_key` frames as `encode_frames` writes them; `what`: how messages name them) ->
-    (the record, its frames, `where` with its id); BadRecord naming `where` otherwise."""
+    `frames_key` frames as `encode_frames` writes them) -> (the record, its frames, `where` with
+    its id); BadRecord naming `where` otherwise."""
     try:
         record = msgpack.unpackb(data, raw=False)
     except ValueError as error:
         raise BadRecord(f"{where} is not msgpack ({error}).") from None
     if not isinstance(record, dict) or not set(keys) <= record.keys():
         raise BadRecord(f"{where} is not a dict with {', '.join(repr(k) for k in keys[:-1])} and {keys[-1]!r}.")
-    where = f"{where} ({'file' if what == 'image' else 'from'} {record['id']!r})"
+    where = f"{where} (from {record['id']!r})"
     try:
         return record, decode_frames(record[frames_key]), where
     except ValueError as error:
-        raise BadRecord(f"{where} is bad: its {what}: {error}.") from None
+        raise BadRecord(f"{where} is bad: its {frames_key}: {error}.") from None
 
 
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

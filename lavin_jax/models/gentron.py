@@ -106,6 +106,7 @@ class GenTron(nnx.Module):
         # frozen, released in the Hugging Face directory `text_encoder_path`, its width `text_width`.
         c.text_encoder = "bytes"  # of TEXT_ENCODERS
         c.text_encoder_path = ""
+        c.text_encoder_dtype = "bfloat16"  # of its weights on the devices; it computes in float32.
         c.text_length = 64  # tokens a caption keeps (BOS and EOS included)
         c.text_width = 256
         c.text_depth = 4
@@ -118,7 +119,9 @@ class GenTron(nnx.Module):
         if cfg.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"config.model.text_encoder={cfg.text_encoder!r} must be one of {TEXT_ENCODERS}.")
         if cfg.text_length < 3:
-            raise ValueError(f"config.model.text_length={cfg.text_length} must be at least 3: BOS, a token and EOS.")
+            raise ValueError(f"config.model.text_length={cfg.text_length} must be at least 3: a caption's tokens between BOS and EOS (T5's: before EOS).")
+        if cfg.text_encoder_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"config.model.text_encoder_dtype={cfg.text_encoder_dtype!r} must be 'float32' or 'bfloat16'.")
         if cfg.text_encoder != "bytes" and not cfg.text_encoder_path:
             raise ValueError(f"config.model.text_encoder={cfg.text_encoder!r} needs config.model.text_encoder_path, the directory of its release.")
         if cfg.text_width % cfg.text_heads:

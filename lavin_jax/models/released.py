@@ -186,9 +186,13 @@ def find_file(directory: str, names: Sequence[str], what: str) -> str:
 
 def read_tokenizer_json(path: str) -> tokenizers.Tokenizer:
     try:
-        return tokenizers.Tokenizer.from_file(path)
+        tokenizer = tokenizers.Tokenizer.from_file(path)
     except Exception as error:  # the library's errors name no file.
         raise ValueError(f"{path} is not a tokenizer.json the tokenizers library reads ({error}).") from None
+    # `pack` pads and cuts; padding or truncation saved in the file would count as text.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 class Checkpoint:

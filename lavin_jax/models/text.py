@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from lavin_jax.models import clip_text, layers, released, t5, transformer
+from lavin_jax.models import clip_text, layers, t5, transformer
 from lavin_jax.parallel import constrain
 
 PAD, BOS, EOS = 0, 1, 2
@@ -54,10 +54,15 @@ def _frozen_tokenizer(kind: str, directory: str):
     return FROZEN[kind].load_tokenizer(directory)  # once per process: a data worker's too.
 
 
+def frozen_weights(cfg) -> dict:
+    """The weights of `config.model`'s frozen encoder in `text_encoder_dtype` (T5-XXL's are 9.5
+    GB in bfloat16, twice that in a float32 release), read once per process."""
+    return _frozen_weights(cfg.text_encoder, cfg.text_encoder_path, cfg.text_encoder_dtype)
+
+
 @functools.lru_cache(maxsize=1)
-def frozen(kind: str, directory: str) -> released.Encoder:
-    """The frozen encoder released in `directory`, read once per process (T5-XXL's is 9.5 GB)."""
-    return FROZEN[kind].load(directory)
+def _frozen_weights(kind: str, directory: str, dtype: str) -> dict:
+    return {name: np.asarray(w, layers.DTYPES[dtype]) for name, w in FROZEN[kind].load(directory).params.items()}
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,14 +74,17 @@ def frozen_encode(kind: str, directory: str):
 
 def check_frozen(cfg) -> None:
     """A frozen encoder's release fits `config.model`, from its config.json and tokenizer alone."""
-    found = FROZEN[cfg.text_encoder].read_config(cfg.text_encoder_path)
+    try:
+        found = FROZEN[cfg.text_encoder].read_config(cfg.text_encoder_path)
+        tokenizer(cfg)
+    except (ValueError, OSError) as error:
+        raise type(error)(f"config.model.text_encoder_path={cfg.text_encoder_path!r}: {error}") from None
     if found.width != cfg.text_width:
         raise ValueError(f"config.model.text_width={cfg.text_width} but the {cfg.text_encoder} encoder in "
                          f"config.model.text_encoder_path={cfg.text_encoder_path!r} is {found.width} wide.")
     if found.max_length < cfg.text_length:
         raise ValueError(f"config.model.text_length={cfg.text_length} is more than the {found.max_length} tokens the "
                          f"{cfg.text_encoder} encoder in {cfg.text_encoder_path!r} takes.")
-    tokenizer(cfg)
 
 
 class ByteEncoderBlock(nnx.Module):

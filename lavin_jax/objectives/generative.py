@@ -75,6 +75,7 @@ class Generative(Objective):
             raise FileNotFoundError(f"config.vae.checkpoint={v.checkpoint!r} is not a {v.name} run: it has no checkpoints directory.")
         if v.name != "none":
             self.autoencoder  # loads it: its family, latent statistics and channels are checked now.
+        self.conditioning.check_model_files()
         if data:
             self.conditioning.check_files()
 
@@ -230,7 +231,7 @@ class Generative(Objective):
                 model_frames = self.model_frames(frames)
                 shape = (indices.shape[0], model_frames, size, size, channels)
                 nulls = self.guidance_nulls(context, model_frames, static)
-                context, *nulls = (self.conditioning.encoded(c, constants.get("conditioning", {})) for c in (context, *nulls))
+                context, *nulls = (self.conditioning.encoded(told, constants.get("conditioning", {})) for told in (context, *nulls))
                 if "known" in context:
                     model = given(model, context["given"])
                 prediction = self.draw(model, context, nulls, keys, shape, traced, static)

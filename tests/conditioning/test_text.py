@@ -2,7 +2,7 @@ import jax
 import numpy as np
 import pytest
 
-from lavin_jax import conditioning, inference, main, train, validation
+from lavin_jax import conditioning, inference, main, objectives, train, validation
 from lavin_jax.data import captions
 from lavin_jax.models import text
 from conftest import GENTRON_FAST, gentron_config
@@ -80,7 +80,7 @@ def test_a_folder_of_captions_trains_through_a_frozen_released_encoder_and_is_dr
         ({"model.text_width": 32}, ValueError, r"config.model.text_width=32 but the clip encoder in config.model.text_encoder_path="),
     ):
         with pytest.raises(error, match=message):
-            conditioning.get(gentron_config(**{**fields, **wrong})).check_files()
+            objectives.get(gentron_config(**{**fields, **wrong})).check_files()
     with pytest.raises(ValueError, match=r"config.model.text_encoder='t5' needs config.model.text_encoder_path"):
         validation.validate(gentron_config(**{"model.text_encoder": "t5"}), num_devices=8, num_processes=1)
 

@@ -238,7 +238,7 @@ def test_bad_records_name_their_shard_and_file(folders, tmp_path):
     labels = [msgpack.unpackb(shard[i], raw=False)["label"] for i in range(len(shard))]
     owl = labels.index(2)
     shard = str(out / "train" / "train-00000.array_record")
-    with pytest.raises(ValueError, match=re.escape(f"Record {owl} of shard {shard!r} (file ")
+    with pytest.raises(ValueError, match=re.escape(f"Record {owl} of shard {shard!r} (from ")
                        + r".*owl.*" + re.escape("has label 2, outside [0, 2)")):
         dataset.read(owl)
 
@@ -256,7 +256,7 @@ def test_bad_records_name_their_shard_and_file(folders, tmp_path):
     (bad / labelled.METADATA).write_text(json.dumps({"version": 1, "size": 8, "class_names": ["a", "b"], "splits": splits}))
     dataset = labelled.open_dataset(str(bad), "train", 8, seed=0)
     shard = str(bad / "train" / "train-00000.array_record")
-    with pytest.raises(ValueError, match=re.escape(f"Record 0 of shard {shard!r} (file 'rgba.png') is bad: its image: "
+    with pytest.raises(ValueError, match=re.escape(f"Record 0 of shard {shard!r} (from 'rgba.png') is bad: its image: "
                                                    "shape [1, 4, 4, 4] has 4 channels, not 3.")):
         dataset.read(0)
     with pytest.raises(ValueError, match=re.escape(f"Record 1 of shard {shard!r} is not msgpack")):
