@@ -6,7 +6,7 @@ from lavin_jax import validation
 from conftest import ROOT, small_config
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae", "gentron_tiny", "gentron_t2v_tiny"])
 def test_shipped_configs_validate(name):
     config = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
     validation.validate(config, num_devices=None)

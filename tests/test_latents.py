@@ -251,8 +251,12 @@ def test_a_vdt_trains_on_per_frame_latents_from_the_step_and_from_a_cache(sdvae_
     2x2 latent grid and the samples are decoded to 16 px frames."""
     from conftest import vdt_config
 
+    from lavin_jax.conditioning import masks
+
+    # Prediction alone is trained and so evaluated: the other modes are the pixel runs' tests.
+    only_predict = {f"mask.weights.{mode}": float(mode == "predict") for mode in masks.MODES}
     fields = {"vae.name": "sdvae", "vae.checkpoint": sdvae_run, "model.in_channels": 4, "model.patch_size": 1,
-              "total_steps": 2, "checkpoint_every": 2, "eval_every": 2}
+              "total_steps": 2, "checkpoint_every": 2, "eval_every": 2, **only_predict}
     config = vdt_config(**fields)
     cache = str(tmp_path / "cache")
     assert latents.write_cache(config, cache, 6)["examples"] == 6
@@ -294,8 +298,9 @@ def test_a_gentron_trains_from_a_cache_of_latents_and_frozen_caption_embeddings(
     tokens, lengths = text.tokenizer(config.model)([words], 24)
     step = captions.encoded({"text": tokens, "text_length": lengths}, captions.constants())
     assert set(read) == {"text_hidden", "text_pooled", "text_length"} and read["text_length"] == lengths[0]
-    for name in ("text_hidden", "text_pooled"):
-        np.testing.assert_allclose(read[name], step[name][0], atol=1e-5)
+    np.testing.assert_allclose(read["text_pooled"], step["text_pooled"][0], atol=1e-5)
+    np.testing.assert_allclose(read["text_hidden"], step["text_hidden"][0], rtol=2e-3, atol=1e-3)  # kept in float16
+    assert read["text_hidden"].shape == (24, 16) and not np.any(read["text_hidden"][lengths[0]:])
     source = conditioning.get(cached).source(0)
     examples = [source[i] for i in range(12)]
     null = latents.LatentCaptions(cached).null

@@ -319,7 +319,14 @@ class TarShards(Captioned):
 
 def _tar_members(path: str) -> dict[str, dict[str, tuple[int, int]]]:
     """key -> extension -> (offset, size) of the member's data, for the files of an uncompressed
-    tar; ValueError naming it if it is not one."""
+    tar; ValueError naming it if it is not one. Read once per process while the file is
+    unchanged: a run opens its shards for the checks, the source and the evaluation."""
+    stat = os.stat(path) if os.path.exists(path) else None
+    return _indexed_tar(path, stat and (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=4096)
+def _indexed_tar(path: str, version) -> dict[str, dict[str, tuple[int, int]]]:
     samples: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(path, "r:") as tar:
