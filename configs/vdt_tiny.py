@@ -9,35 +9,27 @@ recipe for a small model on a CPU; `--config.objective=ddpm --config.model.learn
 trains VDT's own way (Gaussian diffusion, as its authors did).
 """
 
-from lavin_jax.config import base
+from lavin_jax.config import base, tiny_recipe
 
 
 def get_config():
-    c = base("vdt")
-    c.objective = "flow"
+    c = tiny_recipe(base("vdt"))
     c.total_steps = 650
     c.global_batch_size = 16
     c.log_every = 50
     c.checkpoint_every = 650
     c.eval_every = 650
 
-    c.vae.name = "none"
     c.data.clips = "moving_digits"
     c.data.image_size = 32
     c.data.video_frames = 8
 
     c.model.update(hidden=96, depth=4, num_heads=4, patch_size=4, in_channels=3, dtype="float32", learn_sigma=False)
 
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 100
     c.optim.ema_decay = 0.995
 
-    c.flow.prediction = "data"
-    c.flow.min_remaining = 0.25
-    c.flow.shift = 3.0
     c.flow.time_grid = "uniform"
     # Two steps: the second starts at t = 0.5, where the model still predicts the clean clip (below
     # 1 - min_remaining), and lands on that prediction. More steps spend their last ones where a

@@ -70,8 +70,9 @@ def fit(config, batch: dict, steps: int):
     s = state_lib.setup(config, mesh)
     state = state_lib.init_state(config, s)
     step_fn = train.make_train_step(config, s)
+    constants = state_lib.place_constants(s)
     for _ in range(steps):
-        state, stats = step_fn(state, {}, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
+        state, stats = step_fn(state, constants, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
         # Hundreds of steps queued without a wait can exhaust XLA's CPU runtime; the trainer waits
         # at every log.
         jax.block_until_ready(state["step"])

@@ -152,7 +152,7 @@ class Generative(Objective):
     def grads(self, graphdefs, params, constants, batch, key, phase):
         if self.config.vae.name != "none" and self.config.data.source != "latents":
             batch = self.encoded(batch, constants, batch["target"].shape[1])  # a cache holds latents already.
-        batch = self.conditioning.encoded(batch, constants.get("conditioning", {}))
+        batch = self.conditioning.encoded(batch, constants["conditioning"])
         if "known" in batch:  # the known part enters clean and is not learnt.
             weight = 1.0 - batch["known"][..., None].astype(jnp.float32)
             loss_fn = lambda p: self.loss(given(nnx.merge(graphdefs["model"], p), batch["target"]), batch, key, weight)
@@ -231,7 +231,7 @@ class Generative(Objective):
                 model_frames = self.model_frames(frames)
                 shape = (indices.shape[0], model_frames, size, size, channels)
                 nulls = self.guidance_nulls(context, model_frames, static)
-                context, *nulls = (self.conditioning.encoded(told, constants.get("conditioning", {})) for told in (context, *nulls))
+                context, *nulls = (self.conditioning.encoded(told, constants["conditioning"]) for told in (context, *nulls))
                 if "known" in context:
                     model = given(model, context["given"])
                 prediction = self.draw(model, context, nulls, keys, shape, traced, static)

@@ -33,7 +33,7 @@ def fitted():
 def test_a_model_fitted_to_one_digit_per_class_draws_each_labels_digit(fitted, options, least):
     config, images, objective, graphdef, params, mesh, stats = fitted
     assert set(stats) >= {"mse", "vb"} and np.isfinite(stats["loss"])
-    drawn = inference.Predictor(objective, graphdef, params, {}, mesh).sample({"label": np.arange(10, dtype=np.int32)}, 1, seed=3,
+    drawn = inference.Predictor(objective, graphdef, params, objective.constants(), mesh).sample({"label": np.arange(10, dtype=np.int32)}, 1, seed=3,
                                                                                **options)[:, 0]
     distances = ((drawn[:, None] - images[None]) ** 2).mean(axis=(2, 3, 4))  # [sample, class image]
     # Each label's sample is nearest its own class's digit; a model that ignores the label draws
@@ -43,7 +43,7 @@ def test_a_model_fitted_to_one_digit_per_class_draws_each_labels_digit(fitted, o
 
 def test_samples_are_a_function_of_the_seed_and_their_index(fitted):
     _, _, objective, graphdef, params, mesh, _ = fitted
-    predictor = inference.Predictor(objective, graphdef, params, {}, mesh)
+    predictor = inference.Predictor(objective, graphdef, params, objective.constants(), mesh)
     four = predictor.sample({"label": np.array([1, 2, 3, 4], np.int32)}, 1, seed=7, steps=5)
     two = predictor.sample({"label": np.array([1, 2], np.int32)}, 1, seed=7, steps=5)
     np.testing.assert_allclose(four[:2], two, atol=1e-5)

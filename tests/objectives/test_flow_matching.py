@@ -24,7 +24,7 @@ def test_a_model_fitted_to_a_few_episodes_samples_their_answers(make_config, tas
     objective, graphdef, params, mesh, _ = fit(config, batch, config.total_steps)
 
     # The demo's own sampler and guidance (configs/tiny.py), from noise never trained on.
-    answers = inference.Predictor(objective, graphdef, params, {}, mesh).sample({"cond": batch["cond"]}, 1, seed=5)
+    answers = inference.Predictor(objective, graphdef, params, objective.constants(), mesh).sample({"cond": batch["cond"]}, 1, seed=5)
     psnr = lambda answer: scoring.METRICS["image"](answer, batch["target"])["psnr"]
     copied, mean_target = psnr(batch["cond"][:, -1:]), psnr(evaluation.mean_target(batch["cond"], 1))
     # Each episode gets its own answer: the model reads its query and its pair, and the sampler
