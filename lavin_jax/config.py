@@ -169,6 +169,31 @@ def base(model: str) -> ml_collections.ConfigDict:
     c.ddpm.cfg_scale = 1.5
     c.ddpm.motion_scale = 1.0  # as flow.motion_scale.
     c.ddpm.guided_channels = 0  # guidance on the first N noise channels; 0: all (DiT's sample.py: 3).
+    c.ddpm.guidance_schedule = "constant"  # constant | power_cosine (DiffiT's 256 px sampler: 1 at the noise end up to cfg_scale).
+    c.ddpm.guidance_power = 4.0  # power_cosine's exponent.
+
+    # EDM (objective='edm', Karras et al.), as DiffiT's image-space models train and sample.
+    c.edm = ml_collections.ConfigDict()
+    c.edm.precond = "edm"  # edm | vp (DDPM++'s) | ve (NCSN++'s): the parameterisation (edm.py).
+    c.edm.sigma_data = 0.5
+    c.edm.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2) in training.
+    c.edm.p_std = 1.2
+    c.edm.beta_d = 19.9  # vp: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), t ~ U(epsilon_t, 1).
+    c.edm.beta_min = 0.1
+    c.edm.epsilon_t = 1e-5
+    c.edm.vp_steps = 1000  # vp: the network is told (vp_steps - 1) t.
+    c.edm.ve_sigma_min = 0.02  # ve: sigma log-uniform between these.
+    c.edm.ve_sigma_max = 100.0
+    c.edm.sample_steps = 18  # Heun steps (2N - 1 denoiser calls): EDM's and DiffiT's CIFAR-10 setting.
+    c.edm.sample_sigma_min = 0.002
+    c.edm.sample_sigma_max = 80.0
+    c.edm.rho = 7.0
+    c.edm.churn = 0.0  # S_churn: 0 is the deterministic sampler.
+    c.edm.churn_min = 0.0  # S_min, S_max: the levels churn applies to.
+    c.edm.churn_max = 1e9
+    c.edm.churn_noise = 1.0  # S_noise.
+    c.edm.cfg_scale = 1.0
+    c.edm.motion_scale = 1.0  # as flow.motion_scale.
 
     # ST-VAE training (model.name='stvae'): loss weights, the perceptual net, the discriminator.
     c.autoencoder = ml_collections.ConfigDict()

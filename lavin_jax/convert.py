@@ -1,5 +1,5 @@
 """The released weights of every family with a released layout (LaVin-DiT's J-DiT and ST-VAE,
-DiT) in and out of lavin_jax.
+DiT, DiffiT) in and out of lavin_jax.
 
     # the released J-DiT and ST-VAE -> two runs: OUT/jdit (J-DiT) and OUT/stvae (its ST-VAE)
     python -m lavin_jax.convert --jdit=lavin_dit.safetensors --stvae=stvae.pt --out=runs/official
@@ -11,6 +11,9 @@ DiT) in and out of lavin_jax.
     # with --config=configs/dit.py:B/4; of a checkpoint of DiT's train.py, its EMA weights (where
     # torch_files reads the argparse.Namespace such a checkpoint holds as `args`)
     python -m lavin_jax.convert --dit=DiT-XL-2-256x256.pt --out=runs/dit_xl2_256
+    # the released latent DiffiT with its SD VAE -> OUT/diffit and OUT/sdvae (image size and
+    # window read from the file)
+    python -m lavin_jax.convert --diffit=diffit_256.safetensors --vae=sd-vae-ft-ema.safetensors --out=runs/diffit_256
     # back: a run's EMA weights under the official names and layouts, .safetensors or .pt
     python -m lavin_jax.convert --export=runs/mine --out=lavin_dit.safetensors
     python -m lavin_jax.convert --export=runs/dit_xl2_256/dit --out=DiT-XL-2-256x256.pt
@@ -230,7 +233,7 @@ def _released_stats(family: str) -> Callable[[str], None]:
 
 
 def convert(out: str, config=None, vae_config=None, *, jdit: str | None = None, stvae: str | None = None,
-            dit: str | None = None, sdvae: str | None = None) -> dict[str, str]:
+            dit: str | None = None, sdvae: str | None = None, diffit: str | None = None) -> dict[str, str]:
     """Converts whichever released files are given into runs under `out`, one per file, named by
     its family: LaVin-DiT's J-DiT (`config`) and ST-VAE (`vae_config`), or a DiT (`config`; its
     image size is the file's) and the SD VAE (`vae_config`, default the released one). A
@@ -238,21 +241,24 @@ def convert(out: str, config=None, vae_config=None, *, jdit: str | None = None, 
     configs passed are left unchanged. Every file's names, shapes and fixed tensors are checked
     before anything is written; on any failure `out` is removed again. Returns the runs' paths by
     name."""
-    if (dit or sdvae) and (jdit or stvae):
-        raise ValueError("DiT and its SD VAE are converted apart from LaVin-DiT's files: each takes its own configs.")
+    if (dit or diffit or sdvae) and (jdit or stvae):
+        raise ValueError("DiT or DiffiT and their SD VAE are converted apart from LaVin-DiT's files: each takes its own configs.")
+    if dit and diffit:
+        raise ValueError("A DiT and a DiffiT are converted apart: each takes its own config.")
     if os.path.exists(out) and os.listdir(out):
         raise FileExistsError(f"--out={out!r} is not empty; conversions write into a new directory.")
     jobs = []
-    for family, path, model in (("stvae", stvae, jdit), ("sdvae", sdvae, dit)):
+    latent_model = ("diffit", diffit) if diffit else ("dit", dit)
+    for family, path, (name, model) in (("stvae", stvae, ("jdit", jdit)), ("sdvae", sdvae, latent_model)):
         if path:
             autoencoder = config_lib.base(family) if vae_config is None else vae_config
             jobs.append(dataclasses.replace(job(family, path, autoencoder), finish=_released_stats(family)))
         if model:
-            # Before job(): the image size a DiT file decides is counted in its autoencoder's latents.
+            # Before job(): the image size a DiT (DiffiT) file decides is counted in its autoencoder's latents.
             config = config.copy_and_resolve_references()
             if path:
                 config.vae.checkpoint = os.path.abspath(os.path.join(out, family))
-            jobs.append(job("jdit" if family == "stvae" else "dit", model, config))
+            jobs.append(job(name, model, config))
     for j in jobs:
         check_names(j.rules, j.ours, j.reader, j.name, j.fixed)
         check_fixed(j.fixed, j.reader)
@@ -284,7 +290,7 @@ def _released(config, ours: dict[str, tuple]):
 
 def export(run: str, out: str, dtype=np.float32) -> int:
     """The EMA weights of `run` written to `out` (.safetensors or .pt) under the official names
-    and layouts, one tensor at a time, tensors the config fixes as float32; returns how many."""
+    and layouts, one tensor at a time, tensors the config fixes in their own types; returns how many."""
     writer = _writer(out)
     config, step = runs.trained_config(run)
     layout = official.family(config.model.name)
@@ -295,7 +301,7 @@ def export(run: str, out: str, dtype=np.float32) -> int:
     shapes, fixed, rules = _released(config, _shapes(abstract))
     leaf = lambda path: np.asarray(jax.device_get(_get(params, path)))
     from_rules = ((name, array) for rule in rules for name, array in zip(rule.official, rule.to_official([leaf(path) for path in rule.ours])))
-    dtypes = {name: np.dtype(np.float32 if name in fixed else dtype) for name in shapes}
+    dtypes = {name: fixed[name].dtype if name in fixed else np.dtype(dtype) for name in shapes}
     return writer(out, shapes, dtypes, itertools.chain(fixed.items(), from_rules), layout.nest)
 
 
@@ -319,11 +325,12 @@ def _get(tree: dict, path: str):
 
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}  # the command line's names
-# safetensors' names of the types read (all) and written (the first two).
-_SAFETENSORS_TYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F64": np.dtype(np.float64)}
+# safetensors' names of the types read (all) and written (the first two, and int64 for index buffers).
+_SAFETENSORS_TYPES = {"F32": np.dtype(np.float32), "BF16": np.dtype(ml_dtypes.bfloat16), "F16": np.dtype(np.float16), "F64": np.dtype(np.float64),
+                      "I64": np.dtype(np.int64)}
 _SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_TYPES.items()}
 # torch's storage classes of the types written.
-_TORCH_STORAGES = {np.dtype(np.float32): "FloatStorage", np.dtype(ml_dtypes.bfloat16): "BFloat16Storage"}
+_TORCH_STORAGES = {np.dtype(np.float32): "FloatStorage", np.dtype(ml_dtypes.bfloat16): "BFloat16Storage", np.dtype(np.int64): "LongStorage"}
 
 
 def _writer(path: str):
@@ -464,12 +471,12 @@ def write_random(config_path: str, out: str, dtype) -> int:
     shapes, fixed, _ = _released(config, _our_shapes(config.model))
     rng = np.random.default_rng(0)
     tensors = ((name, fixed[name] if name in fixed else 0.02 * rng.standard_normal(shape, np.float32)) for name, shape in shapes.items())
-    dtypes = {name: np.dtype(np.float32 if name in fixed else dtype) for name in shapes}
+    dtypes = {name: fixed[name].dtype if name in fixed else np.dtype(dtype) for name in shapes}
     return writer(out, shapes, dtypes, tensors, official.family(config.model.name).nest)
 
 
 # The config a conversion's weights fit when --config is not given.
-DEFAULT_CONFIGS = {"jdit": "configs/xl.py", "dit": "configs/dit.py:XL/2", "stvae": "configs/stvae.py", "sdvae": "configs/sdvae.py"}
+DEFAULT_CONFIGS = {"jdit": "configs/xl.py", "dit": "configs/dit.py:XL/2", "diffit": "configs/diffit.py:XL/2", "stvae": "configs/stvae.py", "sdvae": "configs/sdvae.py"}
 
 
 def define_flags() -> None:
@@ -478,16 +485,17 @@ def define_flags() -> None:
     flags.DEFINE_string("jdit", None, "The released J-DiT, lavin_dit.safetensors.")
     flags.DEFINE_string("stvae", None, "The released ST-VAE, stvae.pt.")
     flags.DEFINE_string("dit", None, "A released DiT, DiT-XL-2-256x256.pt or DiT-XL-2-512x512.pt, or a checkpoint of DiT's train.py.")
-    flags.DEFINE_string("vae", None, "The SD VAE DiT works in, diffusers' diffusion_pytorch_model.safetensors of sd-vae-ft-ema or -mse.")
+    flags.DEFINE_string("diffit", None, "A released latent DiffiT, diffit_256.safetensors or diffit_512.safetensors.")
+    flags.DEFINE_string("vae", None, "The SD VAE DiT and DiffiT work in, diffusers' diffusion_pytorch_model.safetensors of sd-vae-ft-ema or -mse.")
     flags.DEFINE_string("export", None, "A run (J-DiT, ST-VAE, DiT) to write under the official names.")
     flags.DEFINE_bool("random", False, "Write random weights in the released format of --config's family to --out.")
     flags.DEFINE_string("out", None, "Convert: the directory of the runs. Export, random: the .safetensors or .pt file.")
     flags.DEFINE_string(
         "config", None,
-        f"Convert, random: the config the weights fit (default: {DEFAULT_CONFIGS['jdit']} for --jdit and --random, {DEFAULT_CONFIGS['dit']} for --dit).",
+        f"Convert, random: the config the weights fit (default: {DEFAULT_CONFIGS['jdit']} for --jdit and --random, {DEFAULT_CONFIGS['dit']} for --dit, {DEFAULT_CONFIGS['diffit']} for --diffit).",
     )
     flags.DEFINE_string("vae_config", None, "Convert: the autoencoder config the released weights fit (default: configs/stvae.py for --stvae, configs/sdvae.py for --vae).")
-    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Export, random: the tensors' type (a fixed tensor stays float32).")
+    flags.DEFINE_enum("dtype", "float32", list(DTYPES), "Export, random: the tensors' type (a fixed tensor keeps its own).")
     flags.mark_flags_as_required(["out"])
 
 
@@ -495,20 +503,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    if sum(map(bool, (f.random, f.export, f.jdit or f.stvae, f.dit or f.vae))) > 1:
-        raise app.UsageError("--random, --export, --jdit/--stvae and --dit/--vae are separate jobs: give one.")
+    if sum(map(bool, (f.random, f.export, f.jdit or f.stvae, f.dit or f.diffit or f.vae))) > 1:
+        raise app.UsageError("--random, --export, --jdit/--stvae and --dit/--diffit/--vae are separate jobs: give one.")
     if f.random:
         print(f"Wrote {write_random(f.config or DEFAULT_CONFIGS['jdit'], f.out, DTYPES[f.dtype])} tensors to {f.out}.")
     elif f.export:
         print(f"Wrote {export(f.export, f.out, DTYPES[f.dtype])} tensors to {f.out}.")
-    elif f.jdit or f.stvae or f.dit or f.vae:
-        family, autoencoder = ("dit", "sdvae") if f.dit or f.vae else ("jdit", "stvae")
+    elif f.jdit or f.stvae or f.dit or f.diffit or f.vae:
+        family, autoencoder = ("diffit" if f.diffit else "dit", "sdvae") if f.dit or f.diffit or f.vae else ("jdit", "stvae")
         config = config_lib.load(f.config or DEFAULT_CONFIGS[family])
         vae_config = config_lib.load(f.vae_config or DEFAULT_CONFIGS[autoencoder])
-        for name, path in convert(f.out, config, vae_config, jdit=f.jdit, stvae=f.stvae, dit=f.dit, sdvae=f.vae).items():
+        for name, path in convert(f.out, config, vae_config, jdit=f.jdit, stvae=f.stvae, dit=f.dit, sdvae=f.vae, diffit=f.diffit).items():
             print(f"{name}: {path}")
     else:
-        raise app.UsageError("Give --jdit and/or --stvae, or --dit and/or --vae, to convert; --export=RUN; or --random.")
+        raise app.UsageError("Give --jdit and/or --stvae, or --dit or --diffit and/or --vae, to convert; --export=RUN; or --random.")
 
 
 if __name__ == "__main__":

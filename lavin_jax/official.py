@@ -1,5 +1,5 @@
 """The released files of every family we convert, their tensor names and PyTorch layouts, written
-down once: LaVin-DiT's J-DiT and ST-VAE, DiT, and the SD VAE DiT works in.
+down once: LaVin-DiT's J-DiT and ST-VAE, DiT, DiffiT, and the SD VAE DiT and DiffiT work in.
 
 LaVin-DiT's authors released a J-DiT (`lavin_dit.safetensors`) and the ST-VAE (`stvae.pt`) as
 PyTorch state dicts (github DerrickWang005/LaVin-DiT, `lib/model/{dit,blocks,vae3d}.py`,
@@ -39,6 +39,14 @@ DiT (`models.py`, with timm's PatchEmbed, Attention and Mlp):
   `layers.unpatchify`; with learn_sigma its c runs over the noise's C channels then the
   variance's (`gaussian_diffusion.py` splits the output so), as `diffusion.py` reads ours.
 
+DiffiT (NVlabs/DiffiT `diffit/diffit.py`, the latent model's release): DiT's embedders and names
+for `x_embedder`, `t_embedder`, `y_embedder` and `pos_embed` (fixed, in the file); no adaLN. Each
+block's TMSA holds `attn.qkv` (the tokens' q, k, v fused as DiT's) and `attn.qkv_temb` (the time
+token's, fused alike, added before the heads are split), `attn.proj`, a learned
+`attn.relative_position_bias_table` [(2w - 1)^2, heads] and its int64 `relative_position_index`
+buffer [w^2, w^2] (a function of w, saved in the state dict: fixed tensors here); the LayerNorms
+have no affine. `final_layer.linear` follows a non-affine LayerNorm and a SiLU.
+
 SD VAE (diffusers' `AutoencoderKL`, as `stabilityai/sd-vae-ft-ema` and `-mse` release it): Conv2d
 weights throughout (ResNets' `conv_shortcut` 1x1), the mid blocks' single-head attention as four
 Linears with biases and a `group_norm`, `quant_conv` and `post_quant_conv` at the top level.
@@ -56,6 +64,9 @@ How the released files hold these names:
 - `DiT-XL-2-*.pt`: the plain state dict of `DiT` (the EMA weights), loaded strictly by
   `sample.py`; `train.py`'s checkpoints are dicts {"model", "ema", "opt", "args"}, of which
   `download.find_model` reads `ema`. Every DiT parameter is in a rule or is `pos_embed`.
+- `diffit_256.safetensors`, `diffit_512.safetensors`: flat, the names of `Diffit.state_dict()`,
+  loaded strictly by `sample.py`: every parameter in a rule, `pos_embed` and the index buffers
+  fixed.
 - `diffusion_pytorch_model.safetensors` (the SD VAE): flat, the names of
   `AutoencoderKL.state_dict()`, its attention under the 2022 names (query, key, value,
   proj_attn) that later diffusers renames to to_q, to_k, to_v, to_out.0 on loading; a file saved
@@ -78,7 +89,7 @@ from typing import Callable
 
 import numpy as np
 
-from lavin_jax.models import layers
+from lavin_jax.models import diffit, layers
 from lavin_jax.config import frame_shape
 
 
@@ -297,17 +308,23 @@ def stvae_rules(model_config) -> list[Rule]:
 # --- DiT ---------------------------------------------------------------------------------------
 
 
+def _dit_inputs(c) -> list[Rule]:
+    """DiT's input side, which DiffiT's release names alike: the patch conv, the class table and
+    the timestep MLP (nn.Sequential(Linear, SiLU, Linear))."""
+    return [
+        _one("patch_embed/kernel", "x_embedder.proj.weight", _patch_conv(c.patch_size, c.in_channels)),
+        _one("patch_embed/bias", "x_embedder.proj.bias", SAME),
+        _one("class_embed/embedding", "y_embedder.embedding_table.weight", SAME),
+        *_linear("t_embed/fc1", "t_embedder.mlp.0"),
+        *_linear("t_embed/fc2", "t_embedder.mlp.2"),
+    ]
+
+
 def dit_rules(model_config) -> list[Rule]:
     """The rules of a DiT (`config.model` of the dit family) for `DiT-XL-2-*.pt`; the file's
     `pos_embed` is `dit_fixed`'s."""
     c = model_config
-    rules = [
-        _one("patch_embed/kernel", "x_embedder.proj.weight", _patch_conv(c.patch_size, c.in_channels)),
-        _one("patch_embed/bias", "x_embedder.proj.bias", SAME),
-        _one("class_embed/embedding", "y_embedder.embedding_table.weight", SAME),
-    ]
-    # t_embedder.mlp is nn.Sequential(Linear, SiLU, Linear).
-    rules += _linear("t_embed/fc1", "t_embedder.mlp.0") + _linear("t_embed/fc2", "t_embedder.mlp.2")
+    rules = _dit_inputs(c)
     per_block = lambda name: [f"blocks.{i}.{name}" for i in range(c.depth)]
     # timm's fused projection: our q, k and v side by side.
     for ours, official, layout in (("kernel", "weight", LINEAR), ("bias", "bias", SAME)):
@@ -342,6 +359,43 @@ def dit_fit(config, shapes: dict[str, tuple], path: str) -> None:
     # The inverse of `frame_shape`: pixels, or latents of `vae.downsample` pixels a side.
     pixels = 1 if config.vae.name == "none" else config.vae.downsample
     config.data.image_size = side * config.model.patch_size * pixels
+
+
+# --- DiffiT -----------------------------------------------------------------------------------
+
+
+def diffit_rules(model_config) -> list[Rule]:
+    """The rules of a latent DiffiT (`config.model` of the diffit family) for NVlabs' released
+    `diffit_256.safetensors` / `diffit_512.safetensors`: DiT's embedders, then per block TMSA's
+    spatial and time projections (each q, k, v fused), its bias table, output and the MLP."""
+    c = model_config
+    rules = _dit_inputs(c)
+    per_block = lambda name: [f"blocks.{i}.{name}" for i in range(c.depth)]
+    for ours, official in (("attn/qkv", "attn.qkv"), ("attn/qkv_time", "attn.qkv_temb"), ("attn/out", "attn.proj"),
+                           ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+        rules.append(_stacked(f"blocks/{ours}/kernel", per_block(f"{official}.weight"), LINEAR))
+        rules.append(_stacked(f"blocks/{ours}/bias", per_block(f"{official}.bias"), SAME))
+    rules.append(_stacked("blocks/attn/bias_table", per_block("attn.relative_position_bias_table"), SAME))
+    return rules + _linear("final", "final_layer.linear")
+
+
+def diffit_fixed(config) -> dict[str, np.ndarray]:
+    """DiT's `pos_embed`, and every block's `relative_position_index` buffer (int64, as saved)."""
+    index = diffit.relative_position_index(config.model.window).astype(np.int64)
+    return dit_fixed(config) | {f"blocks.{i}.attn.relative_position_index": index for i in range(config.model.depth)}
+
+
+def diffit_fit(config, shapes: dict[str, tuple], path: str) -> None:
+    """The image size, as for DiT, and the window: the bias table of the first block has a row
+    per offset within it, (2 window - 1)^2 (the whole token grid as released)."""
+    dit_fit(config, shapes, path)
+    shape = shapes.get("blocks.0.attn.relative_position_bias_table")
+    if shape is None:
+        return  # the names check lists it as missing.
+    side = math.isqrt(shape[0]) if len(shape) == 2 else 0
+    if side * side != shape[0] or side % 2 == 0:
+        raise ValueError(f"{path}'s blocks.0.attn.relative_position_bias_table has shape {shape}, not ((2 w - 1)^2, heads) for a window of w tokens.")
+    config.model.window = (side + 1) // 2
 
 
 # --- the SD VAE ------------------------------------------------------------------------------
@@ -421,10 +475,13 @@ def _jdit_check(config) -> None:
         )
 
 
+_DISPLAY = {"dit": "DiT", "diffit": "DiffiT"}
+
+
 def _dit_check(config) -> None:
     if config.objective != "ddpm":
         raise ValueError(
-            f"config.objective={config.objective!r}: the official code samples a DiT by DDPM, reading its output "
+            f"config.objective={config.objective!r}: the official code samples a {_DISPLAY[config.model.name]} by DDPM, reading its output "
             "as the noise (and variance), so only a ddpm model has the released layout."
         )
 
@@ -464,6 +521,8 @@ FAMILIES = {
     "stvae": Family(stvae_rules, nest="state_dict", ignored=re.compile(r"^(?!(?:encoder|decoder)\.)")),
     # sample.py loads strictly: nothing in a DiT file is ignored.
     "dit": Family(dit_rules, check=_dit_check, fixed=dit_fixed, fit=dit_fit, training_key="ema"),
+    # sample.py loads NVlabs' safetensors strictly, index buffers and the fixed pos_embed included.
+    "diffit": Family(diffit_rules, check=_dit_check, fixed=diffit_fixed, fit=diffit_fit),
     # diffusers loads an AutoencoderKL strictly, renaming the attention of either generation.
     "sdvae": Family(sdvae_rules, rename=sdvae_name),
 }

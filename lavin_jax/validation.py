@@ -10,7 +10,7 @@ it opens them.
 from __future__ import annotations
 
 from lavin_jax import conditioning, models, objectives, parallel
-from lavin_jax.config import require
+from lavin_jax.config import frame_shape, require
 
 
 def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[str, int] | None:
@@ -27,6 +27,8 @@ def validate(config, num_devices: int | None, num_processes: int = 1) -> dict[st
         f"config.conditioning={config.conditioning!r}, but config.model.name={m.name!r} is conditioned by {family.conditioning!r}.",
     )
     objectives.check(config)
+    if hasattr(family, "check_input"):
+        family.check_input(m, frame_shape(config)[0])
     conditioning.check(config)
     o = config.optim
     require(o.schedule in ("constant", "cosine"), f"config.optim.schedule={o.schedule!r} must be 'constant' or 'cosine'.")

@@ -6,7 +6,8 @@ from lavin_jax import validation
 from conftest import ROOT, small_config
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae", "gentron_tiny", "gentron_t2v_tiny"])
+@pytest.mark.parametrize("name", ["tiny", "tiny_latent", "s", "l", "xl", "stvae_tiny", "stvae", "gentron_tiny", "gentron_t2v_tiny",
+                                  "diffit_digits", "diffit_cifar10", "diffit"])
 def test_shipped_configs_validate(name):
     config = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
     validation.validate(config, num_devices=None)
@@ -98,3 +99,17 @@ def test_every_process_must_own_whole_batch_shards():
     assert validation.validate(config, num_devices=8, num_processes=2)["tensor"] == 4
     with pytest.raises(ValueError, match=r"data-parallel size data\*fsdp=2 is not divisible by the 4 processes"):
         validation.validate(config, num_devices=8, num_processes=4)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"edm.precond": "karras"}, r"config.edm.precond='karras' must be one of edm, vp, ve"),
+    ({"edm.sample_sigma_min": 90.0}, r"config.edm: sample_sigma_min=90.0 must be positive and below sample_sigma_max=80.0"),
+    ({"model.learn_sigma": True}, r"config.model.learn_sigma=True"),
+    ({"model.window": 3}, r"config.model.window=3 does not tile the 16 x 16 token grid of 16 px"),
+    ({"model.groups": 5}, r"config.model.groups=5 must be positive and divide every entry of channels=\(32, 64, 64\)"),
+    ({"objective": "flow", "data.image_size": 18}, r"18 px images cannot be halved 2 times"),
+])
+def test_a_diffit_config_mistake_is_one_sentence_naming_the_field(overrides, message):
+    config = config_lib.load(str(ROOT / "configs" / "diffit_digits.py"), overrides)
+    with pytest.raises(ValueError, match=message):
+        validation.validate(config, num_devices=None)

@@ -95,6 +95,29 @@ def dit_vae_release(tmp_path_factory):
     return directory, config, vae_config, dit, vae, written
 
 
+def diffit_config(**overrides):
+    """configs/diffit.py made small, in pixel space: 8 px digits in 2 x 2 patches, a 4 x 4 token grid."""
+    small = {"vae.name": "none", "data.image_size": 8, "data.classes": "digits", "model.hidden": 32, "model.depth": 2, "model.num_heads": 4,
+             "model.patch_size": 2, "model.window": 4, "model.in_channels": 3, "model.num_classes": 10, "model.dtype": "float32",
+             "ddpm.sample_steps": 4, "eval.episodes": 2, "sample.num_examples": 2, "sample.classes": (1, 2), "compile_cache": ""}
+    return shipped_config("diffit", small, overrides)
+
+
+@pytest.fixture(scope="module")
+def diffit_converted(tmp_path_factory):
+    """(the converted run, the config the file fits, the file's arrays): a small latent DiffiT as
+    NVlabs' diffit_256.safetensors holds it, its int64 index buffers and pos_embed included."""
+    directory = tmp_path_factory.mktemp("diffit_release")
+    config = diffit_config()
+    arrays = official.diffit_fixed(config) | official_arrays(official.diffit_rules(config.model), config.model, 5, scale=0.05)
+    assert arrays["blocks.1.attn.relative_position_index"].dtype == np.int64
+    safetensors.numpy.save_file(arrays, str(directory / "diffit_256.safetensors"))
+    # The config says 16 px and windows of 2; the file's pos_embed and bias tables say 8 px and 4, and decide.
+    written = convert.convert(str(directory / "runs"), diffit_config(**{"data.image_size": 16, "model.window": 2}),
+                              diffit=str(directory / "diffit_256.safetensors"))
+    return written["diffit"], config, arrays
+
+
 def restored(run, family):
     config, step = runs.trained_config(run, family)
     s = state_lib.setup(config, parallel.make_mesh(config))
@@ -102,13 +125,13 @@ def restored(run, family):
 
 
 @pytest.fixture(scope="module")
-def families(release, converted, dit_release, dit_converted, dit_vae_release):
+def families(release, converted, dit_release, dit_converted, dit_vae_release, diffit_converted):
     """family -> (converted run, the config the file fits, the file's arrays)."""
     _, config, vae_config, jdit, stvae = release
     _, dit_cfg, dit = dit_release
     _, _, sdvae_cfg, _, sdvae, written = dit_vae_release
     return {"jdit": (converted["jdit"], config, jdit), "stvae": (converted["stvae"], vae_config, stvae),
-            "dit": (dit_converted["dit"], dit_cfg, dit), "sdvae": (written["sdvae"], sdvae_cfg, sdvae)}
+            "dit": (dit_converted["dit"], dit_cfg, dit), "sdvae": (written["sdvae"], sdvae_cfg, sdvae), "diffit": diffit_converted}
 
 
 def read_export(path: str, family: str) -> dict:
@@ -117,7 +140,7 @@ def read_export(path: str, family: str) -> dict:
     return official.state_dict(torch_files.load(path), path, family)  # the ST-VAE's nested as released
 
 
-@pytest.mark.parametrize("family", ["jdit", "stvae", "dit", "sdvae"])
+@pytest.mark.parametrize("family", ["jdit", "stvae", "dit", "sdvae", "diffit"])
 def test_every_parameter_is_its_official_tensors_and_export_gives_them_back_bit_for_bit(families, family, tmp_path):
     run, config, arrays = families[family]
     _, params = restored(run, family)
@@ -206,6 +229,15 @@ def test_a_converted_dit_has_the_files_image_size_and_samples(dit_converted):
     assert np.isfinite(predictor.sample({"label": np.array([3, 7], np.int32)}, 1, **options)).all()
     images = predictor.predict_batch([3, "7"], **options)
     assert [(image.shape, image.dtype) for image in images] == [((8, 8, 3), np.uint8)] * 2
+
+
+def test_a_converted_diffit_has_the_files_size_and_window_and_samples_as_released(diffit_converted):
+    run, _, _ = diffit_converted
+    config, _ = runs.trained_config(run, "diffit")
+    assert (config.data.image_size, config.model.window) == (8, 4)
+    assert (config.ddpm.guidance_schedule, config.ddpm.cfg_scale, config.ddpm.guided_channels) == ("power_cosine", 4.4, 3)
+    images = inference.Predictor.from_workdir(run).sample({"label": np.array([3, 7], np.int32)}, 1, seed=0)
+    assert images.shape == (2, 1, 8, 8, 3) and np.all(np.isfinite(images))
 
 
 def test_a_train_py_checkpoint_gives_its_ema_weights(dit_release, tmp_path):

@@ -70,6 +70,15 @@ def test_dit_variants_summarise_to_the_papers_table_4(variant, params, gmacs):
     assert "blocks/modulation" in table
 
 
+def test_the_latent_diffit_summarises_to_the_release():
+    """561M parameters as released (no pos_embed: it is fixed here); the paper counts 114 GMACs a
+    256 px image (ours: every matrix product, 118.5)."""
+    result, table = summary.summarize(config_lib.load(str(ROOT / "configs" / "diffit.py:XL/2")))
+    assert result["params"] == 561_035_232
+    assert result["flops_per_example"] / 2e9 == pytest.approx(114, rel=0.05)
+    assert "blocks/attn/qkv_time" in table
+
+
 def test_a_config_without_a_variant_argument_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"Config file '.*tiny.py' takes no argument, but 'XL/2' was given after ':'"):
         config_lib.load(str(ROOT / "configs" / "tiny.py:XL/2"))

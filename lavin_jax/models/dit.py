@@ -75,6 +75,14 @@ def check_fields(cfg, positive: tuple[str, ...] = ()) -> None:
         raise ValueError(f"config.model.hidden={cfg.hidden} must be divisible by 4 for the 2D sin-cos position embedding.")
 
 
+def image_grid(family: str, cfg, x: jax.Array) -> tuple[int, int]:
+    """The patch grid (rows, columns) of images x, (B, 1, H, W, C), checked against `cfg`."""
+    p, channels = cfg.patch_size, cfg.in_channels
+    if x.ndim != 5 or x.shape[1] != 1 or x.shape[-1] != channels or x.shape[2] % p or x.shape[3] % p:
+        raise ValueError(f"{family} takes images (B, 1, H, W, {channels}) with H and W divisible by patch_size={p}; got {x.shape}.")
+    return x.shape[2] // p, x.shape[3] // p
+
+
 def add_embedders(model: nnx.Module, cfg, *, rngs: nnx.Rngs):
     """Gives `model` its config (frozen: hashable static graph data) and DiT's input side: the
     patch projection and the timestep embedder. Returns the compute dtype."""
@@ -138,14 +146,9 @@ class DiT(nnx.Module):
         """x: noisy images (B, 1, H, W, C); t: (B,) diffusion timesteps (0..999 for ddpm, [0, 1]
         for flow); context['label']: (B,) int classes, `num_classes` the null class. Returns
         (B, 1, H, W, out_channels), float32."""
-        p, channels = self.cfg.patch_size, self.cfg.in_channels
-        if x.ndim != 5 or x.shape[1] != 1 or x.shape[-1] != channels or x.shape[2] % p or x.shape[3] % p:
-            raise ValueError(
-                f"DiT takes images (B, 1, H, W, {channels}) with H and W divisible by patch_size={p}; got {x.shape}."
-            )
-        height, width = x.shape[2] // p, x.shape[3] // p
+        height, width = image_grid("DiT", self.cfg, x)
         dtype = layers.DTYPES[self.cfg.dtype]
-        h = self.patch_embed(layers.patchify(x.astype(dtype), p))
+        h = self.patch_embed(layers.patchify(x.astype(dtype), self.cfg.patch_size))
         h = h + layers.posemb_sincos_2d(height, width, self.cfg.hidden).astype(dtype)
         h = constrain(h, "batch", "length", "act_embed")
         c = self.t_embed(t) + self.class_embed(context["label"])

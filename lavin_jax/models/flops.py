@@ -91,7 +91,45 @@ def gentron(cfg, shapes: dict) -> int:
     return encoder + caption + cfg.depth * (spatial + cross + temporal) + embed + final
 
 
-FORMULAS = {"jdit": jdit, "dit": dit, "vdt": vdt, "gentron": gentron}
+def diffit(cfg, shapes: dict) -> int:
+    """The latent DiffiT: per block TMSA (the tokens' fused q, k, v and the time token's, attention
+    within windows of w x w tokens, the output projection) and the MLP; no modulations."""
+    d, p, w = cfg.hidden, cfg.patch_size, cfg.window
+    _, height, width, channels = shapes["target"]
+    n = (height // p) * (width // p)
+    mlp = int(d * cfg.mlp_ratio)
+    out = p * p * channels * (2 if cfg.learn_sigma else 1)
+    block = n * 2 * (4 * d * d + 2 * d * mlp) + 4 * n * w * w * d + 2 * d * 3 * d
+    embed = 2 * n * p * p * channels * d + _timestep(d)
+    return cfg.depth * block + embed + 2 * n * d * out
+
+
+def diffit_image(cfg, shapes: dict) -> int:
+    """The U-shaped DiffiT: every convolution (3x3 in each ResBlock, 1x1 shortcuts, the strided
+    ones down, those after each 2x up, in and out) and each ResBlock's DiffiT block at its
+    resolution (as `diffit`'s, windows of w x w, the time token's projection once)."""
+    _, side, _, channels = shapes["target"]
+    widths, w, tw = tuple(cfg.channels), cfg.window, cfg.time_width
+    conv = lambda n, k, c_in, c_out: 2 * n * k * k * c_in * c_out
+
+    def resblock(n, c_in, c_out):
+        mlp = int(c_out * cfg.mlp_ratio)
+        block = n * 2 * (4 * c_out * c_out + 2 * c_out * mlp) + 4 * n * w * w * c_out + 2 * tw * 3 * c_out
+        return conv(n, 3, c_in, c_out) + (conv(n, 1, c_in, c_out) if c_in != c_out else 0) + block
+
+    n = lambda level: (side >> level) ** 2
+    total = _timestep(tw)  # the time token's MLP.
+    total += conv(n(0), 3, channels, widths[0]) + conv(n(0), 3, widths[0], channels)
+    for level, width in enumerate(widths):
+        total += sum(resblock(n(level), widths[max(level - 1, 0)] if i == 0 else width, width) for i in range(cfg.blocks))
+        if level < len(widths) - 1:
+            total += conv(n(level + 1), 3, width, width)  # down
+            total += conv(n(level), 3, widths[level + 1], widths[level + 1])  # up, at this level's size
+            total += sum(resblock(n(level), widths[level + 1] + width if i == 0 else width, width) for i in range(cfg.blocks))
+    return total
+
+
+FORMULAS = {"jdit": jdit, "dit": dit, "vdt": vdt, "gentron": gentron, "diffit": diffit, "diffit_image": diffit_image}
 
 
 def forward(model_cfg, shapes: dict) -> int:

@@ -5,7 +5,7 @@ The trainer (`lavin_jax.train`) owns what every run shares: the mesh, the sharde
 what differs: which modules are trained (`build`; `"model"` is the one kept with an EMA,
 evaluated and summarised, others such as a discriminator get their own optimizer state), where
 examples come from (`source`), the gradients of one step (`grads`), and evaluation
-(`evaluate`). Generative objectives (`flow`, `ddpm`) share `generative.Generative`: noise, loss
+(`evaluate`). Generative objectives (`flow`, `ddpm`, `edm`) share `generative.Generative`: noise, loss
 and samplers are theirs, the rest is the run's conditioning's (`lavin_jax.conditioning`); their
 samples are judged by the conditioning's evaluator, which the caller builds. `phase(step)` names a step's static variant (e.g. before/after a GAN starts), so
 the step compiles once per phase.
@@ -18,9 +18,9 @@ from lavin_jax.objectives.base import Objective
 
 def _objectives() -> dict[str, type[Objective]]:
     # Imported here: each objective module imports the models it trains.
-    from lavin_jax.objectives import autoencoding, ddpm, flow_matching
+    from lavin_jax.objectives import autoencoding, ddpm, edm, flow_matching
 
-    return {"flow": flow_matching.FlowMatching, "ddpm": ddpm.DDPM, "autoencoding": autoencoding.Autoencoding}
+    return {"flow": flow_matching.FlowMatching, "ddpm": ddpm.DDPM, "edm": edm.EDM, "autoencoding": autoencoding.Autoencoding}
 
 
 def get(config) -> Objective:

@@ -5,7 +5,8 @@ conditioning; `lavin_jax.diffusion` has the math.
 interpolation between the two bounds of each step's variance, trained by L_simple plus the
 variational bound (improved-diffusion's hybrid loss). Samples are drawn by ancestral DDPM or DDIM
 steps over a respaced schedule (DiT: 250 steps), with classifier-free guidance applied to the
-noise as DiT's sampler applies it.
+noise as DiT's sampler applies it (or ramped over the steps, `ddpm.guidance_schedule`, as
+DiffiT's).
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ from lavin_jax.config import require
 from lavin_jax.objectives.generative import Generative
 
 SAMPLERS = ("ddpm", "ddim")
+GUIDANCE_SCHEDULES = ("constant", "power_cosine")
+
+
+def guidance_at(scale, timesteps, num_steps: int, schedule: str, power: float):
+    """The text/class guidance scale at each example's original timestep (B,): `scale` throughout
+    (`constant`), or MDT's power-cosine ramp that DiffiT's 256 px sampler uses, 1 at the noise end
+    rising to `scale` at the data end, 1 + (scale - 1) (1 - cos(pi (1 - t / num_steps)^power)) / 2."""
+    if schedule == "constant":
+        return jnp.full(timesteps.shape, scale)
+    ramp = 0.5 * (1 - jnp.cos(jnp.pi * (1 - timesteps.astype(jnp.float32) / num_steps) ** power))
+    return 1 + (scale - 1) * ramp
 
 
 class DDPM(Generative):
@@ -35,6 +47,9 @@ class DDPM(Generative):
         )
         require(d.sampler in SAMPLERS, f"config.ddpm.sampler={d.sampler!r} must be one of {', '.join(SAMPLERS)}.")
         require(0.0 <= d.eta <= 1.0, f"config.ddpm.eta={d.eta} must be in [0, 1].")
+        require(d.guidance_schedule in GUIDANCE_SCHEDULES,
+                f"config.ddpm.guidance_schedule={d.guidance_schedule!r} must be one of {', '.join(GUIDANCE_SCHEDULES)}.")
+        require(d.guidance_power > 0, f"config.ddpm.guidance_power={d.guidance_power} must be positive.")
         require(d.guided_channels >= 0, f"config.ddpm.guided_channels={d.guided_channels} must be non-negative (0: all).")
 
     @property
@@ -73,11 +88,17 @@ class DDPM(Generative):
         schedule = diffusion.respace(self.schedule, options["steps"])
         channels = int(self.config.ddpm.guided_channels) or None
 
+        d = self.config.ddpm
+
         def denoise(x, t):
             if not nulls:
                 return model(x, t, context)
             outputs = [model(x, t, c) for c in (context, *nulls)]
-            return diffusion.guide(outputs, self.scales(traced, nulls), learn_sigma=self.learn_sigma, channels=channels)
+            scales = self.scales(traced, nulls)
+            # The first scale (the class's or the text's) follows the schedule, per example.
+            shape = (-1, *([1] * (x.ndim - 1)))
+            scales[0] = guidance_at(scales[0], t, int(d.num_steps), d.guidance_schedule, float(d.guidance_power)).reshape(shape)
+            return diffusion.guide(outputs, scales, learn_sigma=self.learn_sigma, channels=channels)
 
         return diffusion.sample(schedule, denoise, keys, shape, method=options["method"], eta=options["eta"], learn_sigma=self.learn_sigma,
                                 clip=self.config.vae.name == "none")

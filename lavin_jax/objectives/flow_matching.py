@@ -34,10 +34,6 @@ class FlowMatching(Generative):
             "config.model.learn_sigma=True is for objective='ddpm'; flow matching predicts no variance, so set it False.",
         )
         require(f.sampler in flow.SAMPLERS, f"config.flow.sampler={f.sampler!r} must be one of {', '.join(flow.SAMPLERS)}.")
-        require(
-            not config.model.get("learn_sigma", False),
-            "config.model.learn_sigma=True is for objective='ddpm'; flow matching predicts no variance: set it False.",
-        )
 
     def loss(self, model, batch, key, weight=None):
         return flow.loss(model, batch, key, self.config.flow, weight)

@@ -58,10 +58,11 @@ class Generative(Objective):
             f"config.data.image_size={d.image_size} is not divisible by config.vae.downsample={v.downsample}.",
         )
         size, _ = frame_shape(config)
+        patch = m.get("patch_size", 1)  # a convolutional model has no patches.
         require(
-            size > 0 and size % m.patch_size == 0,
+            size > 0 and size % patch == 0,
             f"config.data.image_size={d.image_size} gives model inputs of side {size}, not divisible "
-            f"by config.model.patch_size={m.patch_size}.",
+            f"by config.model.patch_size={patch}.",
         )
 
     def check_files(self, data: bool = True) -> None:

@@ -56,25 +56,52 @@ def test_images_of_the_wrong_shape_are_named():
             model(jnp.zeros(shape), jnp.zeros((2,)), {"label": jnp.zeros((2,), jnp.int32)})
 
 
-def reference_dit(p, cfg, x, t, label):
-    """DiT's forward written out in numpy from the paper: patch tokens + 2D sin-cos, c = t-embedding
-    + class embedding, blocks x += g * f(LN(x) * (1 + s) + b), final adaLN and projection."""
+def lin(h, q):
+    return h @ np.asarray(q["kernel"], np.float64) + np.asarray(q["bias"], np.float64)
+
+
+def silu(v):
+    return v / (1 + np.exp(-v))
+
+
+def ln(v):
+    return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
+
+
+def gelu(v):
+    return 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))
+
+
+def reference_inputs(p, cfg, x, t, label):
+    """DiT's input side in numpy from the paper: (patch tokens + 2D sin-cos (the column's half
+    first, as DiT from MAE), c = t-embedding + class embedding, the patch grid)."""
     x, t, label = (np.asarray(a, np.float64) for a in (x, t, label))
-    d, ph, heads = cfg.hidden, cfg.patch_size, cfg.num_heads
+    d, ph = cfg.hidden, cfg.patch_size
     b, _, hh, ww, ch = x.shape
     gh, gw = hh // ph, ww // ph
-    lin = lambda h, q: h @ np.asarray(q["kernel"], np.float64) + np.asarray(q["bias"], np.float64)
-    silu = lambda v: v / (1 + np.exp(-v))
-    ln = lambda v: (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + 1e-6)
     tokens = x[:, 0].reshape(b, gh, ph, gw, ph, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, ph * ph * ch)
-    h = lin(tokens, p["patch_embed"])
     omega = 1.0 / 10_000 ** (np.arange(d // 4) / (d // 4))
     rows, cols = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-    pos = np.concatenate([f(v.reshape(-1, 1) * omega) for v in (cols, rows) for f in (np.sin, np.cos)], 1)  # the column first, as DiT (MAE)
-    h = h + pos
+    h = lin(tokens, p["patch_embed"]) + np.concatenate([f(v.reshape(-1, 1) * omega) for v in (cols, rows) for f in (np.sin, np.cos)], 1)
     freqs = np.exp(-np.log(10_000) * np.arange(128) / 128)
     temb = np.concatenate([np.cos(t[:, None] * freqs), np.sin(t[:, None] * freqs)], 1)
     c = lin(silu(lin(temb, p["t_embed"]["fc1"])), p["t_embed"]["fc2"]) + np.asarray(p["class_embed"]["embedding"])[label.astype(int)]
+    return h, c, (gh, gw)
+
+
+def reference_outputs(out, cfg, grid):
+    """Tokens' patches (B, N, p*p*C) back to images (B, 1, H, W, C)."""
+    (gh, gw), ph = grid, cfg.patch_size
+    co = out.shape[-1] // (ph * ph)
+    return out.reshape(-1, gh, gw, ph, ph, co).transpose(0, 1, 3, 2, 4, 5).reshape(-1, 1, gh * ph, gw * ph, co)
+
+
+def reference_dit(p, cfg, x, t, label):
+    """DiT's forward written out in numpy from the paper: `reference_inputs`, then blocks
+    x += g * f(LN(x) * (1 + s) + b), final adaLN and projection."""
+    d, heads = cfg.hidden, cfg.num_heads
+    h, c, grid = reference_inputs(p, cfg, x, t, label)
+    b = h.shape[0]
     for i in range(cfg.depth):
         q = jax.tree.map(lambda a: np.asarray(a[i], np.float64), p["blocks"])
         mods = np.split(lin(silu(c), q["modulation"]), 6, axis=-1)
@@ -87,14 +114,9 @@ def reference_dit(p, cfg, x, t, label):
         weights /= weights.sum(-1, keepdims=True)
         attended = (weights @ vh).transpose(0, 2, 1, 3).reshape(b, -1, d)
         h = h + gate1 * lin(attended, q["out"])
-        a = ln(h) * (1 + scale2) + shift2
-        hidden = lin(a, q["fc1"])
-        gelu = 0.5 * hidden * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden**3)))
-        h = h + gate2 * lin(gelu, q["fc2"])
+        h = h + gate2 * lin(gelu(lin(ln(h) * (1 + scale2) + shift2, q["fc1"])), q["fc2"])
     shift, scale = np.split(lin(silu(c), p["final_modulation"]), 2, axis=-1)
-    out = lin(ln(h) * (1 + scale[:, None]) + shift[:, None], p["final"])
-    co = out.shape[-1] // (ph * ph)
-    return out.reshape(b, gh, gw, ph, ph, co).transpose(0, 1, 3, 2, 4, 5).reshape(b, 1, hh, ww, co)
+    return reference_outputs(lin(ln(h) * (1 + scale[:, None]) + shift[:, None], p["final"]), cfg, grid)
 
 
 def test_matches_an_independent_reference():

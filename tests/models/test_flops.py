@@ -4,7 +4,7 @@ from flax import nnx
 
 from lavin_jax import models, objectives, summary
 from lavin_jax.models import dit, flops, layers
-from conftest import small_config
+from conftest import shipped_config, small_config
 
 
 def xla_flops(config, inputs) -> float:
@@ -87,4 +87,24 @@ def test_vdt_closed_form_is_every_matrix_product_of_the_forward():
     config = vdt_config(**{"model.hidden": 64, "model.depth": 2, "model.attention": "xla", "model.scan_layers": False})
     inputs = objectives.get(config).example_inputs()
     assert inputs[0].shape == (1, 4, 16, 16, 3)
+    assert summary.forward_flops(config, inputs) == flops.forward(config.model, one_example(inputs))
+
+
+@pytest.mark.parametrize("window", [4, 2])
+def test_diffit_closed_form_is_every_matrix_product_of_the_forward(window):
+    from lavin_jax import config as config_lib
+
+    config = config_lib.base("diffit")
+    config.vae.name = "none"
+    config.data.image_size = 16
+    config.model.update(hidden=32, depth=2, num_heads=2, patch_size=2, window=window, in_channels=3, num_classes=5, dtype="float32",
+                        attention="xla", scan_layers=False)
+    inputs = objectives.get(config).example_inputs()
+    assert summary.forward_flops(config, inputs) == flops.forward(config.model, one_example(inputs))
+
+
+@pytest.mark.parametrize("fields", [{}, {"model.blocks": 2, "model.channels": (32, 64, 96)}])
+def test_the_u_shaped_diffit_closed_form_is_every_convolution_and_matrix_product(fields):
+    config = shipped_config("diffit_digits", {"model.attention": "xla"}, fields)
+    inputs = objectives.get(config).example_inputs()
     assert summary.forward_flops(config, inputs) == flops.forward(config.model, one_example(inputs))
