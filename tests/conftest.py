@@ -5,6 +5,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# JAX's non-partitionable threefry draws the same distributions, and XLA compiles its random bits in
+# a fraction of the time on CPU (an ST-VAE's initialisation: seconds instead of ~15 s); no test
+# depends on which numbers are drawn. Processes the tests start inherit it.
+# test_fsdp_and_tensor_parallelism_split_the_arrays_themselves initialises as a pod does.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
 
 import pathlib
 
@@ -71,12 +76,31 @@ def fit(config, batch: dict, steps: int):
     state = state_lib.init_state(config, s)
     step_fn = train.make_train_step(config, s)
     constants = state_lib.place_constants(s)
+    placed = parallel.global_batch(dict(batch), mesh, config.mesh.rules)  # the step neither donates nor changes it.
     for _ in range(steps):
-        state, stats = step_fn(state, constants, parallel.global_batch(dict(batch), mesh, config.mesh.rules), None)
+        state, stats = step_fn(state, constants, placed, None)
         # Hundreds of steps queued without a wait can exhaust XLA's CPU runtime; the trainer waits
         # at every log.
         jax.block_until_ready(state["step"])
     return s.objective, s.graphdefs["model"], state["params"]["model"], mesh, jax.device_get(stats)
+
+
+def one_digit_per_class(config):
+    """(images, batch): the first training image of each digit of `config`'s dataset, [10, size,
+    size, 3] in [-1, 1], and a train batch of config.global_batch_size of them, labelled."""
+    import numpy as np
+    from lavin_jax import conditioning
+
+    dataset = conditioning.get(config).dataset("train")
+    first = {}
+    for i in range(len(dataset)):
+        image, label = dataset.read(i)
+        first.setdefault(label, image)
+        if len(first) == 10:
+            break
+    images = np.stack([first[k] for k in range(10)]).astype(np.float32) / 127.5 - 1.0
+    labels = np.arange(config.global_batch_size, dtype=np.int32) % 10
+    return images, {"target": images[labels][:, None], "label": labels, "skipped": np.zeros_like(labels)}
 
 
 # configs/dit_digits.py made small: 8 px digits, 16 tokens a few steps learn from.
@@ -216,13 +240,11 @@ TRAINED = {
 @pytest.fixture(scope="session")
 def trained_jdit(tmp_path_factory):
     """(config, workdir) of a one-step J-DiT run: a real checkpoint, metrics.jsonl and summary."""
-    import jax
     from lavin_jax import train
 
     workdir = tmp_path_factory.mktemp("trained_jdit")
     config = small_config(**TRAINED)
-    with jax.threefry_partitionable(False):  # a faster init compile; any initialisation will do.
-        train.train(config, str(workdir))
+    train.train(config, str(workdir))
     return config, workdir
 
 

@@ -145,5 +145,5 @@ def test_parts_and_models_are_checked_before_anything_is_built():
         bench.run(small_config(), ["train", "speed"])
     with pytest.raises(ValueError, match="--parts=vae: config.vae.name='none' trains on pixels"):
         bench.run(small_config(), ["vae"])
-    with pytest.raises(ValueError, match=r"config.model.name='stvae': the benchmark harness measures the diffusion transformers \(jdit, dit, vdt, gentron\)"):
+    with pytest.raises(ValueError, match=r"config.model.name='stvae': the benchmark harness measures the diffusion transformers \(jdit, dit, vdt, gentron, diffit, diffit_image\)"):
         bench.run(shipped_config("stvae_tiny", {}, {}))

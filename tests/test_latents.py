@@ -20,13 +20,11 @@ def vae_run(tmp_path_factory):
     """A tiny ST-VAE trained for 2 steps on 16 px frames (2x2x16 latents)."""
     workdir = str(tmp_path_factory.mktemp("stvae"))
     config = config_lib.load(str(ROOT / "configs" / "stvae_tiny.py"), {
-        "data.image_size": 16, "model.mid_layers": 0, "total_steps": 2, "checkpoint_every": 2, "eval_every": 2,
-        "autoencoder.disc_weight": 0.0, "autoencoder.eval_examples": 1,
+        "data.image_size": 16, "model.mid_layers": 0, "total_steps": 2, "checkpoint_every": 2,
+        "eval_every": 0,  # its evaluation is tests/objectives/test_autoencoding.py's.
+        "autoencoder.disc_weight": 0.0,
     })
-    # JAX's non-partitionable threefry: no test here depends on which random numbers a run draws,
-    # and XLA compiles the random bits of the initialisation in seconds on CPU instead of ~15 s.
-    with jax.threefry_partitionable(False):
-        train.train(config, workdir)
+    train.train(config, workdir)
     return workdir
 
 
@@ -96,8 +94,7 @@ def jdit_run(vae_with_stats, tmp_path_factory):
     """A J-DiT trained for 2 steps on latents of vae_run encoded in the step: (config, workdir, state)."""
     config = latent_config(vae_with_stats)
     workdir = tmp_path_factory.mktemp("jdit")
-    with jax.threefry_partitionable(False):  # compiles sooner, as vae_run's.
-        return config, workdir, train.train(config, str(workdir))
+    return config, workdir, train.train(config, str(workdir))
 
 
 def test_jdit_trains_on_latents_encoded_in_the_step_and_samples_pixels(jdit_run):
@@ -151,8 +148,7 @@ def latent_digits(vae_run, **overrides):
 def test_a_class_conditional_dit_trains_on_latents_and_samples_pixels(vae_with_stats, tmp_path):
     """Encoded in the step; its samples are decoded to pixels for the classifier and the grid."""
     config = latent_digits(vae_with_stats)
-    with jax.threefry_partitionable(False):
-        state = train.train(config, str(tmp_path))
+    state = train.train(config, str(tmp_path))
     assert int(state["step"]) == 2
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert np.isfinite([line for line in logged if "loss" in line][-1]["vb"])
@@ -167,7 +163,8 @@ def test_the_class_cache_holds_what_encoding_in_the_step_sees_and_a_dit_trains_f
     cache = str(tmp_path / "cache")
     written = latents.write_cache(config, cache, 20)
     assert written["examples"] == 20 and written["class_names"] == [str(k) for k in range(10)]
-    from_cache = latent_digits(vae_with_stats, **{"data.flip_prob": 0.5, "data.source": "latents", "data.latent_dir": cache})
+    # Not evaluated: the test above samples and decodes a run encoded in the step.
+    from_cache = latent_digits(vae_with_stats, **{"data.flip_prob": 0.5, "data.source": "latents", "data.latent_dir": cache, "eval_every": 0})
     cached = latents.LatentImages(from_cache)
     # Each image and its mirror image, as the step would encode them (a flip of the latents is not).
     vae = latents.load(vae_with_stats)
@@ -179,8 +176,7 @@ def test_the_class_cache_holds_what_encoding_in_the_step_sees_and_a_dit_trains_f
         encoded = vae.encode_frames(vae.params, dataset.target(image, flip)[None])[0]
         np.testing.assert_allclose(cached.target(z, flip), encoded, atol=1e-5)
     # The trainer reads it through the same labelled source as pixels, shuffled and labels dropped alike.
-    with jax.threefry_partitionable(False):
-        state = train.train(from_cache, str(tmp_path / "run"))
+    state = train.train(from_cache, str(tmp_path / "run"))
     assert int(state["step"]) == 2
     # A cache of other data is named before anything is read.
     unmirrored = latent_digits(vae_with_stats, **{"data.flip_prob": 0.0, "data.source": "latents", "data.latent_dir": cache})
@@ -222,8 +218,7 @@ def test_a_dit_trains_on_sd_vae_latents_from_the_step_and_from_a_cache(sdvae_run
     z, _ = latents.LatentImages(latent_digits(sdvae_run, **{"vae.name": "sdvae", "model.in_channels": 4, "data.flip_prob": 0.5,
                                                              "data.source": "latents", "data.latent_dir": cache})).read(2)
     np.testing.assert_allclose(z[0], vae.encode_frames(vae.params, dataset.target(image, False)[None])[0], atol=1e-5)
-    with jax.threefry_partitionable(False):
-        state = train.train(config, str(tmp_path / "run"))
+    state = train.train(config, str(tmp_path / "run"))
     assert int(state["step"]) == 2
     from PIL import Image
     grid = np.asarray(Image.open(tmp_path / "run" / "samples" / "samples_classes_0000002.png"))
@@ -268,8 +263,7 @@ def test_a_vdt_trains_on_per_frame_latents_from_the_step_and_from_a_cache(sdvae_
     example = conditioning.get(cached).source(0)[0]
     assert example["target"].shape == (4, 2, 2, 4) and example["known"].shape == (4, 2, 2)
     for run, c in (("step", config), ("cache", cached)):
-        with jax.threefry_partitionable(False):
-            assert int(train.train(c, str(tmp_path / run))["step"]) == 2
+        assert int(train.train(c, str(tmp_path / run))["step"]) == 2
     from PIL import Image
     grid = np.asarray(Image.open(tmp_path / "step" / "samples" / "samples_predict_0000002.png"))
     assert grid.shape[1] == 4 * (16 * 8 + 2) + 2  # 4 frames of 16 px, not 2 px latents.
@@ -306,5 +300,4 @@ def test_a_gentron_trains_from_a_cache_of_latents_and_frozen_caption_embeddings(
     null = latents.LatentCaptions(cached).null
     dropped = [e for e in examples if np.array_equal(e["text_hidden"], null["text_hidden"])]
     assert 0 < len(dropped) < 12 and examples[0]["target"].shape == (1, 4, 4, 4)
-    with jax.threefry_partitionable(False):
-        assert int(train.train(cached, str(tmp_path / "run"))["step"]) == 2
+    assert int(train.train(cached, str(tmp_path / "run"))["step"]) == 2

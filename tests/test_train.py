@@ -63,7 +63,8 @@ def test_fsdp_and_tensor_parallelism_split_the_arrays_themselves():
     the parameter and optimizer bytes; tensor=2 gives each device half the heads; a batch is
     split over data x fsdp and repeated over tensor."""
     config = small_config(**{"mesh.data": 1, "mesh.fsdp": 8, "model.hidden": 64})
-    state = state_lib.init_state(config, state_lib.setup(config, parallel.make_mesh(config)))
+    with jax.threefry_partitionable(True):  # as a pod initialises (JAX's default; conftest turns it off).
+        state = state_lib.init_state(config, state_lib.setup(config, parallel.make_mesh(config)))
     for part in ("params", "opt"):
         total = sum(x.nbytes for x in jax.tree.leaves(state[part]))
         for device in jax.devices():
@@ -167,8 +168,7 @@ def test_another_models_checkpoint_is_refused_and_an_unreadable_one_set_aside(tm
     with none readable, the run stops naming the directory and moves nothing."""
     fields = {"data.max_pairs": 1, "data.cond_drop_prob": 0.0,  # one compilation.
               "total_steps": 2, "checkpoint_every": 1, "log_every": 1, "eval_every": 0}
-    with jax.threefry_partitionable(False):  # a faster init compile; any initialisation will do.
-        train.train(small_config(**fields), str(tmp_path))
+    train.train(small_config(**fields), str(tmp_path))
     checkpoints = tmp_path / "checkpoints"
     bigger = small_config(**{**fields, "total_steps": 4, "model.depth": 3})
     with pytest.raises(ValueError, match=r"was written for model.depth=2 but the config has model.depth=3"):

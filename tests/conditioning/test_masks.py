@@ -162,8 +162,7 @@ def test_gaussian_diffusion_trains_and_samples_vdt_keeping_what_was_given(tmp_pa
 
     config = vdt_config(**{"objective": "ddpm", "model.learn_sigma": True, "total_steps": 1, "checkpoint_every": 1,
                            "eval_every": 1, "mask.weights.spatial": 0.0})
-    with jax.threefry_partitionable(False):
-        train.train(config, str(tmp_path))
+    train.train(config, str(tmp_path))
     gifs = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "samples").glob("*.gif"))
     assert gifs == [f"samples_{mode}" for mode in sorted(set(masks.MODES) - {"spatial"})]  # the modes trained on.
     predictor = inference.Predictor.from_workdir(str(tmp_path))

@@ -91,8 +91,7 @@ def test_a_folder_of_captions_trains_through_a_frozen_released_encoder_and_is_dr
     known = text.tokenizer(config.model)([*words, ""], 24)[0]
     assert all(any(np.array_equal(e["text"], row) for row in known) for e in examples)
     assert len({e["text"].tobytes() for e in examples}) > 3
-    with jax.threefry_partitionable(False):
-        train.train(config, str(tmp_path / "run"))
+    train.train(config, str(tmp_path / "run"))
     assert (tmp_path / "run" / "samples" / "samples_captions_0000002.png").exists()
     predictor = inference.Predictor.from_workdir(str(tmp_path / "run"))
     assert "text_encoder" not in predictor.params  # frozen: a constant of the step, not a parameter.

@@ -6,8 +6,8 @@ sampler, guidance) fails it."""
 import numpy as np
 import pytest
 
-from lavin_jax import conditioning, inference
-from conftest import fit, shipped_config
+from lavin_jax import inference
+from conftest import fit, one_digit_per_class, shipped_config
 
 # configs/diffit_digits.py made small: 8 px digits, two resolutions (8 and 4 px), one 4 x 4 window.
 SMALL = {"data.image_size": 8, "model.channels": (16, 32), "model.num_heads": 2, "model.time_width": 32, "model.groups": 4,
@@ -15,23 +15,10 @@ SMALL = {"data.image_size": 8, "model.channels": (16, 32), "model.num_heads": 2,
          "optim.warmup_steps": 20, "data.cond_drop_prob": 0.0}
 
 
-def one_digit_per_class(config):
-    dataset = conditioning.get(config).dataset("train")
-    first = {}
-    for i in range(len(dataset)):
-        image, label = dataset.read(i)
-        first.setdefault(label, image)
-        if len(first) == 10:
-            break
-    return np.stack([first[k] for k in range(10)]).astype(np.float32) / 127.5 - 1.0
-
-
 @pytest.fixture(scope="module")
 def fitted():
     config = shipped_config("diffit_digits", SMALL, {"total_steps": 300})
-    images = one_digit_per_class(config)
-    labels = np.arange(16, dtype=np.int32) % 10
-    batch = {"target": images[labels][:, None], "label": labels, "skipped": np.zeros(16, np.int32)}
+    images, batch = one_digit_per_class(config)
     return (config, images, *fit(config, batch, config.total_steps))
 
 
