@@ -10,12 +10,44 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # tests start inherit it. The tests that need a run's own stream turn it back on:
 # test_fsdp_and_tensor_parallelism_split_the_arrays_themselves, and test_autoencoding.py's.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "0")
+# Most tests run a step or two, so their time is XLA's compiling, which is about a fifth quicker
+# with little optimisation (test_latents.py alone: 192 s -> 154 s). Processes the tests start
+# inherit it. Tests that train to a bar run many steps instead: they are marked `optimized`
+# (`optimized` below), since their steps run much slower unoptimised (a DDPM fit: 27 s -> 45 s).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import pathlib
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _optimizing(marked: bool):
+    """Compiles with XLA's full optimisation while `marked` (a test or module marked `optimized`)."""
+    if not marked:
+        yield
+        return
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def optimized_module(request):
+    """A module marked `optimized` (`pytestmark`): its module fixtures too, which train."""
+    yield from _optimizing(request.node.get_closest_marker("optimized") is not None)
+
+
+@pytest.fixture(autouse=True)
+def optimized(request):
+    """A test marked `optimized` (a module's mark is `optimized_module`'s)."""
+    yield from _optimizing(any(m.name == "optimized" for m in request.node.own_markers))
 
 
 def shipped_config(name: str, defaults: dict, overrides: dict):

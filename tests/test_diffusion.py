@@ -6,12 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import QUICK_COMPILE
 
 from lavin_jax import diffusion
 
 DIT = diffusion.linear_schedule(1000, 1e-4, 0.02)
-jit = functools.partial(jax.jit, compiler_options=QUICK_COMPILE)  # One quick compile per test, not one per op.
+jit = jax.jit  # One compile per test, not one per op.
 
 
 def oracle(mean, var, learn_sigma=False, v=0.0):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DIGITS_SMALL, QUICK_COMPILE, ROOT, shipped_config
+from conftest import DIGITS_SMALL, ROOT, shipped_config
 from flax import nnx
 
 from lavin_jax import config as config_lib
@@ -449,7 +449,7 @@ def random_weights(expected: dict, scale: float, seed: int) -> dict:
 def run_quick(module, *args):
     """module(*args), compiled without XLA's backend optimisation (one call: it would not pay)."""
     graphdef, state = nnx.split(module)
-    call = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args), compiler_options=QUICK_COMPILE)
+    call = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args))
     return call(state, *args)
 
 

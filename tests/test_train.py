@@ -31,6 +31,7 @@ def batches(config, n):
     return [next(data) for _ in range(n)]
 
 
+@pytest.mark.optimized
 def test_loss_falls_on_a_fixed_batch():
     config = small_config(**{"optim.warmup_steps": 1, "optim.lr": 3e-3})
     mesh = parallel.make_mesh(config)
@@ -222,6 +223,7 @@ def test_a_run_that_evaluates_names_a_missing_evaluation_file_before_the_workdir
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.optimized
 def test_a_class_conditional_dit_learns_its_classes_through_the_same_trainer(tmp_path, capsys):
     """The in-context runs above and a class-conditional DiT share the trainer, the sampler and the
     evaluation path; only the conditioning differs. 1000 steps on 8 px digits (about 30 s): the

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tokenizers
 
-from conftest import QUICK_COMPILE, refused_before_reading, release_factory, rewrite_weights
+from conftest import refused_before_reading, release_factory, rewrite_weights
 from lavin_jax.models import clip_text, released
 
 TEXT = {"model_type": "clip_text_model", "vocab_size": 300, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -25,7 +25,7 @@ LAYOUTS = {  # name -> (config.json, clip_text.write_random's options)
 }
 CAPTIONS = ["a red cube on a wooden table", "", "three dogs running across a field of tall grass beside two green spheres"]
 LENGTH = 24  # pads the first caption, cuts the last.
-jit = lambda f: jax.jit(f, compiler_options=QUICK_COMPILE)
+jit = jax.jit
 
 
 @pytest.fixture(scope="module")

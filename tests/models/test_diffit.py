@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.models import diffit
-from conftest import QUICK_COMPILE, randomized
+from conftest import randomized
 from test_dit import gelu, lin, ln, reference_inputs, reference_outputs, silu
 
 
@@ -34,7 +34,7 @@ def inputs(batch=2, size=8, seed=1):
 def compiled(module, *static):
     """module(*args, *static), compiled; `static` (a TMSA's grid) is not traced."""
     graphdef, state = nnx.split(module)
-    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args, *static), compiler_options=QUICK_COMPILE)
+    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args, *static))
     return lambda *args: run(state, *args)
 
 

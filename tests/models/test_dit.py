@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.models import dit
-from conftest import QUICK_COMPILE, randomized
+from conftest import randomized
 
 
 def small(**fields):
@@ -25,7 +25,7 @@ def inputs(batch=2, size=8, channels=3, seed=1):
 
 def compiled(model):
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args), compiler_options=QUICK_COMPILE)
+    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args))
     return lambda *args: run(state, *args)
 
 

@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.models import flops, gentron, text
-from conftest import QUICK_COMPILE, randomized
+from conftest import randomized
 
 LENGTH = 24
 
@@ -27,7 +27,7 @@ def context(words, motion_free=None):
 
 def compiled(model):
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, x, t, c: nnx.merge(graphdef, state)(x, t, c), compiler_options=QUICK_COMPILE)
+    run = jax.jit(lambda state, x, t, c: nnx.merge(graphdef, state)(x, t, c))
     return lambda x, t, c: run(state, x, t, c)
 
 

@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.config import DEFAULT_RULES
-from conftest import QUICK_COMPILE, randomized, small_config
+from conftest import randomized, small_config
 
 
 def inputs(pairs=2, batch=2, size=16, seed=1):
@@ -20,7 +20,7 @@ def compiled(model):
     """model(x, t, context) as one compiled call: eager, every op dispatches and compiles on its
     own, seconds for a first call."""
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args), compiler_options=QUICK_COMPILE)
+    run = jax.jit(lambda state, *args: nnx.merge(graphdef, state)(*args))
     return lambda *args: run(state, *args)
 
 
@@ -66,7 +66,7 @@ def output_and_grads(cfg, params, x, t, context):
         out, pull_back = jax.vjp(lambda q: nnx.merge(graphdef, q)(x, t, context), p)
         return out, pull_back(2 * out)[0]  # d/dp sum(out**2)
 
-    return jax.jit(run, compiler_options=QUICK_COMPILE)(params)
+    return jax.jit(run)(params)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import QUICK_COMPILE, refused_before_reading, release_factory, rewrite_weights
+from conftest import refused_before_reading, release_factory, rewrite_weights
 from lavin_jax.models import released, t5
 
 TINY = {"model_type": "t5", "vocab_size": 100, "d_model": 32, "d_kv": 8, "num_heads": 3, "d_ff": 48, "num_layers": 2,
@@ -26,7 +26,7 @@ LAYOUTS = {  # name -> (config.json, t5.write_random's options)
 CAPTIONS = ["a red cube on a wooden table", "", "three dogs running across a field of tall grass beside two green spheres"]
 LENGTH = 24  # pads the first caption, cuts the last; offsets reach past max_distance.
 REL = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-jit = lambda f: jax.jit(f, compiler_options=QUICK_COMPILE)
+jit = jax.jit
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from flax import nnx
 
 from lavin_jax import models
 from lavin_jax.models import transformer, vdt
-from conftest import QUICK_COMPILE, randomized
+from conftest import randomized
 
 
 def small(**fields):
@@ -22,7 +22,7 @@ def clip(batch=2, frames=4, size=8, seed=1):
 
 def compiled(model):
     graphdef, state = nnx.split(model)
-    run = jax.jit(lambda state, x, t: nnx.merge(graphdef, state)(x, t, {}), compiler_options=QUICK_COMPILE)
+    run = jax.jit(lambda state, x, t: nnx.merge(graphdef, state)(x, t, {}))
     return lambda x, t: run(state, x, t)
 
 

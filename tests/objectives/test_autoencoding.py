@@ -14,6 +14,8 @@ from lavin_jax import state as state_lib
 from lavin_jax import validation
 from conftest import QUICK_COMPILE, iterate, shipped_config
 
+pytestmark = pytest.mark.optimized  # its tests train to a bar.
+
 
 def vae_config(**overrides):
     """configs/stvae_tiny.py at 16 px without mid blocks, so a step compiles and runs in seconds."""

@@ -10,6 +10,8 @@ from lavin_jax import diffusion, inference
 from lavin_jax.objectives import ddpm
 from conftest import digits_config, fit, one_digit_per_class
 
+pytestmark = pytest.mark.optimized  # its tests train to a bar.
+
 
 @pytest.fixture(scope="module")
 def fitted():

@@ -9,6 +9,9 @@ import pytest
 from lavin_jax import inference
 from conftest import fit, one_digit_per_class, shipped_config
 
+pytestmark = pytest.mark.optimized  # its tests train to a bar.
+
+
 # configs/diffit_digits.py made small: 8 px digits, two resolutions (8 and 4 px), one 4 x 4 window.
 SMALL = {"data.image_size": 8, "model.channels": (16, 32), "model.num_heads": 2, "model.time_width": 32, "model.groups": 4,
          "global_batch_size": 16, "edm.sample_steps": 8, "eval.episodes": 2, "sample.num_examples": 2, "compile_cache": "",

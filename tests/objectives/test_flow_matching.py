@@ -9,6 +9,8 @@ from lavin_jax import evaluation, inference
 from lavin_jax.data import episodes, scoring
 from conftest import fit
 
+pytestmark = pytest.mark.optimized  # its tests train to a bar.
+
 EPISODES = 8
 
 
