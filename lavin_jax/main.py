@@ -156,11 +156,12 @@ def evaluate_run(config, workdir: str, mode: str, output_dir: str | None = None)
 
 def write_npz(predictor, path: str, num: int) -> str:
     """`num` images of a class-conditional model, classes balanced (image i is of class i mod the
-    class count), image i's noise from (config.seed, i) on any mesh and batch size, into `path` as
-    ADM's evaluator reads them: `arr_0` uint8 [N, H, W, 3], and `labels`. Every process samples
-    its share of the devices' rows; process 0 writes."""
+    class count; an unconditional model's are all its null class, 0), image i's noise from
+    (config.seed, i) on any mesh and batch size, into `path` as ADM's evaluator reads them:
+    `arr_0` uint8 [N, H, W, 3], and `labels`. Every process samples its share of the devices'
+    rows; process 0 writes."""
     c = predictor.config
-    labels = np.arange(num, dtype=np.int32) % int(c.model.num_classes)
+    labels = np.arange(num, dtype=np.int32) % max(int(c.model.num_classes), 1)
     images = predictor.sample({"label": labels}, 1, seed=int(c.seed))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)

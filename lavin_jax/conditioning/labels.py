@@ -6,7 +6,13 @@ directory written by ingest; `data/labelled.py`), or their ST-VAE latents from a
 (`data.source='latents'`, `latents.LatentImages`). A share `data.cond_drop_prob` of the examples
 carries the null class `num_classes` instead of its label, which is also what guidance samples
 against (DiT's label dropout, drawn by the data so that it is a pure function of (seed, index)).
-A prompt is a class, by index or name.
+A prompt is a class, by index or name, or None: the null class.
+
+An unconditional model (`model.num_classes` 0: the image-space DiffiT's CIFAR-10) reads the same
+labelled images with every label the null class, 0, and guides against nothing. The labels still
+judge its samples: evaluation reports how its samples spread over the classes the classifier reads
+in them, as a class score (the Inception Score with the classifier in place of Inception: the
+number of classes drawn, each drawn clearly), beside the real held-out images' and FID.
 
 Evaluation draws `eval.episodes` samples of every class and judges them with a classifier fitted
 on the real training images (a fixed logistic regression on small grey thumbnails, so its verdict
@@ -45,18 +51,21 @@ class ClassLabels(Conditioning):
         require(d.image_size >= 8, f"config.data.image_size={d.image_size} must be at least 8.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
-        bad = [k for k in config.sample.classes if not 0 <= k < config.model.num_classes]
-        require(not bad, f"config.sample.classes={tuple(config.sample.classes)} has {bad[:1]}, not a class index in [0, {config.model.num_classes}).")
+        n = config.model.num_classes
+        require(n > 0 or not len(config.sample.classes), f"config.sample.classes={tuple(config.sample.classes)}: an unconditional model (config.model.num_classes=0) draws no classes.")
+        bad = [k for k in config.sample.classes if not 0 <= k < n]
+        require(not bad, f"config.sample.classes={tuple(config.sample.classes)} has {bad[:1]}, not a class index in [0, {n}).")
 
     @property
     def num_classes(self) -> int:
+        """The model's classes, the null class's index; 0: unconditional."""
         return int(self.config.model.num_classes)
 
     def dataset(self, split: str):
         """The labelled images of `split` ('train' or 'test'), at the run's image size."""
         d = self.config.data
         found = labelled.open_dataset(d.classes, split, int(d.image_size), seed=int(self.config.seed))
-        if found.num_classes != self.num_classes:
+        if self.num_classes and found.num_classes != self.num_classes:
             raise ValueError(
                 f"config.model.num_classes={self.num_classes} but config.data.classes={d.classes!r} has {found.num_classes} classes."
             )
@@ -97,16 +106,26 @@ class ClassLabels(Conditioning):
     def null(self, context: dict, frames: int) -> dict:
         return {**context, "label": jnp.full_like(context["label"], self.num_classes)}
 
+    def nulls(self, context: dict, frames: int) -> list[dict]:
+        """The null class; none for an unconditional model, whose every label is it."""
+        return [self.null(context, frames)] if self.num_classes else []
+
     def check_context(self, context: dict, frames: int) -> None:
         label = np.asarray(context.get("label", np.zeros((0, 0))))
         if label.ndim != 1 or frames != 1 or np.any((label < 0) | (label > self.num_classes)):
             raise ValueError(f"Labels {label.shape} for {frames}-frame images: one label in [0, {self.num_classes}] per image is needed.")
 
     def labels(self, prompts) -> np.ndarray:
-        """Class indices of prompts given as indices or class names."""
+        """Class indices of prompts given as indices, class names or None (the null class: an
+        unguided draw of a class-conditional model, any draw of an unconditional one)."""
         names = None
         out = []
         for i, prompt in enumerate(prompts):
+            if prompt is None:
+                out.append(self.num_classes)
+                continue
+            if not self.num_classes:
+                raise ValueError(f"prompts[{i}]={prompt!r}: an unconditional model (config.model.num_classes=0) takes None prompts alone.")
             if isinstance(prompt, str):
                 names = names or list(self.dataset("train").class_names)
                 if prompt not in names:
@@ -142,6 +161,15 @@ def read_all(dataset, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]
     return np.stack([image for image, _ in read]), np.asarray([label for _, label in read], np.int32)
 
 
+def class_score(probabilities: np.ndarray) -> float:
+    """exp(mean KL(p(y|x) || p(y))) of the classifier's [N, classes] probabilities: the Inception
+    Score's formula with the classifier in place of Inception. 1 where every image reads alike; the
+    number of classes where each image is clearly one class and the classes are drawn equally."""
+    p = np.clip(probabilities, 1e-12, 1.0)
+    kl = np.sum(p * (np.log(p) - np.log(p.mean(axis=0, keepdims=True))), axis=1)
+    return float(np.exp(kl.mean()))
+
+
 def class_grid(images: np.ndarray) -> np.ndarray:
     """uint8 [C, N, S, S, 3] -> one row per class, enlarged for a person, 2 px gaps."""
     scale = metrics.display_scale(images.shape[2])
@@ -159,14 +187,16 @@ class ClassEvaluation:
     where configured and `distances`. The classifier and the real images' scores are computed
     once. Unjudged (`judge` False: `--mode=sample`), only the grid is drawn, of the classes
     `sample.classes` names (all where it names none), and no data is read: a converted ImageNet
-    model draws without ImageNet."""
+    model draws without ImageNet. An unconditional model draws `count` samples of its one (null)
+    class, judged by how they spread over the classes (`class_score`) rather than by accuracy."""
 
     def __init__(self, labels: ClassLabels, *, count=None, distances=True, prefix="samples", judge=True):
         c = labels.config
         self.labels, self.prefix, self.judge = labels, prefix, judge
         self.count = int(c.eval.episodes if count is None else count)
+        self.unconditional = not labels.num_classes
         chosen = not judge and len(c.sample.classes)
-        self.classes = np.asarray(c.sample.classes if chosen else range(labels.num_classes), np.int32)
+        self.classes = np.asarray(c.sample.classes if chosen else range(max(labels.num_classes, 1)), np.int32)
         if not judge:
             return
         train_images, train_labels = read_all(labels.dataset("train"), CLASSIFIER_IMAGES)
@@ -174,6 +204,7 @@ class ClassEvaluation:
         self.classifier = LogisticRegression(max_iter=1000).fit(thumbnails(train_images), train_labels)
         self.class_names = list(labels.dataset("train").class_names)
         self.real_accuracy = float(np.mean(self.classifier.predict(thumbnails(held_images)) == held_labels))
+        self.real_score = class_score(self.classifier.predict_proba(thumbnails(held_images)))
         self._fid = None
         if distances and c.eval.fid_weights:
             _, features = evaluation.feature_networks(c.eval)[False]
@@ -191,9 +222,14 @@ class ClassEvaluation:
         report["grids"] = {f"{self.prefix}_classes": class_grid(images.reshape(len(self.classes), self.count, *images.shape[1:])[:, :shown])}
         if not self.judge:
             return report
-        judged = self.classifier.predict(thumbnails(images))
-        report["classes"] = {self.class_names[k]: float(np.mean(judged[labels == k] == k)) for k in range(n)}
-        report["accuracy"] = {"model": float(np.mean(judged == labels)), "real": self.real_accuracy, "chance": 1.0 / n}
+        probabilities = self.classifier.predict_proba(thumbnails(images))
+        judged = self.classifier.classes_[probabilities.argmax(axis=1)]
+        if self.unconditional:
+            report["classes"] = {name: float(np.mean(judged == k)) for k, name in enumerate(self.class_names)}
+            report["class_score"] = {"model": class_score(probabilities), "real": self.real_score, "classes": len(self.class_names)}
+        else:
+            report["classes"] = {self.class_names[k]: float(np.mean(judged[labels == k] == k)) for k in range(n)}
+            report["accuracy"] = {"model": float(np.mean(judged == labels)), "real": self.real_accuracy, "chance": 1.0 / n}
         if self._fid is not None:
             features, real = self._fid
             report["fid"] = {"model": evaluation.frechet_distance(features(scoring.from_uint8(images)[:, None]), real), "real": self.real_fid}
@@ -201,18 +237,26 @@ class ClassEvaluation:
 
     @staticmethod
     def scalars(report: dict) -> dict[str, float]:
-        out = {"eval/accuracy": report["accuracy"]["model"], "eval/accuracy_real": report["accuracy"]["real"]}
+        # An unconditional model's per-class figure is the share of its samples read as the class.
+        score, per_class = ("class_score", "share") if "class_score" in report else ("accuracy", "accuracy")
+        out = {f"eval/{score}": report[score]["model"], f"eval/{score}_real": report[score]["real"]}
         if "fid" in report:
             out.update({"eval/fid": report["fid"]["model"], "eval/fid_real": report["fid"]["real"]})
-        out.update({f"eval/accuracy/{name}": value for name, value in report["classes"].items()})
+        out.update({f"eval/{per_class}/{name}": value for name, value in report["classes"].items()})
         return out
 
     @staticmethod
     def table(report: dict) -> str:
-        a = report["accuracy"]
-        lines = [f"{'class':<16} {'accuracy of samples':>20}"]
-        lines += [f"{name:<16} {value:>20.3f}" for name, value in report["classes"].items()]
-        lines.append(f"{'all':<16} {a['model']:>20.3f}   (real held-out images {a['real']:.3f}, chance {a['chance']:.3f})")
+        if "class_score" in report:
+            s = report["class_score"]
+            lines = [f"{'class':<16} {'share of samples':>20}"]
+            lines += [f"{name:<16} {value:>20.3f}" for name, value in report["classes"].items()]
+            lines.append(f"class score {s['model']:.2f} (real held-out images {s['real']:.2f}; 1 to {s['classes']})")
+        else:
+            a = report["accuracy"]
+            lines = [f"{'class':<16} {'accuracy of samples':>20}"]
+            lines += [f"{name:<16} {value:>20.3f}" for name, value in report["classes"].items()]
+            lines.append(f"{'all':<16} {a['model']:>20.3f}   (real held-out images {a['real']:.3f}, chance {a['chance']:.3f})")
         if "fid" in report:
             lines.append(f"FID {report['fid']['model']:.2f} (real training images: {report['fid']['real']:.2f})")
         return "\n".join(lines)

@@ -17,7 +17,8 @@ Two models use it:
   width, then per resolution `blocks` DiffiT ResBlocks (x + DiffiT-block(Conv3x3(SiLU(GN(x))))),
   a strided convolution down; back up by nearest 2x and a convolution, the encoder's features of
   each resolution concatenated on the way up; GroupNorm, SiLU and a zero-initialised convolution
-  out. Windowed TMSA at every resolution. The paper leaves heads, the MLP's width, GroupNorm's
+  out. Windowed TMSA at every resolution. Either model is unconditional with `num_classes` 0:
+  no class table, c the timestep's embedding alone. The paper leaves heads, the MLP's width, GroupNorm's
   groups and how skips merge unstated: these are config fields, with the choices above.
 """
 
@@ -111,12 +112,26 @@ def check_windows(cfg, side: int, sides: tuple[int, ...]) -> None:
         )
 
 
-def class_embedding(cfg, width: int, rngs: nnx.Rngs) -> nnx.Embed:
-    """The class table, one more row than classes: the null class guidance samples against."""
+def class_embedding(cfg, width: int, rngs: nnx.Rngs) -> nnx.Embed | None:
+    """The class table, one more row than classes: the null class guidance samples against. None
+    for an unconditional model (`num_classes` 0, the paper's CIFAR-10 model): its labels are all
+    the null class, and a table of that one row would only add a constant."""
+    if not cfg.num_classes:
+        return None
     return nnx.Embed(
         cfg.num_classes + 1, width, rngs=rngs,
         embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed")),
     )
+
+
+def condition(t_embedded: jax.Array, class_embed: nnx.Embed | None, context: dict) -> jax.Array:
+    """c, the time token: the timestep's embedding plus, for a class-conditional model, the label's."""
+    return t_embedded if class_embed is None else t_embedded + class_embed(context["label"])
+
+
+def check_classes(cfg) -> None:
+    if not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+        raise ValueError(f"config.model.num_classes={cfg.num_classes!r} must be a count of classes, or 0 for an unconditional model.")
 
 
 class DiffiT(nnx.Module):
@@ -140,7 +155,8 @@ class DiffiT(nnx.Module):
 
     @staticmethod
     def check_config(cfg) -> None:
-        dit.check_fields(cfg, positive=("num_classes", "window"))
+        dit.check_fields(cfg, positive=("window",))
+        check_classes(cfg)
 
     @staticmethod
     def check_input(cfg, side: int) -> None:
@@ -164,7 +180,7 @@ class DiffiT(nnx.Module):
         h = self.patch_embed(layers.patchify(x.astype(dtype), cfg.patch_size))
         h = h + layers.posemb_sincos_2d(height, width, cfg.hidden).astype(dtype)
         h = constrain(h, "batch", "length", "act_embed")
-        c = self.t_embed(t) + self.class_embed(context["label"])
+        c = condition(self.t_embed(t), self.class_embed, context)
         h = transformer.run_stack(self.blocks, h, c, (height, width), cfg=cfg)
         out = self.final(nnx.silu(layers.layer_norm(h, cfg.norm_eps)))
         return layers.unpatchify(out.astype(jnp.float32), cfg.patch_size, 1, height, width)
@@ -232,9 +248,10 @@ class DiffiTImage(nnx.Module):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        for field in ("blocks", "window", "time_width", "num_classes", "in_channels"):
+        for field in ("blocks", "window", "time_width", "in_channels"):
             if int(cfg[field]) <= 0:
                 raise ValueError(f"config.model.{field}={cfg[field]} must be positive.")
+        check_classes(cfg)
 
     @staticmethod
     def check_input(cfg, side: int) -> None:
@@ -260,11 +277,12 @@ class DiffiTImage(nnx.Module):
         self.head.conv.kernel[...] = jnp.zeros_like(self.head.conv.kernel[...])  # the first output is zero.
 
     def __call__(self, x: jax.Array, t: jax.Array, context: dict) -> jax.Array:
-        """x: noisy images (B, 1, H, W, C); t: (B,) the objective's time; context['label']: (B,)."""
+        """x: noisy images (B, 1, H, W, C); t: (B,) the objective's time; context['label']: (B,),
+        read by a class-conditional model alone."""
         cfg = self.cfg
         if x.ndim != 5 or x.shape[1] != 1 or x.shape[-1] != cfg.in_channels:
             raise ValueError(f"DiffiT (image space) takes images (B, 1, H, W, {cfg.in_channels}); got {x.shape}.")
-        c = self.t_embed(t) + self.class_embed(context["label"])
+        c = condition(self.t_embed(t), self.class_embed, context)
         h = self.stem(x[:, 0].astype(layers.DTYPES[cfg.dtype]))
         skips = []
         for level, resblocks in enumerate(self.down):

@@ -168,3 +168,15 @@ def test_the_u_net_goes_down_and_back_up_with_the_encoders_features_beside():
     # Time and class both reach the output.
     assert float(jnp.abs(run(x, t + 100, context) - out).max()) > 1e-3
     assert float(jnp.abs(run(x, t, {"label": context["label"] + 1}) - out).max()) > 1e-3
+
+
+@pytest.mark.parametrize("build", [small, small_image])
+def test_an_unconditional_model_has_no_class_table_and_ignores_the_label(build):
+    cfg = build(num_classes=0)
+    model = randomized(lambda: models.build(cfg, nnx.Rngs(0)), scale=scaled)
+    assert "class_embed" not in nnx.state(model, nnx.Param)
+    x, t, _ = inputs(size=16)
+    run = compiled(model)
+    np.testing.assert_array_equal(run(x, t, {"label": jnp.zeros(2, jnp.int32)}), run(x, t, {"label": jnp.ones(2, jnp.int32)}))
+    with pytest.raises(ValueError, match=r"config.model.num_classes=-1 must be a count of classes, or 0 for an unconditional model"):
+        type(model).check_config(build(num_classes=-1))
