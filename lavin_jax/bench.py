@@ -301,10 +301,12 @@ def sample(b: Bench, batch: int, repeats: int) -> dict:
     context = objective.conditioning.prompt_context(abstract)
     calls = objective.model_calls(traced, static)
     flops = calls * b.flops(abstract, frames)
-    # Every step also runs the model on each null condition guidance samples against.
-    for null in jax.eval_shape(lambda context: objective.guidance_nulls(context, frames, static), context):
+    # Every step also runs the model on each null condition guidance samples against (none for an
+    # unconditional model, whatever the scale).
+    nulls = jax.eval_shape(lambda context: objective.guidance_nulls(context, frames, static), context)
+    for null in nulls:
         flops += calls * b.flops({**null, "target": abstract["target"]}, frames)
-    report = {"model_calls": calls, "guided": dict(static)["guided"], "model_flops_per_example": flops}
+    report = {"model_calls": calls, "guided": bool(nulls), "model_flops_per_example": flops}
     shards = parallel.batch_shards(b.mesh, c.mesh.rules)
     for n in sorted({1, batch}):
         prompt = {name: parallel.replicate(_example(name, (n, *x.shape[1:]), x.dtype), b.mesh) for name, x in context.items()}

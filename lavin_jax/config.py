@@ -232,7 +232,7 @@ def base(model: str) -> ml_collections.ConfigDict:
     # Evaluation (--mode=eval, and every eval_every steps): held-out episodes of every task scored
     # beside the baselines, or samples of every class judged by a classifier of the real images.
     c.eval = ml_collections.ConfigDict()
-    c.eval.episodes = 16  # per task, or per class.
+    c.eval.episodes = 16  # per task, or per class (an unconditional model draws as many as all the classes).
     c.eval.records = ()  # record directories of held-out pairs (e.g. a test split); (): data.records.
     c.eval.fid_weights = ""  # Inception-v3 file for FID of image tasks (lavin_jax.tools.convert_fid).
     c.eval.fvd_weights = ""  # I3D file for FVD of video tasks.

@@ -484,6 +484,11 @@ def _dit_check(config) -> None:
             f"config.objective={config.objective!r}: the official code samples a {_DISPLAY[config.model.name]} by DDPM, reading its output "
             "as the noise (and variance), so only a ddpm model has the released layout."
         )
+    if not config.model.num_classes:
+        raise ValueError(
+            f"config.model.num_classes=0: the official {_DISPLAY[config.model.name]} always has a class table, so only a "
+            "class-conditional model has the released layout."
+        )
 
 
 # How far a file's fixed tensor may lie from ours: the official DiT computes its position embedding

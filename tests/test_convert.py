@@ -240,6 +240,13 @@ def test_a_converted_diffit_has_the_files_size_and_window_and_samples_as_release
     assert images.shape == (2, 1, 8, 8, 3) and np.all(np.isfinite(images))
 
 
+def test_an_unconditional_diffit_has_no_released_layout(diffit_converted, tmp_path):
+    path = os.path.join(os.path.dirname(os.path.dirname(diffit_converted[0])), "diffit_256.safetensors")
+    with pytest.raises(ValueError, match=r"config.model.num_classes=0: the official DiffiT always has a class table"):
+        convert.convert(str(tmp_path / "out"), diffit_config(**{"model.num_classes": 0}), diffit=path)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_train_py_checkpoint_gives_its_ema_weights(dit_release, tmp_path):
     _, config, arrays = dit_release
     raw = {name: array + 1 for name, array in arrays.items()}

@@ -9,8 +9,9 @@ against (DiT's label dropout, drawn by the data so that it is a pure function of
 A prompt is a class, by index or name, or None: the null class.
 
 An unconditional model (`model.num_classes` 0: the image-space DiffiT's CIFAR-10) reads the same
-labelled images with every label the null class, 0, and guides against nothing. The labels still
-judge its samples: evaluation reports how its samples spread over the classes the classifier reads
+labelled images with every label the null class, 0, and guides against nothing. Its evaluation
+draws as many samples as a class-conditional run would (`eval.episodes` per class of the data),
+and the labels still judge them: it reports how they spread over the classes the classifier reads
 in them, as a class score (the Inception Score with the classifier in place of Inception: the
 number of classes drawn, each drawn clearly), beside the real held-out images' and FID.
 
@@ -187,8 +188,9 @@ class ClassEvaluation:
     where configured and `distances`. The classifier and the real images' scores are computed
     once. Unjudged (`judge` False: `--mode=sample`), only the grid is drawn, of the classes
     `sample.classes` names (all where it names none), and no data is read: a converted ImageNet
-    model draws without ImageNet. An unconditional model draws `count` samples of its one (null)
-    class, judged by how they spread over the classes (`class_score`) rather than by accuracy."""
+    model draws without ImageNet. An unconditional model draws `count` samples for each class of
+    the data, all of its one (null) class, judged by how they spread over the classes
+    (`class_score`) rather than by accuracy."""
 
     def __init__(self, labels: ClassLabels, *, count=None, distances=True, prefix="samples", judge=True):
         c = labels.config
@@ -205,6 +207,8 @@ class ClassEvaluation:
         self.class_names = list(labels.dataset("train").class_names)
         self.real_accuracy = float(np.mean(self.classifier.predict(thumbnails(held_images)) == held_labels))
         self.real_score = class_score(self.classifier.predict_proba(thumbnails(held_images)))
+        if self.unconditional:  # as many samples as a class-conditional run of the data draws.
+            self.count *= len(self.class_names)
         self._fid = None
         if distances and c.eval.fid_weights:
             _, features = evaluation.feature_networks(c.eval)[False]
