@@ -68,7 +68,7 @@ def _state_handler(host_copy: bool) -> ocp.PyTreeCheckpointHandler:
         (jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=jax.process_count() > 1)),
         (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=host_copy)),
     )
-    return ocp.PyTreeCheckpointHandler(save_concurrent_gb=96 if host_copy else 2, type_handler_registry=registry)
+    return ocp.PyTreeCheckpointHandler(save_concurrent_gb=None if host_copy else 2, type_handler_registry=registry)
 
 
 def _restore_args(abstract_state, partial: bool = False) -> ocp.args.PyTreeRestore:

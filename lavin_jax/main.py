@@ -161,7 +161,8 @@ def write_npz(predictor, path: str, num: int) -> str:
     `arr_0` uint8 [N, H, W, 3], and `labels`. Every process samples its share of the devices'
     rows; process 0 writes."""
     c = predictor.config
-    labels = np.arange(num, dtype=np.int32) % max(int(c.model.num_classes), 1)
+    drawn = predictor.conditioning.drawn
+    labels = drawn[np.arange(num) % len(drawn)]
     images = predictor.sample({"label": labels}, 1, seed=int(c.seed))
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(path), exist_ok=True)

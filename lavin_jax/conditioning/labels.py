@@ -62,6 +62,11 @@ class ClassLabels(Conditioning):
         """The model's classes, the null class's index; 0: unconditional."""
         return int(self.config.model.num_classes)
 
+    @property
+    def drawn(self) -> np.ndarray:
+        """The labels samples are drawn for: every class, or an unconditional model's null class."""
+        return np.arange(self.num_classes if self.num_classes else 1, dtype=np.int32)
+
     def dataset(self, split: str):
         """The labelled images of `split` ('train' or 'test'), at the run's image size."""
         d = self.config.data
@@ -90,8 +95,10 @@ class ClassLabels(Conditioning):
     def source(self, seed: int):
         d = self.config.data
         images = latents.LatentImages(self.config) if d.source == "latents" else self.dataset("train")
-        return labelled.LabelledImages(images, seed=seed, flip_prob=float(d.flip_prob),
-                                       cond_drop_prob=float(d.cond_drop_prob), num_classes=self.num_classes, shuffle=True)
+        # An unconditional model's every label is dropped to its null class.
+        drop = float(d.cond_drop_prob) if self.num_classes else 1.0
+        return labelled.LabelledImages(images, seed=seed, flip_prob=float(d.flip_prob), cond_drop_prob=drop,
+                                       num_classes=self.num_classes, shuffle=True)
 
     def largest_batch(self, batch_size: int) -> dict:
         side = int(self.config.data.image_size)
@@ -198,7 +205,7 @@ class ClassEvaluation:
         self.count = int(c.eval.episodes if count is None else count)
         self.unconditional = not labels.num_classes
         chosen = not judge and len(c.sample.classes)
-        self.classes = np.asarray(c.sample.classes if chosen else range(max(labels.num_classes, 1)), np.int32)
+        self.classes = np.asarray(c.sample.classes, np.int32) if chosen else labels.drawn
         if not judge:
             return
         train_images, train_labels = read_all(labels.dataset("train"), CLASSIFIER_IMAGES)

@@ -352,9 +352,8 @@ class LabelledImages:
     Example i is a pure function of (seed, i): the dataset's image i % len (with `shuffle`, the
     i % len-th of epoch i // len's permutation, drawn from (seed, EPOCH_STREAM, epoch)), mirrored
     with probability `flip_prob`, its label replaced by the null class `num_classes` with probability
-    `cond_drop_prob` (DiT's label dropout, the unconditional branch of classifier-free guidance),
-    always where `num_classes` is 0 (an unconditional model's examples: every label is the null
-    class, 0), both drawn from np.random.default_rng((seed, LABELLED_STREAM, i)). A record that raises
+    `cond_drop_prob` (DiT's label dropout, the unconditional branch of classifier-free guidance;
+    1 for an unconditional model, whose `num_classes` may be 0), both drawn from np.random.default_rng((seed, LABELLED_STREAM, i)). A record that raises
     BadRecord is replaced by the next one that reads, with a warning naming it, and counted.
 
     Each example is {"target": float32 [1, S, S, 3] in [-1, 1], "label": int32 [] in
@@ -368,7 +367,7 @@ class LabelledImages:
         for field, value in (("flip_prob", flip_prob), ("cond_drop_prob", cond_drop_prob)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field}={value} must be in [0, 1].")
-        if 0 < num_classes < dataset.num_classes:
+        if cond_drop_prob < 1.0 and num_classes < dataset.num_classes:
             raise ValueError(f"num_classes={num_classes} is fewer than the {dataset.num_classes} classes of {dataset.name}.")
         self.dataset = dataset
         self.num_classes = int(num_classes)
@@ -387,7 +386,7 @@ class LabelledImages:
         (image, label), skipped = records.read_past_bad(self.dataset, record)
         return {
             "target": self.dataset.target(image, flip),
-            "label": np.array(self.num_classes if drop or not self.num_classes else label, np.int32),
+            "label": np.array(self.num_classes if drop else label, np.int32),
             "skipped": np.array(skipped, np.int32),
         }
 
