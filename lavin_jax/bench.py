@@ -19,6 +19,9 @@ For a config of a diffusion transformer (J-DiT, DiT), on this host's devices, ea
                 reading the pipeline live against the same batches read beforehand.
     checkpoint  saving the train state: the seconds the step waits for, the seconds until it is
                 written, and the waiting's share of step time at config.checkpoint_every.
+    official    with --official=DIR (a checkout of the official LaVin-DiT) and PyTorch installed:
+                the official J-DiT's train step at the same shapes (`tools/official_step.py`), and
+                our train step's time over its.
 
 Model FLOPs are `models.flops.forward` (closed form, checked against XLA's cost analysis in the
 tests): 3 forward passes a train step (forward and backward, whatever remat recomputes), one per
@@ -60,6 +63,7 @@ from lavin_jax import checkpoint, models, parallel, summary, train, validation
 from lavin_jax import state as state_lib
 from lavin_jax.data import pipeline
 from lavin_jax.models import flops as model_flops
+from lavin_jax.tools import official_step
 
 # Dense peak TFLOP/s per chip at the compute dtype the configs use (bfloat16), from the vendors'
 # data sheets; a device kind not listed reports no MFU unless --peak_tflops is given.
@@ -73,7 +77,7 @@ PEAK_TFLOPS = {
     "TPU v5p": 459.0,
     "TPU v6 lite": 918.0,
 }
-PARTS = ("train", "sample", "vae", "data", "checkpoint")
+PARTS = ("train", "sample", "vae", "data", "checkpoint", "official")
 PROFILED_CALLS = 3
 # Trace threads whose events span others' (a whole module or step): counting them would count
 # their ops twice.
@@ -435,16 +439,33 @@ def checkpointing(b: Bench, repeats: int, step_seconds: float | None) -> dict:
     }
 
 
-def check_parts(config, parts) -> list[str]:
-    """The parts asked for, checked; none: every part that applies to the config."""
-    applies = [p for p in PARTS if p != "vae" or config.vae.name != "none"]
+def official_train_step(b: Bench, steps: int, official: str, ours: float | None) -> dict:
+    """The official PyTorch J-DiT's train step on the shapes of ours (the largest batch), beside
+    ours when the train part measured it."""
+    abstract = b.s.objective.largest_batch(b.config.global_batch_size)
+    shapes = b.model_shapes(abstract, abstract["target"].shape[1])
+    report = official_step.measure(b.config, shapes, official, steps)
+    report["our_params"] = sum(x.size for x in jax.tree.leaves(b.state["params"]["model"]))
+    if ours:
+        report["ours_over_official"] = ours / report["step_seconds"]
+    return report
+
+
+def check_parts(config, parts, official: str = "") -> list[str]:
+    """The parts asked for, checked; none: every part that applies to the config (`official`
+    where --official names a checkout)."""
+    applies = [p for p in PARTS if (p != "vae" or config.vae.name != "none") and (p != "official" or official)]
     if not parts:
-        return applies
+        parts = applies
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"--parts: unknown part(s) {', '.join(unknown)}; the parts: {', '.join(PARTS)}.")
     if "vae" in parts and "vae" not in applies:
         raise ValueError("--parts=vae: config.vae.name='none' trains on pixels, there is no autoencoder to measure.")
+    if "official" in parts:
+        if not official:
+            raise ValueError("--parts=official needs --official=DIR, a checkout of DerrickWang005/LaVin-DiT.")
+        official_step.check(config, official)
     return list(parts)
 
 
@@ -457,9 +478,10 @@ def _commit() -> str | None:
         return None
 
 
-def run(config, parts=(), *, steps: int = 10, sample_batch: int = 8, vae_batch: int = 4, peak_tflops: float = 0.0, profile_dir: str = "") -> dict:
+def run(config, parts=(), *, steps: int = 10, sample_batch: int = 8, vae_batch: int = 4, peak_tflops: float = 0.0, profile_dir: str = "",
+        official: str = "") -> dict:
     """Measures `parts` (default: all that apply) of the config; returns the report."""
-    parts = check_parts(config, parts)
+    parts = check_parts(config, parts, official)
     b = prepare(config, peak_tflops, profile_dir)
     report = {
         "date": datetime.date.today().isoformat(),
@@ -481,6 +503,8 @@ def run(config, parts=(), *, steps: int = 10, sample_batch: int = 8, vae_batch: 
     if "checkpoint" in parts:
         step_seconds = report.get("train", {}).get("step_seconds") or report.get("data", {}).get("step_seconds_read_before")
         report["checkpoint"] = checkpointing(b, 3, step_seconds)
+    if "official" in parts:
+        report["official"] = official_train_step(b, steps, official, report.get("train", {}).get("step_seconds"))
     return report
 
 
@@ -510,6 +534,7 @@ def define_flags() -> None:
     flags.DEFINE_float("peak_tflops", 0.0, "The device's peak dense TFLOP/s for MFU; 0: from PEAK_TFLOPS by device kind.")
     flags.DEFINE_string("profile", "", "Trace the train step and the sampler into this directory and summarise the traces.")
     flags.DEFINE_string("out", "", "Also write the report here as JSON.")
+    flags.DEFINE_string("official", "", "A checkout of DerrickWang005/LaVin-DiT: measure its J-DiT's train step beside ours (needs PyTorch).")
     flags.mark_flags_as_required(["config"])
 
 
@@ -519,7 +544,7 @@ def main(argv):
     f = flags.FLAGS
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
     report = run(f.config, f.parts, steps=f.steps, sample_batch=f.sample_batch, vae_batch=f.vae_batch,
-                 peak_tflops=f.peak_tflops, profile_dir=f.profile)
+                 peak_tflops=f.peak_tflops, profile_dir=f.profile, official=f.official)
     print(table(report))
     if f.out:
         with open(f.out, "w") as out:

@@ -1,6 +1,7 @@
 """The benchmark harness runs every part and reports consistent figures (no timing is asserted)."""
 
 import gzip
+import importlib.util
 import json
 import os
 
@@ -141,9 +142,34 @@ def test_a_missing_trace_is_named(tmp_path):
 
 
 def test_parts_and_models_are_checked_before_anything_is_built():
-    with pytest.raises(ValueError, match="--parts: unknown part\\(s\\) speed; the parts: train, sample, vae, data, checkpoint"):
+    with pytest.raises(ValueError, match="--parts: unknown part\\(s\\) speed; the parts: train, sample, vae, data, checkpoint, official"):
         bench.run(small_config(), ["train", "speed"])
     with pytest.raises(ValueError, match="--parts=vae: config.vae.name='none' trains on pixels"):
         bench.run(small_config(), ["vae"])
     with pytest.raises(ValueError, match=r"config.model.name='stvae': the benchmark harness measures the diffusion transformers \(jdit, dit, vdt, gentron, diffit, diffit_image\)"):
         bench.run(shipped_config("stvae_tiny", {}, {}))
+
+
+def test_the_official_step_is_measured_only_when_a_checkout_is_named():
+    assert "official" not in bench.check_parts(small_config(), [])
+    with pytest.raises(ValueError, match="--parts=official needs --official=DIR, a checkout of DerrickWang005/LaVin-DiT"):
+        bench.run(small_config(), ["official"])
+
+
+def test_what_keeps_the_official_step_from_standing_beside_ours_is_named(tmp_path, monkeypatch):
+    checkout = tmp_path / "LaVin-DiT"
+    (checkout / "lib" / "model").mkdir(parents=True)
+    (checkout / "lib" / "model" / "dit.py").write_text("")
+    refusals = [
+        (shipped_config("vdt_tiny", {}, {}), checkout, "compares J-DiT's train step; config.model.name='vdt'"),
+        (small_config(**{"model.dtype": "bfloat16"}), checkout, "set --config.model.dtype=float32 \\(it is 'bfloat16'\\)"),
+        (small_config(**{"vae.name": "stvae"}), checkout, "set --config.data.source=latents so both train on latents"),
+        (small_config(), tmp_path, "is not a checkout of DerrickWang005/LaVin-DiT: it has no lib/model/dit.py"),
+    ]
+    for config, where, message in refusals:
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            bench.check_parts(config, ["train", "official"], str(where))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    with pytest.raises(ValueError, match="--official needs PyTorch in this environment \\(pip install torch\\)"):
+        bench.check_parts(small_config(), ["official"], str(checkout))
