@@ -25,8 +25,7 @@ def get_config():
     c.data.video_frames = 8
 
     c.model.update(hidden=96, depth=4, num_heads=4, patch_size=4, in_channels=3, dtype="float32", learn_sigma=False)
-    # Four blocks on a CPU: XLA:CPU runs them unrolled in 0.84 s a step against 1.01 s as one
-    # scanned loop, whose stacked activations it copies in and out (BENCHMARKS.md).
+    # Unrolled, as configs/tiny.py: 0.84 s a step against 1.01 s scanned (BENCHMARKS.md).
     c.model.scan_layers = False
 
     c.optim.lr = 3e-3

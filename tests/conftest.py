@@ -88,6 +88,7 @@ SMALL = {
     "flow.sample_steps": 3,
     "eval.episodes": 2,
     "compile_cache": "",  # the command lines tests run keep no compiled programs in the user's home.
+    "model.scan_layers": True,  # one block to compile, whatever the depth: most of a test's time is compiling.
 }
 
 
