@@ -97,8 +97,7 @@ def check(config, official_dir: str) -> None:
 def measure(config, shapes: dict[str, tuple], official_dir: str, steps: int) -> dict:
     """Seconds of the official model's train step (median of `steps`, after two that warm up),
     on `shapes` (`Bench.model_shapes`: 'target' and 'cond' without the batch axis), with its
-    parameter count."""
-    check(config, official_dir)
+    parameter count. The config and checkout are `check`ed first, by bench's `check_parts`."""
     torch, LaVinDiT = official_model(official_dir)
     m, batch = config.model, config.global_batch_size
     p = m.patch_size
