@@ -20,8 +20,7 @@ def get_config():
     c.total_steps = 1400
     c.global_batch_size = 8
     c.log_every = 50
-    c.checkpoint_every = 1400
-    c.eval_every = 1400
+    c.checkpoint_every = c.eval_every = c.total_steps
 
     c.data.clips = "moving_digits"
     c.data.image_size = 32
