@@ -543,6 +543,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
+    parallel.use_cpu_devices(f.config.mesh.cpu_devices)  # as the run would.
     report = run(f.config, f.parts, steps=f.steps, sample_batch=f.sample_batch, vae_batch=f.vae_batch,
                  peak_tflops=f.peak_tflops, profile_dir=f.profile, official=f.official)
     print(table(report))

@@ -61,6 +61,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     config = _CONFIG.value
     use_compile_cache(config.compile_cache)
+    parallel.use_cpu_devices(config.mesh.cpu_devices)  # before JAX starts; --mode=compile's --topology overrides it.
     if _MODE.value == "summary":
         # Abstract evaluation only: the mesh is for the pod, not this host, so it is not checked.
         validation.validate(config, num_devices=None)

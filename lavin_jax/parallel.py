@@ -53,6 +53,25 @@ def initialize_distributed() -> str:
     return "single"
 
 
+def use_cpu_devices(count: int) -> None:
+    """Makes JAX split this host's CPU into `count` devices (`config.mesh.cpu_devices`; 0 leaves
+    JAX's one), unless the environment already sets the count (XLA_FLAGS'
+    --xla_force_host_platform_device_count, JAX_NUM_CPU_DEVICES: tests, launch/local.sh) or JAX
+    has already started (a notebook, a test). Only JAX's CPU backend reads it, so on a GPU or TPU
+    host it changes nothing. Call before anything asks JAX for its devices."""
+    if int(count) < 0:
+        raise ValueError(f"config.mesh.cpu_devices={count} must be non-negative (0: JAX's default of one).")
+    if count and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "") and "JAX_NUM_CPU_DEVICES" not in os.environ:
+        _ask_cpu_devices(int(count))
+
+
+def _ask_cpu_devices(count: int) -> None:
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # JAX already started (a notebook, a test): its CPU devices must do.
+        pass
+
+
 def target_devices(topology: str) -> list:
     """Devices to compile for ahead of time: 'cpu:N' gives N CPU devices (call before anything
     else touches JAX's CPU backend); any other name is a TPU topology such as 'v5p:4x4x4' or
@@ -61,10 +80,7 @@ def target_devices(topology: str) -> list:
     if kind == "cpu":
         if not size.isdigit() or int(size) < 1:
             raise ValueError(f"--topology={topology!r}: write cpu:N with N a positive device count.")
-        try:
-            jax.config.update("jax_num_cpu_devices", int(size))
-        except RuntimeError:  # JAX already started (a notebook, a test): its CPU devices must do.
-            pass
+        _ask_cpu_devices(int(size))
         devices = jax.devices("cpu")
         if len(devices) != int(size):
             raise ValueError(f"--topology={topology!r}: JAX had already started with {len(devices)} CPU devices.")
@@ -94,13 +110,13 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
         if num_devices % fixed:
             raise ValueError(
                 f"config.mesh: the fixed axes' product {fixed} does not divide the {num_devices} devices "
-                f"(on a CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count={fixed} to simulate {fixed} devices)."
+                f"(on a CPU, --config.mesh.cpu_devices={fixed} makes {fixed} devices)."
             )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ValueError(
             f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices "
-            f"(on a CPU, run with XLA_FLAGS=--xla_force_host_platform_device_count={fixed} to simulate {fixed} devices)."
+            f"(on a CPU, --config.mesh.cpu_devices={fixed} makes {fixed} devices)."
         )
     return sizes
 

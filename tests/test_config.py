@@ -55,7 +55,7 @@ def test_invalid_configs_name_the_field(overrides, devices, message):
     [
         ("model.hiden", r"config.model.hiden is not a field; did you mean config.model.hidden\?"),
         ("modle.hidden", r"config.modle is not a field; did you mean config.model\?"),
-        ("mesh.zzz", r"config.mesh.zzz is not a field; config.mesh has data, fsdp, rules, tensor."),
+        ("mesh.zzz", r"config.mesh.zzz is not a field; config.mesh has cpu_devices, data, fsdp, rules, tensor."),
         ("seed.x", r"config.seed.x: config.seed is a value, not a section of fields."),
     ],
 )

@@ -2,6 +2,9 @@
 runtime itself is exercised for real by tests/test_multiprocess.py."""
 
 import glob
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -48,6 +51,23 @@ def test_slurm_and_tpu_are_detected(calls, monkeypatch):
     monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/vfio/0"] if "vfio" in pattern else [])
     assert parallel.initialize_distributed() == "tpu"
     assert calls == [{"cluster_detection_method": "slurm"}, {}]
+
+
+def devices_after_use_cpu_devices(count: int, **env) -> str:
+    """jax.device_count() of a fresh process that called parallel.use_cpu_devices(count) first,
+    with `env` in place of the tests' own device count."""
+    base = {name: value for name, value in os.environ.items() if name not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    script = f"from lavin_jax import parallel; parallel.use_cpu_devices({count}); import jax; print(jax.device_count())"
+    result = subprocess.run([sys.executable, "-c", script], env={**base, "JAX_PLATFORMS": "cpu", **env}, capture_output=True, text=True, timeout=120)
+    return result.stdout.strip() or result.stderr.strip().splitlines()[-1]
+
+
+def test_cpu_devices_split_the_host_unless_the_environment_says_how_many():
+    assert devices_after_use_cpu_devices(2) == "2"
+    assert devices_after_use_cpu_devices(0) == "1"  # JAX's default.
+    assert devices_after_use_cpu_devices(2, XLA_FLAGS="--xla_force_host_platform_device_count=3") == "3"
+    assert devices_after_use_cpu_devices(2, JAX_NUM_CPU_DEVICES="1") == "1"
+    assert devices_after_use_cpu_devices(-1) == "ValueError: config.mesh.cpu_devices=-1 must be non-negative (0: JAX's default of one)."
 
 
 def test_tensor_groups_must_stay_within_a_host():
