@@ -19,7 +19,7 @@ def get_config():
     c.model.temporal = True
     c.data.video_frames = 4  # objects move 0.1 of the picture a frame (captions.SPEED): 9.6 px a clip.
     c.data.motion_free_prob = 0.1  # GenTron's p_motion_free: each such clip's frames attend to themselves alone.
-    # About 31 minutes on 2 CPU cores; 1000 steps (15 min) read the motion worse (BENCHMARKS.md).
+    # About 24 minutes on 2 CPU cores; 1000 steps read the motion worse (BENCHMARKS.md).
     c.total_steps = 2500
     c.global_batch_size = 16
     c.checkpoint_every = c.eval_every = 2500
