@@ -59,10 +59,25 @@ def use_cpu_devices(count: int) -> None:
     --xla_force_host_platform_device_count, JAX_NUM_CPU_DEVICES: tests, launch/local.sh) or JAX
     has already started (a notebook, a test). Only JAX's CPU backend reads it, so on a GPU or TPU
     host it changes nothing. Call before anything asks JAX for its devices."""
-    if int(count) < 0:
+    count = int(count)
+    if count < 0:
         raise ValueError(f"config.mesh.cpu_devices={count} must be non-negative (0: JAX's default of one).")
-    if count and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "") and "JAX_NUM_CPU_DEVICES" not in os.environ:
-        _ask_cpu_devices(int(count))
+    if count and _cpu_count_setting() is None:
+        _ask_cpu_devices(count)
+
+
+def _cpu_count_setting() -> str | None:
+    """The environment variable that sets JAX's CPU device count here, if one does."""
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return "XLA_FLAGS"
+    return "JAX_NUM_CPU_DEVICES" if "JAX_NUM_CPU_DEVICES" in os.environ else None
+
+
+def _cpu_devices_hint(count: int) -> str:
+    """How to get `count` CPU devices here: the setting that decides it in this environment."""
+    setting = {"XLA_FLAGS": f"XLA_FLAGS=--xla_force_host_platform_device_count={count}",
+               "JAX_NUM_CPU_DEVICES": f"JAX_NUM_CPU_DEVICES={count}"}.get(_cpu_count_setting(), f"--config.mesh.cpu_devices={count}")
+    return f"(on a CPU, {setting} makes {count} devices)"
 
 
 def _ask_cpu_devices(count: int) -> None:
@@ -110,13 +125,13 @@ def mesh_shape(mesh_config, num_devices: int) -> dict[str, int]:
         if num_devices % fixed:
             raise ValueError(
                 f"config.mesh: the fixed axes' product {fixed} does not divide the {num_devices} devices "
-                f"(on a CPU, --config.mesh.cpu_devices={fixed} makes {fixed} devices)."
+                f"{_cpu_devices_hint(fixed)}."
             )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise ValueError(
             f"config.mesh: data*fsdp*tensor={fixed} does not match the {num_devices} devices "
-            f"(on a CPU, --config.mesh.cpu_devices={fixed} makes {fixed} devices)."
+            f"{_cpu_devices_hint(fixed)}."
         )
     return sizes
 

@@ -31,7 +31,7 @@ def command(*flags, devices=1):
         (["--config=configs/nowhere.py", "--config.total_steps=5"], "error: Config file 'configs/nowhere.py' does not exist."),
         (["--config=configs/tiny.py", "--config.mesh.fsdp=2"],
          "error: config.mesh: the fixed axes' product 2 does not divide the 1 devices (on a CPU, "
-         "--config.mesh.cpu_devices=2 makes 2 devices)."),
+         "XLA_FLAGS=--xla_force_host_platform_device_count=2 makes 2 devices)."),
     ],
 )
 def test_a_mistake_on_the_command_line_is_one_line_naming_it(tmp_path, flags, error):

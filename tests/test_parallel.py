@@ -70,6 +70,20 @@ def test_cpu_devices_split_the_host_unless_the_environment_says_how_many():
     assert devices_after_use_cpu_devices(-1) == "ValueError: config.mesh.cpu_devices=-1 must be non-negative (0: JAX's default of one)."
 
 
+def test_a_mesh_without_its_devices_names_the_setting_that_decides_the_count(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
+    mesh = {"data": 1, "fsdp": 4, "tensor": 1}
+    with pytest.raises(ValueError, match=r"does not match the 2 devices \(on a CPU, --config.mesh.cpu_devices=4 makes 4 devices\)\.$"):
+        parallel.mesh_shape(mesh, 2)
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "2")  # the environment wins over the field, so it is named.
+    with pytest.raises(ValueError, match=r"\(on a CPU, JAX_NUM_CPU_DEVICES=4 makes 4 devices\)\.$"):
+        parallel.mesh_shape(mesh, 2)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    with pytest.raises(ValueError, match=r"\(on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=4 makes 4 devices\)\.$"):
+        parallel.mesh_shape(mesh, 2)
+
+
 def test_tensor_groups_must_stay_within_a_host():
     hosts = np.repeat(np.arange(2), 4)  # 2 processes of 4 devices, laid out process-major.
     parallel.check_tensor_within_hosts(hosts.reshape(1, 2, 4))
