@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from lavin_jax.models import dit, layers, sdvae, transformer
-from lavin_jax.models.attention import attention
+from lavin_jax.models.attention import IMPLEMENTATIONS, attention
 from lavin_jax.parallel import constrain
 
 # DiT's sizes, (hidden, depth, heads); XL is the release: depth 28 (the paper's text says 30, its
@@ -242,7 +242,7 @@ class DiffiTImage(nnx.Module):
              f"config.model.num_heads={cfg.num_heads} must be positive and divide every entry of channels={channels}."),
             (not cfg.learn_sigma, "config.model.learn_sigma=True: the image-space DiffiT predicts no variance."),
             (cfg.dtype in layers.DTYPES, f"config.model.dtype={cfg.dtype!r} must be one of {tuple(layers.DTYPES)}."),
-            (cfg.attention in ("auto", "xla", "cudnn"), f"config.model.attention={cfg.attention!r} must be one of ('auto', 'xla', 'cudnn')."),
+            (cfg.attention in IMPLEMENTATIONS, f"config.model.attention={cfg.attention!r} must be one of {IMPLEMENTATIONS}."),
             (cfg.mlp_ratio > 0, f"config.model.mlp_ratio={cfg.mlp_ratio} must be positive."),
         )
         for ok, message in checks:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lavin_jax.models import layers
-from lavin_jax.models.attention import attention
+from lavin_jax.models.attention import IMPLEMENTATIONS, attention
 from lavin_jax.parallel import constrain
 
 REMAT_POLICIES = {
@@ -32,7 +32,7 @@ def compute_fields(c):
     """Adds to a family's config section the fields that say how its transformer computes."""
     c.norm_eps = 1e-6
     c.dtype = "bfloat16"  # compute dtype; parameters stay float32.
-    c.attention = "auto"  # auto | xla | cudnn
+    c.attention = "auto"  # of attention.IMPLEMENTATIONS
     c.scan_layers = True
     c.remat = "none"  # none | full | dots (save matmul outputs only)
     return c
@@ -42,7 +42,7 @@ def check_fields(cfg, positive: tuple[str, ...], choices: tuple = ()) -> None:
     """Raises ValueError, one sentence naming the field, for compute fields or `choices`
     ((field, allowed), ...) outside what they allow, `positive` fields that are not, or a width
     the heads do not divide."""
-    compute = (("dtype", tuple(layers.DTYPES)), ("attention", ("auto", "xla", "cudnn")), ("remat", ("none", *REMAT_POLICIES)))
+    compute = (("dtype", tuple(layers.DTYPES)), ("attention", IMPLEMENTATIONS), ("remat", ("none", *REMAT_POLICIES)))
     for field, allowed in (*compute, *choices):
         if cfg[field] not in allowed:
             raise ValueError(f"config.model.{field}={cfg[field]!r} must be one of {allowed}.")
