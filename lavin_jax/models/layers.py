@@ -16,6 +16,18 @@ xavier = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
 
 
+class Dense(nnx.Linear):
+    """nnx.Linear applied to its input's leading axes flattened into one, (..., in) as (N, in).
+    XLA:CPU differentiates a product over (B, L, in) by copying the output's gradient to a
+    transposed layout for the weight's gradient; over (N, in) it does not: SwiGLU's forward and
+    backward at (2, 768, 576) -> 1536 take 142 ms against 221 ms (BENCHMARKS.md)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim <= 2:
+            return super().__call__(x)
+        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+
+
 def dense(
     in_features: int,
     out_features: int,
@@ -27,7 +39,7 @@ def dense(
     zero_init: bool = False,
 ) -> nnx.Linear:
     """A Linear whose kernel carries logical axis names; xavier-uniform or zero, bias zero."""
-    return nnx.Linear(
+    return Dense(
         in_features,
         out_features,
         use_bias=use_bias,
