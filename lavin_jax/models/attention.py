@@ -42,25 +42,25 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "a
 
 # The recompute kernel works on queries (B, kv_heads, group, L, D) against keys and values
 # (B, kv_heads, S, D), so each product is one batched matmul with no K/V head repeated.
-_SCORES = "bkgld,bksd->bkgls"
+def _group(x, kv_heads):
+    """Queries (or their gradient) (B, L, heads, D) -> (B, kv_heads, group, L, D)."""
+    b, length, heads, dim = x.shape
+    return x.reshape(b, length, kv_heads, heads // kv_heads, dim).transpose(0, 2, 3, 1, 4)
 
 
-def _grouped(q, k, v, bias):
-    b, length, heads, dim = q.shape
-    kv_heads = k.shape[2]
-    group = heads // kv_heads
-    q = (q * dim**-0.5).reshape(b, length, kv_heads, group, dim).transpose(0, 2, 3, 1, 4)
-    if bias is not None:
-        bias = bias.astype(jnp.float32).reshape(kv_heads, group, length, -1)
-    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), bias
+def _ungroup(x):
+    """(B, kv_heads, group, L, D) -> (B, L, heads, D)."""
+    b, kv_heads, group, length, dim = x.shape
+    return x.transpose(0, 3, 1, 2, 4).reshape(b, length, kv_heads * group, dim)
 
 
 def _probabilities(qg, kg, lengths, bias, lse=None):
-    """Softmax probabilities (B, kv_heads, group, L, S) in float32, and their log-sum-exp (the
-    normaliser the backward pass divides by, given as `lse` there)."""
-    logits = jnp.einsum(_SCORES, qg, kg, preferred_element_type=jnp.float32)
+    """Softmax probabilities (B, kv_heads, group, L, S) in float32 of the scaled, grouped queries
+    against keys (B, kv_heads, S, D), and their log-sum-exp (the normaliser the backward pass
+    divides by, given as `lse` there)."""
+    logits = jnp.einsum("bkgld,bksd->bkgls", qg, kg, preferred_element_type=jnp.float32)
     if bias is not None:
-        logits = logits + bias
+        logits = logits + bias.astype(jnp.float32).reshape(qg.shape[1:3] + logits.shape[-2:])
     if lengths is not None:
         padding = jnp.arange(kg.shape[2])[None, :] >= lengths[:, None]  # (B, S)
         logits = jnp.where(padding[:, None, None, None, :], -jnp.inf, logits)
@@ -69,38 +69,33 @@ def _probabilities(qg, kg, lengths, bias, lse=None):
     return jnp.exp(logits - lse[..., None]), lse
 
 
-def _ungroup(x, shape):
-    """(B, kv_heads, group, L, D) -> (B, L, heads, D)."""
-    return x.transpose(0, 3, 1, 2, 4).reshape(shape)
-
-
 @jax.custom_vjp
 def _recompute(q, k, v, lengths, bias):
     return _forward(q, k, v, lengths, bias)[0]
 
 
 def _forward(q, k, v, lengths, bias):
-    qg, kg, vg, bg = _grouped(q, k, v, bias)
-    p, lse = _probabilities(qg, kg, lengths, bg)
+    # Grouped once here; the backward reads them as saved.
+    qg = _group(q * q.shape[-1] ** -0.5, k.shape[2])
+    kg, vg = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    p, lse = _probabilities(qg, kg, lengths, bias)
     out = jnp.einsum("bkgls,bksd->bkgld", p.astype(v.dtype), vg, preferred_element_type=jnp.float32)
-    return _ungroup(out, q.shape).astype(q.dtype), (q, k, v, lengths, bias, out, lse)
+    return _ungroup(out).astype(q.dtype), (qg, kg, vg, lengths, bias, out, lse)
 
 
 def _backward(saved, d_out):
-    q, k, v, lengths, bias, out, lse = saved
-    qg, kg, vg, bg = _grouped(q, k, v, bias)
-    b, length, heads, dim = q.shape
-    dg = d_out.reshape(b, length, k.shape[2], heads // k.shape[2], dim).transpose(0, 2, 3, 1, 4).astype(jnp.float32)
-    p, _ = _probabilities(qg, kg, lengths, bg, lse)
+    qg, kg, vg, lengths, bias, out, lse = saved
+    dg = _group(d_out, kg.shape[1]).astype(jnp.float32)
+    p, _ = _probabilities(qg, kg, lengths, bias, lse)
     dv = jnp.einsum("bkgls,bkgld->bksd", p, dg)
     dp = jnp.einsum("bkgld,bksd->bkgls", dg, vg, preferred_element_type=jnp.float32)
     # The softmax's backward: dlogits = p * (dp - sum_s p dp), and sum_s p dp = dout . out.
     dlogits = p * (dp - jnp.sum(dg * out, axis=-1)[..., None])
-    dq = jnp.einsum("bkgls,bksd->bkgld", dlogits, kg) * dim**-0.5
+    dq = jnp.einsum("bkgls,bksd->bkgld", dlogits, kg) * qg.shape[-1] ** -0.5
     dk = jnp.einsum("bkgls,bkgld->bksd", dlogits, qg)
     d_bias = None if bias is None else jnp.sum(dlogits, axis=0).reshape(bias.shape).astype(bias.dtype)
     unkv = lambda x: x.transpose(0, 2, 1, 3)
-    return (_ungroup(dq, q.shape).astype(q.dtype), unkv(dk).astype(k.dtype), unkv(dv).astype(v.dtype), None, d_bias)
+    return (_ungroup(dq).astype(qg.dtype), unkv(dk).astype(kg.dtype), unkv(dv).astype(vg.dtype), None, d_bias)
 
 
 _recompute.defvjp(_forward, _backward)
