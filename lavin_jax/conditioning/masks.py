@@ -305,8 +305,8 @@ class ClipEvaluation:
     frames the model made (any hidden pixel) are scored by PSNR and SSIM, per frame index and
     overall, beside the baseline that copies each hidden pixel from the nearest frame giving it;
     with `eval.fvd_weights` and `distances`, FVD of the completed clips against the real ones.
-    Unconditional clips have no baseline and only FVD. Grids and GIFs show given | model | real
-    per mode."""
+    Unconditional clips have no baseline and only FVD. Grids and GIFs show given | model | copy
+    (the baseline's answer) | real per mode, so the copy is judged by eye beside the model."""
 
     def __init__(self, masks: FrameMasks, *, count=None, distances=True, prefix="samples"):
         c = masks.config
@@ -348,7 +348,8 @@ class ClipEvaluation:
                 scores["fvd"] = evaluation.frechet_distance(features(model), reference)
             report["modes"][mode] = scores
             given = np.where(known[..., None], real, -0.6)  # hidden pixels shown dark grey.
-            rows = np.stack([given[:shown], model[:shown], real[:shown]], axis=1)  # [n, 3, T, S, S, 3]
+            copied = np.stack([nearest_given(r, k) for r, k in zip(real[:shown], known[:shown])])  # mid-grey: given nowhere.
+            rows = np.stack([given[:shown], model[:shown], copied, real[:shown]], axis=1)  # [n, 4, T, S, S, 3]
             report["grids"][self.grid_name(mode)] = metrics.frame_grid(rows.reshape(-1, *rows.shape[2:]), scale=scale)
             report["animations"][self.grid_name(mode)] = [
                 metrics.frame_grid(rows[:, :, t], scale=scale) for t in range(rows.shape[2])

@@ -87,14 +87,17 @@ def _backward(saved, d_out):
     qg, kg, vg, lengths, bias, out, lse = saved
     dg = _group(d_out, kg.shape[1]).astype(jnp.float32)
     p, _ = _probabilities(qg, kg, lengths, bias, lse)
-    dv = jnp.einsum("bkgls,bkgld->bksd", p, dg)
+    # dv and dk come out transposed, (B, kv_heads, D, S): the L x S matrices are then the right
+    # operands of their products as they lie, where (B, kv_heads, S, D) outputs made XLA:CPU copy
+    # each of them to a transposed layout first (BENCHMARKS.md).
+    dv = jnp.einsum("bkgld,bkgls->bkds", dg, p)
     dp = jnp.einsum("bkgld,bksd->bkgls", dg, vg, preferred_element_type=jnp.float32)
     # The softmax's backward: dlogits = p * (dp - sum_s p dp), and sum_s p dp = dout . out.
     dlogits = p * (dp - jnp.sum(dg * out, axis=-1)[..., None])
     dq = jnp.einsum("bkgls,bksd->bkgld", dlogits, kg) * qg.shape[-1] ** -0.5
-    dk = jnp.einsum("bkgls,bkgld->bksd", dlogits, qg)
+    dk = jnp.einsum("bkgld,bkgls->bkds", qg, dlogits)
     d_bias = None if bias is None else jnp.sum(dlogits, axis=0).reshape(bias.shape).astype(bias.dtype)
-    unkv = lambda x: x.transpose(0, 2, 1, 3)
+    unkv = lambda x: x.transpose(0, 3, 1, 2)  # (B, kv_heads, D, S) -> (B, S, kv_heads, D)
     return (_ungroup(dq).astype(qg.dtype), unkv(dk).astype(kg.dtype), unkv(dv).astype(vg.dtype), None, d_bias)
 
 

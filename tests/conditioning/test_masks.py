@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lavin_jax import config as config_lib
-from lavin_jax import flow, objectives
+from lavin_jax import flow, metrics, objectives
 from lavin_jax.conditioning import masks
 from lavin_jax.objectives import generative
 from conftest import ROOT, vdt_config
@@ -151,6 +151,16 @@ def test_evaluation_and_sampling_cover_every_trained_mode(trained_vdt, tmp_path)
             assert 0 < scores[answer]["psnr"] <= 100 and -1 <= scores[answer]["ssim"] <= 1
         assert set(scores["model"]["psnr_per_frame"]) <= set(range(4))
     assert set(report["modes"]["predict"]["model"]["psnr_per_frame"]) == {2, 3}  # 2 of 4 frames given.
+    # Each clip's rows: given | model | copy | real; the copy's frames 2 and 3 are the real frame 1.
+    size = config.data.image_size
+    scale = metrics.display_scale(size)
+    grid = report["grids"]["sampled_predict"]
+    start = lambda index: metrics.BORDER + index * (size * scale + metrics.BORDER)
+    cell = lambda row, frame: grid[start(row):start(row + 1) - metrics.BORDER, start(frame):start(frame + 1) - metrics.BORDER]
+    assert grid.shape[0] == start(4 * config.sample.num_examples)
+    for frame in (2, 3):
+        np.testing.assert_array_equal(cell(2, frame), cell(3, 1))
+    assert not np.array_equal(cell(2, 3), cell(3, 3))  # the digits moved: the copy is not the clip.
     main.evaluate_run(config, str(trained_vdt), "sample", output_dir=str(tmp_path / "sample"))
     written = sorted(p.name.rsplit("_", 1)[0] for p in (tmp_path / "sample" / "samples").glob("*.gif"))
     assert written == sorted(f"sampled_{mode}" for mode in masks.MODES)
