@@ -113,7 +113,11 @@ class ByteEncoder(nnx.Module):
 
     def __init__(self, cfg, *, dtype, rngs: nnx.Rngs):
         width, self.length = cfg.text_width, cfg.text_length
-        init = nnx.initializers.normal(0.02)
+        # Unit-scale embeddings, as T5's: the blocks' outputs start at about unit scale too, and
+        # embeddings of 0.02 (GPT-2's, whose blocks start near zero) were drowned by what
+        # attention mixes in from the whole caption; trained so, the tokens of captions one word
+        # apart came to differ by 1-2% (BENCHMARKS.md, "GenTron on CPU").
+        init = nnx.initializers.normal(1.0)
         self.embed = nnx.Embed(VOCAB, width, rngs=rngs, embedding_init=nnx.with_partitioning(init, (None, "embed")))
         self.position = nnx.Param(nnx.with_partitioning(init, (None, "embed"))(rngs.params(), (self.length, width)))
         self.blocks = transformer.stack(

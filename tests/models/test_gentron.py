@@ -57,6 +57,19 @@ def test_the_caption_steers_the_picture_and_its_padding_does_not():
     np.testing.assert_allclose(run(x, T, padded), told, atol=1e-6)
 
 
+def test_the_byte_encoder_keeps_each_byte_at_its_place():
+    """A changed byte changes its own token far more than the others': the residual stream carries
+    each byte's embedding. Embeddings much smaller than the blocks' outputs (0.02 against about 1)
+    are drowned by what attention mixes in from the whole caption, so the change spreads (2-5x
+    at its place against the rest at 0.02, 12-16x at 1.0), and in training the encoder's tokens
+    came to differ by 1-2% between captions that differ in one word (BENCHMARKS.md)."""
+    encoder = text.ByteEncoder(small(text_width=64, text_depth=2, text_heads=2), dtype=jnp.float32, rngs=nnx.Rngs(0))
+    tokens, _ = encoder(*(jnp.asarray(a) for a in text.tokenize(["a large red square", "a large rod square"], LENGTH)))
+    change = jnp.linalg.norm(tokens[0] - tokens[1], axis=-1)[:18] / jnp.linalg.norm(tokens[0], axis=-1)[:18]
+    place = 1 + len("a large r")  # after BOS
+    assert float(change[place]) > 8 * float(jnp.delete(change, place).mean())
+
+
 def test_a_video_model_starts_as_its_image_model_on_every_frame():
     """The temporal attention's last projection starts at zero: with every other parameter of a
     text-to-video model copied from a (randomised) text-to-image one, each frame of a clip comes
