@@ -322,9 +322,10 @@ class ClipEvaluation:
                      for i in range(self.count)]
             self.known[mode] = upsample(np.stack(drawn), pixels)
         self.real = scoring.from_uint8(self.clips)
-        # The baseline's scores depend on the held-out clips and masks alone: scored once.
-        self.baseline = {mode: score_frames(np.stack([nearest_given(r, k) for r, k in zip(self.real, known)]), self.real, known)
-                         for mode, known in self.known.items() if known.any()}
+        # The baseline's answers and scores depend on the held-out clips and masks alone: made
+        # and scored once (mid-grey where nothing is given), shown in every grid.
+        self.copied = {mode: np.stack([nearest_given(r, k) for r, k in zip(self.real, known)]) for mode, known in self.known.items()}
+        self.baseline = {mode: score_frames(self.copied[mode], self.real, known) for mode, known in self.known.items() if known.any()}
         self._fvd = None
         if distances and c.eval.fvd_weights:
             features = evaluation.feature_networks(c.eval)[True][1]
@@ -348,8 +349,7 @@ class ClipEvaluation:
                 scores["fvd"] = evaluation.frechet_distance(features(model), reference)
             report["modes"][mode] = scores
             given = np.where(known[..., None], real, -0.6)  # hidden pixels shown dark grey.
-            copied = np.stack([nearest_given(r, k) for r, k in zip(real[:shown], known[:shown])])  # mid-grey: given nowhere.
-            rows = np.stack([given[:shown], model[:shown], copied, real[:shown]], axis=1)  # [n, 4, T, S, S, 3]
+            rows = np.stack([given[:shown], model[:shown], self.copied[mode][:shown], real[:shown]], axis=1)  # [n, 4, T, S, S, 3]
             report["grids"][self.grid_name(mode)] = metrics.frame_grid(rows.reshape(-1, *rows.shape[2:]), scale=scale)
             report["animations"][self.grid_name(mode)] = [
                 metrics.frame_grid(rows[:, :, t], scale=scale) for t in range(rows.shape[2])
