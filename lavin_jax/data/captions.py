@@ -39,7 +39,7 @@ MIN_BLOB = 0.25  # of a small object's area: less is noise, not an object.
 COLOUR_TOLERANCE = 90.0
 RELATION_MARGIN = 0.1  # of the image's side: how much further apart across than down, or the reverse.
 MIN_SIZE = 32  # pixels: from here up the detector reads every drawn scene back exactly (tested at 32 and 64).
-ASPECTS = ("colour", "shape", "size", "relation", "motion")
+ASPECTS = ("colour", "shape", "size", "relation", "motion", "axis")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,12 +201,18 @@ def motion_of(first: Seen, last: Seen) -> str:
     return max(MOTIONS, key=lambda name: MOTIONS[name][0] * dy + MOTIONS[name][1] * dx)
 
 
+def axis_of(direction: str) -> str:
+    """'across' for right and left, 'down' for down and up."""
+    return "across" if MOTIONS[direction][0] == 0 else "down"
+
+
 def alignment(things, pictures: np.ndarray) -> dict[str, float]:
     """How well uint8 pictures ([S, S, 3], or a clip [T, S, S, 3]) show the objects a caption
     names: per aspect of ASPECTS that applies, the share of right answers (colour: an object of the
     colour is there; shape, size: its blob's; relation: the two blobs stand as the caption says;
-    motion: its blob moved in the caption's direction over the clip), and `all`, 1.0 when every
-    aspect is right."""
+    motion: its blob moved in the caption's direction over the clip; axis: along the caption's
+    axis, either way, which tells a model that reads "across" from "down" but not "right" from
+    "left"), and `all`, 1.0 when every aspect is right."""
     clip = pictures if pictures.ndim == 4 else pictures[None]
     first, last = detect(clip[0]), detect(clip[-1])
     things = in_caption_order(things)
@@ -218,7 +224,9 @@ def alignment(things, pictures: np.ndarray) -> dict[str, float]:
         scores["size"].append(float(found is not None and found.size == thing.size))
         if thing.motion:
             moved = found is not None and thing.colour in last and len(clip) > 1
-            scores["motion"].append(float(moved and motion_of(found, last[thing.colour]) == thing.motion))
+            read = motion_of(found, last[thing.colour]) if moved else None
+            scores["motion"].append(float(read == thing.motion))
+            scores["axis"].append(float(read is not None and axis_of(read) == axis_of(thing.motion)))
     if len(things) == 2:
         a, b = (first.get(thing.colour) for thing in things)
         truth = relation(things[0].centre, things[1].centre)

@@ -17,7 +17,7 @@ def test_the_detector_reads_every_drawn_scene_back_exactly(size):
             **{aspect: 1.0 for aspect in ("colour", "shape", "size")}, **({"relation": 1.0} if len(things) == 2 else {}), "all": 1.0}
     for things in scenes(60, moving=True):
         scores = captions.alignment(things, captions.render_clip(things, size, 6))
-        assert scores["all"] == 1.0 and scores["motion"] == 1.0, (captions.caption(things), scores)
+        assert scores["all"] == 1.0 and scores["motion"] == scores["axis"] == 1.0, (captions.caption(things), scores)
 
 
 def test_captions_say_what_the_picture_shows():
@@ -43,4 +43,9 @@ def test_a_wrong_picture_scores_what_is_wrong():
     moving = captions.Thing("square", "green", "large", (0.5, 0.3), motion="right")
     clip = captions.render_clip([moving], 32, 6)
     assert captions.alignment([moving], clip)["motion"] == 1.0
-    assert captions.alignment([moving], clip[::-1])["motion"] == 0.0
+    backwards = captions.alignment([moving], clip[::-1])
+    assert backwards["motion"] == 0.0 and backwards["axis"] == 1.0  # the right axis, the wrong way.
+    falling = dataclasses.replace(moving, motion="down", centre=(0.25, 0.3))
+    down = captions.render_clip([falling], 32, 6)
+    assert captions.alignment([falling], down)["motion"] == 1.0
+    assert captions.alignment([moving], down)["axis"] == 0.0
