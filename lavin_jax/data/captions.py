@@ -223,8 +223,7 @@ def alignment(things, pictures: np.ndarray) -> dict[str, float]:
         scores["shape"].append(float(found is not None and found.shape == thing.shape))
         scores["size"].append(float(found is not None and found.size == thing.size))
         if thing.motion:
-            moved = found is not None and thing.colour in last and len(clip) > 1
-            read = motion_of(found, last[thing.colour]) if moved else None
+            read = motion_of(found, last[thing.colour]) if found is not None and thing.colour in last and len(clip) > 1 else None
             scores["motion"].append(float(read == thing.motion))
             scores["axis"].append(float(read is not None and axis_of(read) == axis_of(thing.motion)))
     if len(things) == 2:
