@@ -4,7 +4,8 @@ reads a picture back into the words a caption uses, for text-to-image and text-t
 
 A scene is one or two objects on black: each a shape (`SHAPES`), a colour (`COLOURS`, never two
 alike in a scene), a size (`SIZES`) and a place, and in a moving scene a direction it moves in
-(`MOTIONS`). Its caption names them in a fixed grammar:
+(`MOTIONS`), from a start it could leave either way along that axis where the clip is short
+enough. Its caption names them in a fixed grammar:
 
     a small red circle
     a large blue square left of a small yellow triangle       (or: above)
@@ -32,7 +33,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (60, 90, 240), 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.26, "large": 0.42}  # the side of an object's bounding box, of the image's.
 MOTIONS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
-SPEED = 0.1  # of the image's side a frame.
+SPEED = 0.09  # of the image's side a frame: over 4 frames a large object's path fits either way (draw).
 FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}  # of the bounding box.
 MIN_BLOB = 0.25  # of a small object's area: less is noise, not an object.
 # How far a pixel may be from a palette colour and still be read as it (0-255 RGB distance).
@@ -100,9 +101,12 @@ def draw(rng: np.random.Generator, *, moving: bool = False, frames: int = 1) -> 
             motion = str(rng.choice(list(MOTIONS))) if moving else ""
             half, travel = SIZES[size] / 2, SPEED * (frames - 1)
             dy, dx = MOTIONS[motion] if motion else (0.0, 0.0)
-            # The centre's range so the whole path stays in [0, 1].
-            lows = [half - min(0.0, d * travel) for d in (dy, dx)]
-            highs = [1 - half - max(0.0, d * travel) for d in (dy, dx)]
+            # The start's range so the whole path stays in [0, 1]. Along the motion it is the range
+            # from which the object could go either way, where there is one: else where it starts
+            # would tell which way it moves, and a model learns that instead of the word.
+            both = 2 * half + 2 * travel <= 1
+            lows = [half + travel if both and d else half - min(0.0, d * travel) for d in (dy, dx)]
+            highs = [1 - half - travel if both and d else 1 - half - max(0.0, d * travel) for d in (dy, dx)]
             centre = tuple(float(rng.uniform(lo, hi)) for lo, hi in zip(lows, highs))
             things.append(Thing(str(rng.choice(SHAPES)), str(colour), size, centre, motion))
         if len(things) == 1 or (_apart(*things, frames) and _plain(*things)):
