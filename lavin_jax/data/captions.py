@@ -4,8 +4,8 @@ reads a picture back into the words a caption uses, for text-to-image and text-t
 
 A scene is one or two objects on black: each a shape (`SHAPES`), a colour (`COLOURS`, never two
 alike in a scene), a size (`SIZES`) and a place, and in a moving scene a direction it moves in
-(`MOTIONS`), from a start it could leave either way along that axis where the clip is short
-enough. Its caption names them in a fixed grammar:
+(`MOTIONS`), from a start it could leave either way along that axis (so clips of at most
+`MAX_FRAMES` frames). Its caption names them in a fixed grammar:
 
     a small red circle
     a large blue square left of a small yellow triangle       (or: above)
@@ -33,7 +33,10 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 70), "blue": (60, 90, 240), 
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.26, "large": 0.42}  # the side of an object's bounding box, of the image's.
 MOTIONS = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}
-SPEED = 0.09  # of the image's side a frame: over 4 frames a large object's path fits either way (draw).
+SPEED = 0.09  # of the image's side a frame.
+# The most frames a moving scene has: a large object's path over them fits in the picture either
+# way from one start (draw), 4 at SPEED.
+MAX_FRAMES = int((1 - max(SIZES.values())) / (2 * SPEED)) + 1
 FILL = {"square": 1.0, "circle": math.pi / 4, "triangle": 0.5}  # of the bounding box.
 MIN_BLOB = 0.25  # of a small object's area: less is noise, not an object.
 # How far a pixel may be from a palette colour and still be read as it (0-255 RGB distance).
@@ -91,7 +94,10 @@ def caption(things) -> str:
 
 def draw(rng: np.random.Generator, *, moving: bool = False, frames: int = 1) -> tuple[Thing, ...]:
     """One or two objects of distinct colours that do not touch and stay inside the picture for
-    `frames` frames (moving: each in a direction of MOTIONS)."""
+    `frames` frames (moving: each in a direction of MOTIONS, at most MAX_FRAMES)."""
+    if moving and frames > MAX_FRAMES:
+        raise ValueError(f"Moving captioned scenes have at most {MAX_FRAMES} frames, not {frames}: over more, a large "
+                         "object could not start where it might go either way, and its start would tell its way.")
     count = int(rng.integers(1, 3))
     colours = rng.permutation(list(COLOURS))[:count]
     while True:
@@ -101,12 +107,11 @@ def draw(rng: np.random.Generator, *, moving: bool = False, frames: int = 1) -> 
             motion = str(rng.choice(list(MOTIONS))) if moving else ""
             half, travel = SIZES[size] / 2, SPEED * (frames - 1)
             dy, dx = MOTIONS[motion] if motion else (0.0, 0.0)
-            # The start's range so the whole path stays in [0, 1]. Along the motion it is the range
-            # from which the object could go either way, where there is one: else where it starts
-            # would tell which way it moves, and a model learns that instead of the word.
-            both = 2 * half + 2 * travel <= 1
-            lows = [half + travel if both and d else half - min(0.0, d * travel) for d in (dy, dx)]
-            highs = [1 - half - travel if both and d else 1 - half - max(0.0, d * travel) for d in (dy, dx)]
+            # The start's range: along the motion, where the object could go either way and stay in
+            # the picture. Were it where only its own way fits, its start would tell the way, and a
+            # model would learn that instead of the word (BENCHMARKS.md, "The start told the way").
+            lows = [half + travel * abs(d) for d in (dy, dx)]
+            highs = [1 - half - travel * abs(d) for d in (dy, dx)]
             centre = tuple(float(rng.uniform(lo, hi)) for lo, hi in zip(lows, highs))
             things.append(Thing(str(rng.choice(SHAPES)), str(colour), size, centre, motion))
         if len(things) == 1 or (_apart(*things, frames) and _plain(*things)):

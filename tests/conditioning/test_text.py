@@ -42,6 +42,7 @@ def test_config_mistakes_are_named():
         ({"data.image_size": 16}, r"config.data.image_size=16 must be at least 32"),
         ({"data.captions": ""}, r"config.data.captions is empty"),
         ({"model.temporal": True, "data.video_frames": 1}, r"config.data.video_frames=1 must be at least 2"),
+        ({"model.temporal": True, "data.video_frames": 6}, r"config.data.video_frames=6: the moving scenes have at most 4 frames"),
         ({"data.motion_free_prob": 1.5}, r"config.data.motion_free_prob=1.5 must be in \[0, 1\]"),
         ({"data.image_share": -0.1}, r"config.data.image_share=-0.1 must be in \[0, 1\]"),
     ):

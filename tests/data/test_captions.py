@@ -6,7 +6,7 @@ import pytest
 from lavin_jax.data import captions
 
 
-def scenes(count, moving, frames=6, seed=0):
+def scenes(count, moving, frames=captions.MAX_FRAMES, seed=0):
     return [captions.draw(np.random.default_rng((seed, i)), moving=moving, frames=frames) for i in range(count)]
 
 
@@ -16,7 +16,7 @@ def test_the_detector_reads_every_drawn_scene_back_exactly(size):
         assert captions.alignment(things, captions.render(things, size)) == {
             **{aspect: 1.0 for aspect in ("colour", "shape", "size")}, **({"relation": 1.0} if len(things) == 2 else {}), "all": 1.0}
     for things in scenes(60, moving=True):
-        scores = captions.alignment(things, captions.render_clip(things, size, 6))
+        scores = captions.alignment(things, captions.render_clip(things, size, captions.MAX_FRAMES))
         assert scores["all"] == 1.0 and scores["motion"] == scores["axis"] == 1.0, (captions.caption(things), scores)
 
 
@@ -25,7 +25,8 @@ def test_where_a_moving_object_starts_does_not_tell_which_way_it_moves():
     axis, so objects moving right and left start over the same range across (down and up, down),
     and a model must read the word to know the way. Every path stays in the picture."""
     starts = {way: [] for way in captions.MOTIONS}
-    for things in scenes(600, moving=True, frames=4):
+    assert captions.MAX_FRAMES == 4
+    for things in scenes(600, moving=True):
         for thing in things:
             along = 0 if captions.MOTIONS[thing.motion][0] else 1
             starts[thing.motion].append(thing.centre[along])
@@ -34,6 +35,8 @@ def test_where_a_moving_object_starts_does_not_tell_which_way_it_moves():
     for way, other in (("right", "left"), ("down", "up")):
         a, b = np.asarray(starts[way]), np.asarray(starts[other])
         assert abs(a.mean() - b.mean()) < 0.04 and abs(a.min() - b.min()) < 0.05 and abs(a.max() - b.max()) < 0.05, (way, a.mean(), b.mean())
+    with pytest.raises(ValueError, match="at most 4 frames, not 5"):
+        scenes(1, moving=True, frames=5)
 
 
 def test_captions_say_what_the_picture_shows():
