@@ -94,14 +94,14 @@ class Captions(Conditioning):
                 "differ); train the stills from pixels, or set it to 0.")
         if d.captions == "scenes":
             require(d.image_size >= captions.MIN_SIZE, f"config.data.image_size={d.image_size} must be at least {captions.MIN_SIZE}, where the detector that judges samples reads every scene back exactly.")
-            if config.model.get("temporal", False):
-                require(d.video_frames <= captions.MAX_FRAMES, f"config.data.video_frames={d.video_frames}: the moving scenes have at most {captions.MAX_FRAMES} frames, "
-                        "so that where an object starts never tells which way it moves.")
         require(0.0 <= d.cond_drop_prob < 1.0, f"config.data.cond_drop_prob={d.cond_drop_prob} must be in [0, 1).")
         for name in ("motion_free_prob", "image_share"):
             require(0.0 <= d[name] <= 1.0, f"config.data.{name}={d[name]} must be in [0, 1].")
         if config.model.get("temporal", False):
             require(d.video_frames >= 2, f"config.data.video_frames={d.video_frames} must be at least 2 for a video model (config.model.temporal).")
+            require(d.captions != "scenes" or d.video_frames <= captions.MAX_FRAMES,
+                    f"config.data.video_frames={d.video_frames}: the moving scenes have at most {captions.MAX_FRAMES} frames, "
+                    "so that where an object starts never tells which way it moves.")
         require(config.eval.episodes >= 1, f"config.eval.episodes={config.eval.episodes} must be at least 1.")
 
     @property

@@ -31,12 +31,12 @@ def test_where_a_moving_object_starts_does_not_tell_which_way_it_moves():
             along = 0 if captions.MOTIONS[thing.motion][0] else 1
             starts[thing.motion].append(thing.centre[along])
             half = captions.SIZES[thing.size] / 2
-            assert all(half - 1e-9 <= c <= 1 - half + 1e-9 for t in range(4) for c in thing.centre_at(t)), thing
+            assert all(half - 1e-9 <= c <= 1 - half + 1e-9 for t in range(captions.MAX_FRAMES) for c in thing.centre_at(t)), thing
     for way, other in (("right", "left"), ("down", "up")):
         a, b = np.asarray(starts[way]), np.asarray(starts[other])
         assert abs(a.mean() - b.mean()) < 0.04 and abs(a.min() - b.min()) < 0.05 and abs(a.max() - b.max()) < 0.05, (way, a.mean(), b.mean())
     with pytest.raises(ValueError, match="at most 4 frames, not 5"):
-        scenes(1, moving=True, frames=5)
+        scenes(1, moving=True, frames=captions.MAX_FRAMES + 1)
 
 
 def test_captions_say_what_the_picture_shows():
